@@ -1,0 +1,33 @@
+"""Write small files so that a reader never sees half of one: temp name, fsync, rename."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` in one step."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_json_atomically(path: Path, obj) -> None:
+    """Replace ``path`` with ``obj`` as indented JSON."""
+    write_bytes_atomically(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())

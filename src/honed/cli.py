@@ -1,0 +1,349 @@
+"""The ``honed`` command. Thin: parses, calls the library, prints for people (rich) or
+machines (``--json``). Heavy modules are imported inside the commands that need them,
+so ``honed --help`` and ``honed status`` never import torch."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from honed.config import SettingsError, parse_assignments
+from honed.workspace import Workspace, WorkspaceError, init_workspace, open_workspace
+
+app = typer.Typer(
+    help="honed keeps a local language model learning: add data, train LoRA adapters, "
+    "evaluate, deploy.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+WorkspaceOpt = Annotated[
+    Path | None,
+    typer.Option("--workspace", "-w", help="Workspace directory (default: HONED_WORKSPACE, "
+                 "else the nearest honed.toml at or above the current directory)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _workspace(path: Path | None, assignments: list[str] | None = None) -> Workspace:
+    try:
+        return open_workspace(path, parse_assignments(assignments or []))
+    except (WorkspaceError, SettingsError) as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Directory to make the workspace in.")],
+    base: Annotated[str, typer.Option(help="'tiny' (built locally), a Hugging Face id, or a local model directory.")] = "tiny",
+    store_url: Annotated[str, typer.Option(help="Store URL; default: SQLite file in the workspace.")] = "",
+) -> None:
+    """Make a workspace: honed.toml, inbox/, the store, runs/, adapters/, logs/."""
+    try:
+        with console.status("building the workspace" + (" (first use builds the tiny base, ~2 min)" if base == "tiny" else "")):
+            workspace = init_workspace(directory, base=base, store_url=store_url)
+    except (WorkspaceError, SettingsError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"workspace ready at [bold]{workspace.root}[/] on base {base!r}")
+
+
+@app.command()
+def add(
+    files: Annotated[list[Path], typer.Argument(help="JSONL files to add.")],
+    track: Annotated[str | None, typer.Option(help="Track the data is for (default: settings' track).")] = None,
+    strict: Annotated[bool | None, typer.Option("--strict/--lenient", help="Reject a file with any bad line, or keep its good lines (default: ingest.mode).")] = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate, normalise and record JSONL datasets. Your files are never modified."""
+    from honed.datasets import add_dataset_file
+
+    ws = _workspace(workspace)
+    mode = ws.settings.ingest.mode if strict is None else ("strict" if strict else "lenient")
+    store = ws.open_store()
+    results, failed = [], False
+    try:
+        for file in files:
+            try:
+                added = add_dataset_file(ws, store, file, track=track or ws.settings.track, mode=mode)
+            except (FileNotFoundError, IsADirectoryError, ValueError) as exc:
+                err_console.print(f"[red]{file}[/]: {exc}", highlight=False)
+                failed = True
+                continue
+            results.append(added.summary())
+            failed |= not added.accepted
+            if not as_json:
+                console.print(added.describe(), highlight=False)
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps(results, indent=2))
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def datasets(workspace: WorkspaceOpt = None, track: Annotated[str | None, typer.Option()] = None, as_json: JsonOpt = False) -> None:
+    """List the datasets added to the workspace."""
+    ws = _workspace(workspace)
+    store = ws.open_store()
+    try:
+        rows = store.list_datasets(track)
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps([r.__dict__ for r in rows], indent=2, default=str))
+        return
+    table = Table("id", "name", "track", "records", "rejected", "mode", "file hash", "added")
+    for d in rows:
+        table.add_row(str(d.id), d.name, d.track, str(d.n_records), str(d.n_rejected), d.mode,
+                      d.file_hash[:12], str(d.created_at)[:19])
+    console.print(table)
+
+
+@app.command()
+def synth(
+    family: Annotated[str, typer.Argument(help="Task family, e.g. arithmetic, reversal, kv_recall, json_extract.")],
+    n: Annotated[int, typer.Option("--n", help="Training records to write.")] = 2000,
+    out: Annotated[Path, typer.Option(help="Training JSONL to write; the eval split goes beside it as *.eval.jsonl.")] = Path("data.jsonl"),
+    seed: Annotated[int, typer.Option(help="Seed of the generator.")] = 0,
+    eval_n: Annotated[int | None, typer.Option(help="Eval records (default: max(50, n/10)).")] = None,
+) -> None:
+    """Write synthetic chat data of one task family (train and eval splits)."""
+    from honed.data.synthetic import write_synthetic
+
+    try:
+        train_path, eval_path = write_synthetic(family, n, out, seed=seed, eval_n=eval_n)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"wrote {train_path} (train) and {eval_path} (eval)")
+
+
+def _parse_base_version(text: str | None) -> int | None:
+    if text is None:
+        return None
+    digits = text[1:] if text.lower().startswith("v") else text
+    if not digits.isdigit():
+        raise _fail(f"--base {text!r}: expected a base version such as v0 or 1")
+    return int(digits)
+
+
+def _control_from_signals_and_stop_file(ws: Workspace):
+    """Ctrl-C, SIGTERM or a STOP file pause the run at the next step boundary."""
+    asked: list[str] = []
+
+    def on_signal(signum, frame):
+        if asked:  # a second Ctrl-C means now
+            raise KeyboardInterrupt
+        asked.append(signal.Signals(signum).name)
+        err_console.print(f"\n{asked[0]}: pausing at the next step (press Ctrl-C again to abort)")
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    def control(step: int) -> str | None:
+        if asked or ws.stop_file.exists():
+            return "pause"
+        return None
+
+    return control
+
+
+@app.command()
+def train(
+    dataset: Annotated[list[str] | None, typer.Option(help="JSONL file (added if new) or dataset id; repeatable.")] = None,
+    eval_file: Annotated[Path | None, typer.Option("--eval", help="Chat JSONL to score exact match on before and after training.")] = None,
+    base: Annotated[str | None, typer.Option(help="Base version to train on (default: the track's).")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Passes over the data (train.epochs).")] = None,
+    resume: Annotated[str | None, typer.Option(help="Continue run RUN from its last complete checkpoint.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Adapter directory to write (default: adapters/RUN).")] = None,
+    track: Annotated[str | None, typer.Option(help="Track to train (default: settings' track).")] = None,
+    retrain_seen: Annotated[bool, typer.Option(help="Also train on records already trained for this base and track.")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting, e.g. train.lr=1e-3 (repeatable).")] = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a LoRA adapter now, in this process (the one-shot path, no daemon)."""
+    assignments = list(set_ or [])
+    if epochs is not None:
+        assignments.append(f"train.epochs={epochs}")
+    if retrain_seen:
+        assignments.append("train.retrain_seen=true")
+    ws = _workspace(workspace, assignments)
+    if not dataset and not resume:
+        raise _fail("give --dataset FILE (or a dataset id), or --resume RUN")
+    if resume and (dataset or out or base):
+        raise _fail("--resume continues a run as it was planned; it takes no --dataset, --out or --base")
+    from honed.training.oneshot import KNOWN_ERRORS, train_once
+
+    store = ws.open_store()
+    try:
+        with _TrainingProgress(None if as_json else console) as progress:
+            summary = train_once(
+                ws, store, datasets=dataset or [], eval_file=eval_file,
+                base_version=_parse_base_version(base), resume=resume, out=out,
+                track=track or ws.settings.track, control=_control_from_signals_and_stop_file(ws),
+                on_step=progress.update, on_message=progress.say,
+            )
+    except KNOWN_ERRORS as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        _print_train_summary(summary)
+    if summary["status"] == "failed":
+        raise typer.Exit(1)
+
+
+class _TrainingProgress:
+    """A rich progress bar fed by the trainer's per-step callback."""
+
+    def __init__(self, console: Console | None) -> None:
+        self.console = console
+        self.progress = None
+        self.task = None
+
+    def __enter__(self):
+        if self.console is not None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(), console=self.console, transient=False,
+            )
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def say(self, text: str) -> None:
+        if self.console is not None:
+            self.console.print(text, highlight=False)
+
+    def update(self, row: dict) -> None:
+        if self.progress is None:
+            return
+        if self.task is None:
+            self.task = self.progress.add_task("train", total=row["total_steps"], completed=row["step"] - 1, info="")
+        info = f"loss {row['loss']:.4f}  {row['tokens_per_s']:,.0f} tok/s"
+        self.progress.update(self.task, completed=row["step"], info=info)
+
+
+def _print_train_summary(summary: dict) -> None:
+    status = summary["status"]
+    color = {"succeeded": "green", "paused": "yellow", "stopped": "yellow"}.get(status, "red")
+    console.print(f"run {summary['run']}: [{color}]{status}[/] at step {summary['step']}/{summary['total_steps']}")
+    metrics = summary.get("final_metrics") or {}
+    if "loss" in metrics:
+        console.print(f"  final loss {metrics['loss']:.4f}" + (f", validation loss {metrics['val_loss']:.4f}" if "val_loss" in metrics else ""))
+    if summary.get("error"):
+        console.print(f"  reason: {summary['error']}", highlight=False)
+    if status == "paused":
+        console.print(f"  resume with: honed train --resume {summary['run']}")
+    if summary.get("adapter"):
+        console.print(f"  adapter: {summary['adapter']}")
+        console.print(f"  manifest: {summary['manifest']}")
+    if "exact_match_before" in summary and "exact_match_after" in summary:
+        before, after = summary["exact_match_before"], summary["exact_match_after"]
+        console.print(f"  exact match: before {before:.1%} -> after {after:.1%} ({(after - before) * 100:+.1f} points)")
+
+
+@app.command()
+def runs(workspace: WorkspaceOpt = None, limit: Annotated[int, typer.Option()] = 20, as_json: JsonOpt = False) -> None:
+    """List runs, newest first."""
+    ws = _workspace(workspace)
+    store = ws.open_store()
+    try:
+        rows = store.list_runs(limit=limit)
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps([r.__dict__ for r in rows], indent=2, default=str))
+        return
+    table = Table("run", "track", "base", "status", "attempts", "steps", "loss", "val loss", "started")
+    for r in rows:
+        fm = r.final_metrics or {}
+        loss = fm.get("loss")
+        val = fm.get("val_loss")
+        table.add_row(r.id, r.track, f"v{r.base_version}", r.status, str(r.attempt),
+                      f"{fm.get('step', '')}/{fm.get('total_steps', '')}" if fm else "",
+                      f"{loss:.4f}" if loss is not None else "", f"{val:.4f}" if val is not None else "",
+                      str(r.started_at)[:19])
+    console.print(table)
+
+
+@app.command()
+def status(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """The workspace at a glance: store, bases, tracks, datasets, latest runs. Fast: no torch."""
+    ws = _workspace(workspace)
+    store = ws.open_store()
+    try:
+        base = store.get_base()
+        info = {
+            "workspace": str(ws.root),
+            "store": store.display_url,
+            "base": {"version": base.version, "source": base.source} if base else None,
+            "tracks": [{"name": t.name, "base_version": t.base_version} for t in store.list_tracks()],
+            "datasets": len(store.list_datasets()),
+            "runs": [
+                {"run": r.id, "status": r.status, "track": r.track,
+                 "step": (r.final_metrics or {}).get("step"), "started_at": str(r.started_at)}
+                for r in store.list_runs(limit=5)
+            ],
+            "stop_file": ws.stop_file.exists(),
+        }
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps(info, indent=2, default=str))
+        return
+    console.print(f"workspace  {info['workspace']}")
+    console.print(f"store      {info['store']}", highlight=False)
+    if info["base"]:
+        console.print(f"base       v{info['base']['version']} ({info['base']['source']})", highlight=False)
+    console.print("tracks     " + ", ".join(f"{t['name']} (v{t['base_version']})" for t in info["tracks"]))
+    console.print(f"datasets   {info['datasets']}")
+    if info["stop_file"]:
+        console.print("[bold red]STOP file present: training halts at the next step[/]")
+    if info["runs"]:
+        table = Table("run", "status", "track", "step", "started")
+        for r in info["runs"]:
+            table.add_row(r["run"], r["status"], r["track"], str(r["step"] or ""), r["started_at"][:19])
+        console.print(table)
+    else:
+        console.print("runs       none yet")
+
+
+def main() -> None:  # pragma: no cover - console entry point alias
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

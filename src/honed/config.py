@@ -1,0 +1,273 @@
+"""Typed settings: one pydantic model per concern, read from ``honed.toml``, then
+``HONED_*`` environment variables, then command-line flags (later wins).
+
+Every field carries its description and unit; the commented ``honed.toml`` that
+``honed init`` writes is generated from these models, so the docs cannot drift from
+the code. A wrong value raises :class:`SettingsError` naming the key, the value and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Section(BaseModel):
+    # Unknown keys are an error: a typo in honed.toml must not be silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StoreSettings(_Section):
+    """Where honed keeps its state."""
+
+    url: str = Field(
+        "",
+        description="SQLAlchemy URL of the store. Empty means the SQLite file honed.db in the "
+        "workspace. PostgreSQL: postgresql+psycopg://user@host:5432/dbname (the password is "
+        "best given in the environment, HONED_STORE__URL, never in this file).",
+    )
+
+
+class IngestSettings(_Section):
+    """How JSONL files are validated when they are added."""
+
+    mode: Literal["strict", "lenient"] = Field(
+        "lenient",
+        description="strict: a file with any bad line is rejected whole. lenient: the good "
+        "lines are kept and the bad ones written to a reject file beside the report.",
+    )
+    max_record_chars: int = Field(
+        32768, gt=0, description="Longest record accepted, in characters of content."
+    )
+
+
+class LoraSettings(_Section):
+    """The LoRA adapter attached to the base."""
+
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input, 0..1.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: [
+            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+        ],
+        description="Names of the linear modules that get an adapter.",
+    )
+
+
+class TrainSettings(_Section):
+    """One training run: schedule, batching, checkpoints and failure policy."""
+
+    epochs: float = Field(3.0, gt=0, description="Passes over the training records.")
+    max_steps: int = Field(
+        0, ge=0, description="Stop after this many optimizer steps; 0 means no limit."
+    )
+    batch_size: int = Field(
+        32, gt=0, description="Examples per micro-batch (packed into as few rows as fit)."
+    )
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate of AdamW.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(20, ge=0, description="Linear warm-up, in optimizer steps.")
+    schedule: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Decay of the learning rate after warm-up."
+    )
+    max_grad_norm: float = Field(
+        1.0, gt=0, description="Gradients are clipped to this global L2 norm."
+    )
+    seed: int = Field(0, description="Seed for data order, the held-out split and init.")
+    max_seq_len: int = Field(
+        512, gt=8, description="Longest packed row, in tokens; longer examples are refused."
+    )
+    pack: bool = Field(
+        True, description="Pack several examples into one row (no attention across them)."
+    )
+    heldout_fraction: float = Field(
+        0.05, ge=0, lt=0.5, description="Share of records set aside for validation loss."
+    )
+    eval_every: int = Field(
+        50, ge=0, description="Validation loss every this many optimizer steps; 0 = only at end."
+    )
+    checkpoint_every: int = Field(
+        50, gt=0, description="Write a checkpoint every this many optimizer steps."
+    )
+    keep_checkpoints: int = Field(
+        3, gt=0, description="Complete checkpoints kept per run (older ones are pruned)."
+    )
+    nonfinite_policy: Literal["skip", "lower_lr", "fail"] = Field(
+        "skip",
+        description="On a non-finite loss or a gradient norm above grad_norm_limit: skip the "
+        "batch, halve the learning rate and skip it, or fail the run. The bad update is "
+        "never applied.",
+    )
+    grad_norm_limit: float = Field(
+        1e4, gt=0, description="A gradient norm above this (before clipping) counts as exploding."
+    )
+    max_bad_steps: int = Field(
+        20, gt=0, description="Fail the run after this many consecutive bad steps."
+    )
+    retrain_seen: bool = Field(
+        False,
+        description="Train again on records already trained on for the same base and track.",
+    )
+    replay_ratio: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of each epoch drawn from earlier datasets of the track (guards "
+        "against forgetting).",
+    )
+    threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch's default.")
+
+
+class Settings(_Section):
+    """Everything in honed.toml."""
+
+    base: str = Field(
+        "tiny",
+        description="The base model: 'tiny' (honed's own small model, built locally), a "
+        "Hugging Face id, or a local directory.",
+    )
+    track: str = Field("main", description="Default track for new data and runs.")
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+
+
+class SettingsError(ValueError):
+    """A setting has a wrong value; the message names key, value and what is allowed."""
+
+
+CONFIG_FILE = "honed.toml"
+ENV_PREFIX = "HONED_"
+
+
+def _describe_errors(err: ValidationError, origin: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        value = e.get("input")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{origin}: unknown key '{key}'")
+            continue
+        allowed = e.get("ctx", {}).get("expected") or e["msg"]
+        lines.append(f"{origin}: {key} = {value!r} is not allowed: {allowed}")
+    return "\n".join(lines)
+
+
+def _set_dotted(target: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise SettingsError(f"'{dotted}': '{part}' is a value, not a section")
+    target[parts[-1]] = value
+
+
+def _parse_scalar(text: str) -> Any:
+    """Parse an env/flag value as a TOML value where it is one, else keep the string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> dict:
+    """Settings from HONED_* variables: HONED_TRAIN__LR=1e-3 sets train.lr."""
+    environ = os.environ if environ is None else environ
+    out: dict = {}
+    known = set(Settings.model_fields)
+    for name, text in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        dotted = name[len(ENV_PREFIX):].lower().replace("__", ".")
+        # HONED_WORKSPACE, HONED_CACHE, ... are not settings of honed.toml.
+        if dotted.split(".")[0] not in known:
+            continue
+        _set_dotted(out, dotted, _parse_scalar(text))
+    return out
+
+
+def parse_assignments(assignments: list[str]) -> dict:
+    """Turn ``["train.lr=1e-3", "lora.r=8"]`` (the CLI's --set) into a nested dict."""
+    out: dict = {}
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise SettingsError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=1e-3")
+        _set_dotted(out, key.strip(), _parse_scalar(text.strip()))
+    return out
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(workspace: Path | None, overrides: dict | None = None) -> Settings:
+    """Read honed.toml of ``workspace`` (if any), then HONED_* env, then ``overrides``."""
+    data: dict = {}
+    origin = "defaults"
+    if workspace is not None and (workspace / CONFIG_FILE).exists():
+        path = workspace / CONFIG_FILE
+        origin = str(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{path}: not valid TOML: {exc}") from exc
+    layers = [(origin, data), ("environment (HONED_*)", env_overrides())]
+    if overrides:
+        layers.append(("command line", overrides))
+    merged: dict = {}
+    for name, layer in layers:
+        merged = _merge(merged, layer)
+        try:
+            # Validate each layer as it lands so the error names where the bad value came from.
+            Settings.model_validate(merged)
+        except ValidationError as exc:
+            raise SettingsError(_describe_errors(exc, name)) from None
+    return Settings.model_validate(merged)
+
+
+def _toml_value(value: Any) -> str:
+    import tomli_w
+
+    return tomli_w.dumps({"v": value}).strip()[len("v = "):]
+
+
+def render_commented_toml(settings: Settings) -> str:
+    """The honed.toml that ``honed init`` writes: every key with its description and unit."""
+    out = [
+        "# honed workspace settings. Every key is shown with its default.",
+        "# Environment variables override this file: HONED_TRAIN__LR=1e-3 sets [train] lr.",
+        "# Flags override both (honed train --set train.lr=1e-3).",
+        "",
+    ]
+    sections = []
+    for name, field in Settings.model_fields.items():
+        value = getattr(settings, name)
+        if isinstance(value, BaseModel):
+            sections.append((name, value))
+            continue
+        out.append(f"# {field.description}")
+        out.append(f"{name} = {_toml_value(value)}")
+        out.append("")
+    for name, section in sections:
+        out.append(f"[{name}]")
+        out.append(f"# {type(section).__doc__.strip()}")
+        for key, field in type(section).model_fields.items():
+            out.append(f"# {field.description}")
+            out.append(f"{key} = {_toml_value(getattr(section, key))}")
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,127 @@
+"""Turn normalised records into token ids and next-token targets.
+
+The loss is taken on assistant tokens only. honed computes which tokens those are
+itself instead of relying on ``return_assistant_tokens_mask``: that option needs
+``{% generation %}`` tags in the chat template, which most stock templates lack, and
+without them it silently returns a mask of zeros (the model then trains on nothing).
+
+How: render the conversation with the tokenizer's chat template, and for every
+assistant turn find its character span as the difference between the rendering of the
+conversation up to that turn (with the generation prompt) and up to and including it.
+Tokens whose character offsets fall inside a span are trained on. A template whose
+renderings are not prefixes of each other is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IGNORE = -100
+
+# Used when a tokenizer has no chat template of its own (typical of base checkpoints).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class TokenizationError(ValueError):
+    """A record cannot be turned into a training example; the message says why."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One tokenised record.
+
+    ``targets[i]`` is the token the model should predict after seeing
+    ``input_ids[: i + 1]``, or IGNORE. Shifting happens here, per example, so that
+    packing can never make the last token of one example predict the first of the next.
+    """
+
+    input_ids: list[int]
+    targets: list[int]
+
+    @property
+    def n_targets(self) -> int:
+        return sum(1 for t in self.targets if t != IGNORE)
+
+
+def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+def assistant_char_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of its assistant turns."""
+    text = _render(tokenizer, messages, add_generation_prompt=False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = _render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
+        through = _render(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        if not text.startswith(through) or not through.startswith(before):
+            raise TokenizationError(
+                "the chat template does not render conversations as prefixes of each other, "
+                "so honed cannot tell which tokens the assistant wrote"
+            )
+        # Trailing whitespace after the end-of-turn marker is formatting, not output.
+        end = len(through.rstrip())
+        spans.append((len(before), end))
+    return text, spans
+
+
+def ensure_chat_template(tokenizer) -> None:
+    """Give a tokenizer without a chat template honed's ChatML default."""
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = CHATML_TEMPLATE
+
+
+def tokenize_record(tokenizer, record: dict, max_len: int) -> Example:
+    """Tokenise one normalised record (``messages`` or ``text``) for training.
+
+    Raises TokenizationError when the record is longer than ``max_len`` tokens or has
+    no token to train on.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise TokenizationError("honed needs a fast tokenizer (offsets are used to find "
+                                "assistant tokens)")
+    if "text" in record:
+        ids = tokenizer(record["text"], add_special_tokens=False)["input_ids"]
+        if tokenizer.eos_token_id is not None:
+            ids = ids + [tokenizer.eos_token_id]
+        trained = [True] * len(ids)
+    else:
+        text, spans = assistant_char_spans(tokenizer, record["messages"])
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = enc["input_ids"]
+        trained = [
+            any(start <= a and b <= end and b > a for start, end in spans)
+            for a, b in enc["offset_mapping"]
+        ]
+    if len(ids) > max_len:
+        raise TokenizationError(
+            f"{len(ids)} tokens, more than train.max_seq_len = {max_len}; raise it or "
+            "shorten the record"
+        )
+    targets = [ids[i + 1] if trained[i + 1] else IGNORE for i in range(len(ids) - 1)]
+    targets.append(IGNORE)
+    example = Example(input_ids=list(ids), targets=targets)
+    if example.n_targets == 0:
+        raise TokenizationError("no assistant token to train on (empty assistant mask)")
+    return example
+
+
+def prompt_messages(record: dict) -> list[dict]:
+    """The conversation up to (without) its last assistant turn: what a model is asked."""
+    messages = record["messages"]
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return messages[:last]
+
+
+def reference_answer(record: dict) -> str:
+    """The last assistant turn of a record: the reference an answer is scored against."""
+    return [m for m in record["messages"] if m["role"] == "assistant"][-1]["content"]

@@ -1,0 +1,80 @@
+"""``manifest.json``: what a run trained on, with what, where, and what came of it.
+
+Written at the end of every attempt (so a paused run has one too), atomically. Secrets
+never appear: the store URL is recorded with its password masked.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import sys
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+from honed.atomic_files import write_json_atomically
+
+PACKAGES = ("honed", "torch", "transformers", "peft", "safetensors", "tokenizers")
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide what training does."""
+    out = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def host_info() -> dict:
+    """The machine the attempt ran on."""
+    import torch
+
+    info = {
+        "hostname": socket.gethostname(), "platform": platform.platform(),
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "accelerator": "cpu",
+    }
+    if torch.cuda.is_available():
+        info["accelerator"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def write_manifest(run_dir: Path, *, run, datasets: list, plan_info: dict, outcome, checkpoints: list,
+                   base: dict, store_url: str, metrics_path: Path) -> Path:
+    """Write ``run_dir/manifest.json`` for the attempt that just ended."""
+    manifest = {
+        "run_id": run.id,
+        "track": run.track,
+        "status": outcome.status,
+        "error": outcome.error,
+        "base": base,
+        "seed": run.config["train"]["seed"],
+        "config": run.config,
+        "datasets": [
+            {"id": d.id, "name": d.name, "file_hash": d.file_hash, "records": d.n_records,
+             "rejected": d.n_rejected, "stored_path": d.stored_path}
+            for d in datasets
+        ],
+        "plan": plan_info,
+        "started_at": run.started_at,
+        "ended_at": datetime.now(UTC).isoformat(),
+        "attempts": outcome.attempt,
+        "steps": outcome.step,
+        "total_steps": outcome.total_steps,
+        "final_metrics": outcome.final_metrics,
+        "checkpoints": checkpoints,
+        "adapter": str(outcome.adapter_path) if outcome.adapter_path else None,
+        "metrics_log": metrics_path.name,
+        "packages": package_versions(),
+        "host": host_info(),
+        "store": store_url,
+        "energy": {"measured": False, "note": "energy metering is not implemented yet"},
+    }
+    path = run_dir / "manifest.json"
+    write_json_atomically(path, manifest)
+    return path

@@ -1,0 +1,69 @@
+"""``honed train``: add the given files, plan a run, train it now in this process, and
+score exact match before and after when an eval file is given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from honed.data.datasets import add_dataset_file
+from honed.data.plan import PlanError
+from honed.data.tokenization import TokenizationError
+from honed.training.runs import RunError, execute_run, prepare_run, resume_spec
+
+KNOWN_ERRORS = (RunError, PlanError, TokenizationError, FileNotFoundError, ValueError)
+
+
+def _dataset_ids(ws, store, datasets: list[str], track: str) -> list[int]:
+    ids = []
+    for item in datasets:
+        if item.isdigit() and not Path(item).exists():
+            ids.append(int(item))
+            continue
+        added = add_dataset_file(ws, store, Path(item), track=track, mode=ws.settings.ingest.mode)
+        if not added.accepted:
+            raise RunError(added.describe())
+        ids.append(added.dataset.id)
+    return ids
+
+
+def score_exact_match(base: str, adapter: Path | None, eval_file: Path) -> float:
+    """Exact match of the base (or base + adapter) on a chat JSONL file."""
+    from honed.evaluation.exact_match import exact_match, load_records
+    from honed.training.model_loading import load_base_model, load_tokenizer, pick_device
+
+    tokenizer = load_tokenizer(base)
+    model = load_base_model(base, pick_device())
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+    model.eval()
+    return exact_match(model, tokenizer, load_records(eval_file))
+
+
+def train_once(ws, store, *, datasets: list[str], eval_file: Path | None, base_version: int | None,
+               resume: str | None, out: Path | None, track: str, control=None, on_step=None,
+               on_message=None) -> dict:
+    """The one-shot path; returns a summary (status, run, adapter, metrics, scores)."""
+    say = on_message or (lambda text: None)
+    if eval_file is not None and not Path(eval_file).is_file():
+        raise FileNotFoundError(f"--eval {eval_file}: no such file")
+    if resume:
+        spec = resume_spec(ws, store, resume)
+    else:
+        ids = _dataset_ids(ws, store, datasets, track)
+        spec = prepare_run(ws, store, ids, track=track, adapter_out=out, base_version=base_version)
+        for note in store.get_run(spec.run_id).config["plan"].get("notes", []):
+            say(note)
+    summary: dict = {"run": spec.run_id}
+    if eval_file is not None:
+        summary["exact_match_before"] = score_exact_match(spec.base, None, eval_file)
+        say(f"exact match before training: {summary['exact_match_before']:.1%} on {eval_file}")
+    outcome = execute_run(spec, store, control=control, on_step=on_step)
+    summary.update(status=outcome.status, step=outcome.step, total_steps=outcome.total_steps,
+                   attempt=outcome.attempt, final_metrics=outcome.final_metrics, error=outcome.error,
+                   adapter=str(outcome.adapter_path) if outcome.adapter_path else None,
+                   manifest=str(spec.run_dir / "manifest.json"))
+    if eval_file is not None and outcome.adapter_path is not None:
+        summary["exact_match_after"] = score_exact_match(spec.base, outcome.adapter_path, eval_file)
+    return summary

@@ -1,0 +1,133 @@
+"""Runs: plan one, carry out an attempt of it, record the outcome.
+
+The one-shot ``honed train`` and (later) the daemon both go through these functions:
+``prepare_run`` plans and registers a new run, ``resume_spec`` rebuilds the spec of an
+existing one, and ``execute_run`` carries out one attempt and records its outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+
+from honed.config import LoraSettings, TrainSettings
+from honed.data.plan import load_plan, make_plan, read_jsonl, write_plan
+from honed.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+class RunError(Exception):
+    """A run cannot be prepared or resumed; the message says why."""
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: run-YYYYMMDD-HHMMSS-xxxx."""
+    return f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def prepare_run(workspace: Workspace, store, dataset_ids: list[int], *, track: str,
+                adapter_out: Path | None = None, base_version: int | None = None):
+    """Plan a new run on ``dataset_ids`` and register it; returns its RunSpec."""
+    from honed.training.trainer import RunSpec
+
+    settings = workspace.settings
+    track_info = store.get_track(track)
+    if track_info is None:
+        raise RunError(f"unknown track '{track}'; tracks: {[t.name for t in store.list_tracks()]}")
+    version = track_info.base_version if base_version is None else base_version
+    if store.get_base(version) is None:
+        raise RunError(f"unknown base version v{version}")
+    datasets = []
+    for dataset_id in dataset_ids:
+        dataset = store.get_dataset(dataset_id)
+        if dataset is None:
+            raise RunError(f"unknown dataset id {dataset_id}")
+        datasets.append(dataset)
+
+    def new_records():
+        for dataset in datasets:
+            yield from read_jsonl(Path(dataset.stored_path))
+
+    def replay_pool():
+        chosen = set(dataset_ids)
+        trained = store.trained_record_hashes(track, version)
+        for dataset in store.list_datasets(track):
+            if dataset.id not in chosen and dataset.stored_path:
+                yield from (r for r in read_jsonl(Path(dataset.stored_path)) if r["hash"] in trained)
+
+    cfg = settings.train
+    plan = make_plan(
+        new_records(), trained=store.trained_record_hashes(track, version),
+        replay_pool=replay_pool() if cfg.replay_ratio > 0 else (),
+        heldout_fraction=cfg.heldout_fraction, replay_ratio=cfg.replay_ratio,
+        retrain_seen=cfg.retrain_seen, seed=cfg.seed,
+    )
+    run_id = new_run_id()
+    run_dir = workspace.runs_dir / run_id
+    run_dir.mkdir(parents=True)
+    plan_info = write_plan(plan, run_dir)
+    plan_info["notes"] = plan.notes
+    out = Path(adapter_out).resolve() if adapter_out else workspace.adapters_dir / run_id
+    if out.exists() and any(out.iterdir()):
+        raise RunError(f"--out {out}: directory exists and is not empty; honed will not overwrite it")
+    config = {
+        "lora": settings.lora.model_dump(), "train": cfg.model_dump(), "base": workspace.resolve_base_path(store, version),
+        "adapter_out": str(out), "plan": plan_info,
+    }
+    store.create_run(run_id=run_id, track=track, base_version=version, config=config, dataset_ids=dataset_ids)
+    for note in plan.notes:
+        log.info("run %s: %s", run_id, note)
+    return resume_spec(workspace, store, run_id)
+
+
+def resume_spec(workspace: Workspace, store, run_id: str):
+    """The RunSpec of an existing run, as it was planned."""
+    from honed.training.trainer import RunSpec
+
+    run = store.get_run(run_id)
+    if run is None:
+        known = [r.id for r in store.list_runs(limit=5)]
+        raise RunError(f"unknown run '{run_id}'; latest runs: {known}")
+    if run.status == "succeeded":
+        raise RunError(f"run {run_id} already succeeded; its adapter is at {run.adapter_path}")
+    run_dir = workspace.runs_dir / run_id
+    load_plan(run_dir)  # fails early, with a clear message, on a run that never planned
+    return RunSpec(
+        run_id=run_id, run_dir=run_dir, base=run.config["base"], base_version=run.base_version,
+        track=run.track, lora=LoraSettings(**run.config["lora"]), train=TrainSettings(**run.config["train"]),
+        adapter_out=Path(run.config["adapter_out"]),
+    )
+
+
+def execute_run(spec, store, *, control=None, on_step=None):
+    """Carry out one attempt of ``spec`` and record its outcome, checkpoints and manifest."""
+    from honed.training.manifest import write_manifest
+    from honed.training.trainer import RunOutcome, train_run
+
+    try:
+        outcome = train_run(spec, store, control=control, on_step=on_step)
+    except Exception as exc:  # an attempt that crashes is recorded, then re-raised
+        run = store.get_run(spec.run_id)
+        outcome = RunOutcome("failed", 0, 0, run.attempt if run else 0, error=f"{type(exc).__name__}: {exc}")
+        store.finish_run(spec.run_id, status="failed", error=outcome.error + "\n" + traceback.format_exc())
+        raise
+    store.finish_run(spec.run_id, status=outcome.status, final_metrics=outcome.final_metrics,
+                     error=outcome.error, adapter_path=str(outcome.adapter_path) if outcome.adapter_path else None)
+    plan = load_plan(spec.run_dir)
+    if outcome.status in ("succeeded", "stopped"):
+        store.mark_records_trained(spec.run_id, spec.track, spec.base_version,
+                                   (r["hash"] for r in plan.train if not r.get("replay")))
+    run = store.get_run(spec.run_id)
+    datasets = [store.get_dataset(i) for i in run.dataset_ids]
+    base = store.get_base(spec.base_version)
+    write_manifest(
+        spec.run_dir, run=run, datasets=datasets, plan_info=run.config["plan"], outcome=outcome,
+        checkpoints=[{"step": c.step, "path": c.path} for c in store.list_checkpoints(spec.run_id)],
+        base={"version": base.version, "source": base.source, "loaded_from": spec.base},
+        store_url=store.display_url, metrics_path=spec.run_dir / "metrics.jsonl",
+    )
+    return outcome

@@ -1,0 +1,379 @@
+"""One training attempt of a run, top to bottom: setup → resume → train → save.
+
+This is honed's own loop over torch + transformers + peft (DESIGN.md, "Training
+engine"). It owns what stock trainers fight: control checked at every optimizer-step
+boundary, atomic checkpoints that hold everything needed to continue exactly (adapter,
+optimizer, schedule state, RNG states, data position), and a policy for non-finite
+losses and exploding gradients that never lets a bad update reach the weights.
+
+Data order is a pure function of (seed, step): step ``s`` of epoch ``e`` takes the
+``s``-th slice of a permutation seeded by ``seed + e``. Resuming from a checkpoint at
+step ``s`` therefore continues with exactly the examples an uninterrupted run would see.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import resource
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from honed.config import LoraSettings, TrainSettings
+from honed.data.packing import PackedBatch, pack_batch
+from honed.data.plan import load_plan
+from honed.data.tokenization import IGNORE, Example, TokenizationError, tokenize_record
+from honed.training import checkpoints as ckpt
+from honed.training.model_loading import attach_lora, load_base_model, load_tokenizer, pick_device
+
+log = logging.getLogger(__name__)
+
+Control = Callable[[int], str | None]  # step -> None, "pause" or "stop"
+StepCallback = Callable[[dict], None]
+
+
+class TrainingDiverged(RuntimeError):
+    """The non-finite policy gave up on the run."""
+
+
+@dataclass
+class RunSpec:
+    """Everything one attempt needs; the run directory already holds its plan."""
+
+    run_id: str
+    run_dir: Path
+    base: str
+    base_version: int
+    track: str
+    lora: LoraSettings
+    train: TrainSettings
+    adapter_out: Path
+
+
+@dataclass
+class RunOutcome:
+    """How an attempt ended."""
+
+    status: str  # succeeded | paused | stopped | failed
+    step: int
+    total_steps: int
+    attempt: int
+    final_metrics: dict = field(default_factory=dict)
+    adapter_path: Path | None = None
+    error: str | None = None
+
+
+@dataclass
+class LoopState:
+    """The part of the loop's state that a checkpoint carries besides tensors."""
+
+    step: int = 0
+    lr_scale: float = 1.0
+    bad_in_a_row: int = 0
+    bad_total: int = 0
+    tokens_seen: int = 0
+
+
+# --- schedule and data order -------------------------------------------------------
+
+
+def learning_rate(step: int, total: int, cfg: TrainSettings, lr_scale: float) -> float:
+    """Peak lr × warm-up × decay × the non-finite policy's scale, for optimizer step ``step``."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        factor = (step + 1) / cfg.warmup_steps
+    elif cfg.schedule == "constant":
+        factor = 1.0
+    else:
+        span = max(1, total - cfg.warmup_steps)
+        progress = min(1.0, (step - cfg.warmup_steps) / span)
+        factor = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress
+    return cfg.lr * factor * lr_scale
+
+
+def steps_per_epoch(n_examples: int, cfg: TrainSettings) -> int:
+    return max(1, math.ceil(n_examples / (cfg.batch_size * cfg.grad_accum)))
+
+
+def total_steps(n_examples: int, cfg: TrainSettings) -> int:
+    steps = max(1, math.ceil(cfg.epochs * steps_per_epoch(n_examples, cfg)))
+    return min(steps, cfg.max_steps) if cfg.max_steps else steps
+
+
+def examples_for_step(step: int, n_examples: int, cfg: TrainSettings) -> list[list[int]]:
+    """Indices of the examples of each micro-batch of optimizer step ``step``."""
+    spe = steps_per_epoch(n_examples, cfg)
+    epoch, k = divmod(step, spe)
+    order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(cfg.seed + epoch))
+    per_step = cfg.batch_size * cfg.grad_accum
+    chosen = order[k * per_step : (k + 1) * per_step].tolist()
+    return [chosen[i : i + cfg.batch_size] for i in range(0, len(chosen), cfg.batch_size)]
+
+
+# --- loss ----------------------------------------------------------------------------
+
+
+def batch_loss_sum(model, batch: PackedBatch) -> torch.Tensor:
+    """Sum of the token losses of one packed micro-batch (divide by the step's targets)."""
+    out = model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids, use_cache=False,
+    )
+    logits = out.logits.float()
+    return F.cross_entropy(
+        logits.view(-1, logits.size(-1)), batch.targets.view(-1),
+        ignore_index=IGNORE, reduction="sum",
+    )
+
+
+def train_step(model, optimizer, params, batches: list[PackedBatch], cfg: TrainSettings, lr: float) -> dict:
+    """Forward and backward over the micro-batches of one step; apply the update only if
+    the loss and the gradient norm are sound. Returns the step's figures."""
+    n_targets = sum(b.n_targets for b in batches)
+    if n_targets == 0:
+        raise TokenizationError("a batch has an empty assistant mask: nothing to train on")
+    device = next(model.parameters()).device
+    loss_total = 0.0
+    for batch in batches:
+        loss = batch_loss_sum(model, batch.to(device)) / n_targets
+        loss.backward()
+        loss_total += loss.item()
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+    problem = None
+    if not math.isfinite(loss_total):
+        problem = f"non-finite loss {loss_total}"
+    elif not math.isfinite(grad_norm) or grad_norm > cfg.grad_norm_limit:
+        problem = f"gradient norm {grad_norm:.4g} above train.grad_norm_limit {cfg.grad_norm_limit:g}"
+    if problem is None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {
+        "loss": loss_total, "grad_norm": grad_norm, "lr": lr, "problem": problem,
+        "targets": n_targets, "tokens": sum(b.n_tokens for b in batches),
+    }
+
+
+@torch.no_grad()
+def validation_loss(model, examples: list[Example], cfg: TrainSettings, pad_id: int) -> float | None:
+    """Mean token loss over held-out examples (None when there are none)."""
+    if not examples:
+        return None
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, n = 0.0, 0
+    for i in range(0, len(examples), cfg.batch_size):
+        batch = pack_batch(examples[i : i + cfg.batch_size], cfg.max_seq_len, pad_id, cfg.pack)
+        total += batch_loss_sum(model, batch.to(device)).item()
+        n += batch.n_targets
+    model.train(was_training)
+    return total / n
+
+
+# --- checkpoints ------------------------------------------------------------------------
+
+
+def save_checkpoint(model, optimizer, state: LoopState, checkpoints_dir: Path) -> ckpt.CheckpointInfo:
+    """Write everything needed to continue exactly, atomically."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    adapter = get_peft_model_state_dict(model)
+    if not all(torch.isfinite(t).all() for t in adapter.values()):
+        raise TrainingDiverged("adapter weights are not finite; refusing to checkpoint them")
+
+    def write_files(staging: Path) -> None:
+        save_file({k: v.contiguous() for k, v in adapter.items()}, str(staging / "adapter_model.safetensors"))
+        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save(rng, staging / "rng.pt")
+        py_state = random.getstate()
+        (staging / "trainer_state.json").write_text(json.dumps(
+            {**state.__dict__, "python_rng": [py_state[0], list(py_state[1]), py_state[2]]}
+        ))
+
+    return ckpt.write_checkpoint_atomically(checkpoints_dir, state.step, write_files, {"attempt_step": state.step})
+
+
+def restore_checkpoint(path: Path, model, optimizer) -> LoopState:
+    """Load a checkpoint written by :func:`save_checkpoint` into ``model`` and ``optimizer``."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    device = next(model.parameters()).device
+    set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors"), device=str(device)))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
+    rng = torch.load(path / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    raw = json.loads((path / "trainer_state.json").read_text())
+    version, internal, gauss = raw.pop("python_rng")
+    random.setstate((version, tuple(internal), gauss))
+    return LoopState(**raw)
+
+
+# --- the attempt --------------------------------------------------------------------------
+
+
+def _tokenize_all(tokenizer, records: list[dict], max_len: int, split: str) -> list[Example]:
+    examples = []
+    for record in records:
+        try:
+            examples.append(tokenize_record(tokenizer, record, max_len))
+        except TokenizationError as exc:
+            raise TokenizationError(f"{split} record {record['hash'][:12]} (line {record.get('line')}): {exc}") from None
+    return examples
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _save_adapter_atomically(model, out: Path) -> Path:
+    staging = out.with_name(f".{out.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old)
+    else:
+        staging.rename(out)
+    return out
+
+
+def train_run(spec: RunSpec, store, *, control: Control | None = None, on_step: StepCallback | None = None) -> RunOutcome:
+    """Run one attempt of ``spec``: continue from its last complete checkpoint if any,
+    train until done or told to pause/stop, and record everything in ``store``."""
+    cfg = spec.train
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    attempt = store.start_attempt(spec.run_id)
+    plan = load_plan(spec.run_dir)
+    device = pick_device()
+    tokenizer = load_tokenizer(spec.base)
+    model = attach_lora(load_base_model(spec.base, device), spec.lora, cfg.seed)
+    train_examples = _tokenize_all(tokenizer, plan.train, cfg.max_seq_len, "train")
+    heldout_examples = _tokenize_all(tokenizer, plan.heldout, cfg.max_seq_len, "held-out")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = total_steps(len(train_examples), cfg)
+    spe = steps_per_epoch(len(train_examples), cfg)
+
+    checkpoints_dir = spec.run_dir / "checkpoints"
+    checkpoints_dir.mkdir(exist_ok=True)
+    ckpt.remove_stale_staging(checkpoints_dir)
+    recorded = {c.step for c in store.list_checkpoints(spec.run_id)}
+    latest = ckpt.latest_complete_checkpoint(checkpoints_dir, recorded) if recorded else None
+    state = LoopState()
+    if latest is not None:
+        state = restore_checkpoint(latest.path, model, optimizer)
+        log.info("run %s: resuming at step %d of %d (attempt %d)", spec.run_id, state.step, total, attempt)
+    else:
+        random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        init_file = spec.run_dir / "adapter_init.safetensors"
+        if not init_file.exists():
+            from peft import get_peft_model_state_dict
+            from safetensors.torch import save_file
+
+            save_file(get_peft_model_state_dict(model), str(init_file))
+
+    def checkpoint() -> None:
+        info = save_checkpoint(model, optimizer, state, checkpoints_dir)
+        store.record_checkpoint(spec.run_id, state.step, str(info.path))
+        recorded.add(state.step)
+        ckpt.prune_checkpoints(checkpoints_dir, cfg.keep_checkpoints)
+
+    def finish(status: str, error: str | None = None) -> RunOutcome:
+        final = {"step": state.step, "total_steps": total, "tokens_seen": state.tokens_seen,
+                 "bad_steps": state.bad_total}
+        if last_row:
+            final["loss"] = last_row["loss"]
+        if status in ("succeeded", "stopped"):
+            val = validation_loss(model, heldout_examples, cfg, tokenizer.pad_token_id)
+            if val is not None:
+                final["val_loss"] = val
+                _log_metrics([{"step": state.step, "val_loss": val}], "eval")
+        adapter = _save_adapter_atomically(model, spec.adapter_out) if status in ("succeeded", "stopped") else None
+        return RunOutcome(status, state.step, total, attempt, final, adapter, error)
+
+    metrics_path = spec.run_dir / "metrics.jsonl"
+    metrics_file = open(metrics_path, "a", encoding="utf-8")
+
+    def _log_metrics(rows: list[dict], kind: str = "train") -> None:
+        for row in rows:
+            metrics_file.write(json.dumps({"kind": kind, "attempt": attempt, **row}) + "\n")
+        metrics_file.flush()
+        store.append_metrics(spec.run_id, rows, attempt=attempt, kind=kind)
+
+    last_row: dict = {}
+    model.train()
+    try:
+        while state.step < total:
+            action = control(state.step) if control else None
+            if action in ("pause", "stop"):
+                if state.step not in recorded:
+                    checkpoint()
+                log.info("run %s: %s at step %d", spec.run_id, action, state.step)
+                return finish("paused" if action == "pause" else "stopped")
+            started = time.perf_counter()
+            indices = examples_for_step(state.step, len(train_examples), cfg)
+            batches = [pack_batch([train_examples[i] for i in mb], cfg.max_seq_len,
+                                  tokenizer.pad_token_id, cfg.pack) for mb in indices]
+            lr = learning_rate(state.step, total, cfg, state.lr_scale)
+            result = train_step(model, optimizer, params, batches, cfg, lr)
+            state.step += 1
+            state.tokens_seen += result["tokens"]
+            elapsed = time.perf_counter() - started
+            row = {
+                "step": state.step, "epoch": round(state.step / spe, 4), "loss": result["loss"],
+                "lr": lr, "grad_norm": result["grad_norm"], "tokens": result["tokens"],
+                "tokens_per_s": result["tokens"] / elapsed if elapsed > 0 else 0.0,
+                "peak_rss_mb": round(_peak_rss_mb(), 1), "time": datetime.now(UTC).isoformat(),
+            }
+            if device.type == "cuda":
+                row["peak_accel_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            if result["problem"]:
+                state.bad_in_a_row += 1
+                state.bad_total += 1
+                row["skipped"] = result["problem"]
+                log.warning("run %s step %d: %s (policy %s)", spec.run_id, state.step, result["problem"], cfg.nonfinite_policy)
+                if cfg.nonfinite_policy == "fail" or state.bad_in_a_row >= cfg.max_bad_steps:
+                    _log_metrics([row])
+                    raise TrainingDiverged(f"step {state.step}: {result['problem']} "
+                                           f"(train.nonfinite_policy = {cfg.nonfinite_policy})")
+                if cfg.nonfinite_policy == "lower_lr":
+                    state.lr_scale *= 0.5
+            else:
+                state.bad_in_a_row = 0
+            _log_metrics([row])
+            last_row = row
+            if on_step:
+                on_step({**row, "total_steps": total, "attempt": attempt})
+            if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < total:
+                val = validation_loss(model, heldout_examples, cfg, tokenizer.pad_token_id)
+                if val is not None:
+                    _log_metrics([{"step": state.step, "val_loss": val}], "eval")
+            if state.step % cfg.checkpoint_every == 0 or state.step == total:
+                checkpoint()
+        return finish("succeeded")
+    except TrainingDiverged as exc:
+        return finish("failed", str(exc))
+    finally:
+        metrics_file.close()

@@ -1,0 +1,160 @@
+"""A workspace: one directory holding everything of one deployment.
+
+``honed init DIR`` makes one: ``honed.toml`` (commented settings), ``inbox/`` (drop
+JSONL here), ``datasets/`` (validated, normalised copies and their reports), the store
+(``honed.db`` unless ``store.url`` points elsewhere), ``bases/`` (local base versions),
+``runs/``, ``adapters/`` and ``logs/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from honed.config import CONFIG_FILE, Settings, load_settings, render_commented_toml
+
+if TYPE_CHECKING:
+    from honed.store import Store
+
+SUBDIRS = ("inbox", "datasets", "bases", "runs", "adapters", "logs")
+DB_FILE = "honed.db"
+
+
+class WorkspaceError(Exception):
+    """A workspace is missing, already exists, or is malformed."""
+
+
+@dataclass
+class Workspace:
+    """Paths and settings of one workspace."""
+
+    root: Path
+    settings: Settings
+
+    @property
+    def inbox(self) -> Path:
+        return self.root / "inbox"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.root / "datasets"
+
+    @property
+    def bases_dir(self) -> Path:
+        return self.root / "bases"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.root / "adapters"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def stop_file(self) -> Path:
+        """The emergency brake: training halts at the next step while this file exists."""
+        return self.root / "STOP"
+
+    @property
+    def store_url(self) -> str:
+        return self.settings.store.url or f"sqlite:///{(self.root / DB_FILE).resolve()}"
+
+    def open_store(self) -> Store:
+        """Open (and migrate) this workspace's store."""
+        from honed.store import Store
+
+        return Store.open(self.store_url)
+
+    def resolve_base_path(self, store: Store, version: int | None = None) -> str:
+        """The directory or hub id that loads base ``version`` (default: latest)."""
+        base = store.get_base(version)
+        if base is None:
+            raise WorkspaceError(f"{self.root}: no base recorded; was it made by 'honed init'?")
+        local = self.bases_dir / f"v{base.version}"
+        if local.is_dir():
+            return str(local)
+        return base.source
+
+
+def find_workspace(start: Path | None = None) -> Path:
+    """The workspace to use: ``HONED_WORKSPACE``, else the nearest directory upwards
+    from ``start`` (default: the current directory) that holds ``honed.toml``."""
+    env = os.environ.get("HONED_WORKSPACE")
+    if env:
+        root = Path(env).expanduser()
+        if not (root / CONFIG_FILE).is_file():
+            raise WorkspaceError(f"HONED_WORKSPACE={env}: no {CONFIG_FILE} there")
+        return root.resolve()
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+    raise WorkspaceError(
+        f"no honed workspace at {here} or above it (looked for {CONFIG_FILE}); "
+        "make one with 'honed init DIR' or pass --workspace"
+    )
+
+
+def open_workspace(root: Path | None = None, overrides: dict | None = None) -> Workspace:
+    """Load a workspace's settings (honed.toml + HONED_* env + overrides)."""
+    root = find_workspace(root) if root is None else Path(root).resolve()
+    if not (root / CONFIG_FILE).is_file():
+        raise WorkspaceError(f"{root}: not a honed workspace (no {CONFIG_FILE}); run 'honed init {root}'")
+    return Workspace(root=root, settings=load_settings(root, overrides))
+
+
+def init_workspace(root: Path, base: str = "tiny", store_url: str = "") -> Workspace:
+    """Create a workspace at ``root`` on ``base`` ('tiny', a hub id or a local path).
+
+    Refuses to touch a directory that already holds a workspace. The tiny base is built
+    (or taken from the cache) and copied into ``bases/v0`` so the workspace stands alone.
+    """
+    root = Path(root).expanduser().resolve()
+    if (root / CONFIG_FILE).exists():
+        raise WorkspaceError(f"{root} already holds a honed workspace ({CONFIG_FILE} exists); "
+                             "honed init never overwrites one")
+    source = base
+    local_base = Path(base).expanduser()
+    if base != "tiny" and local_base.exists():
+        if not (local_base / "config.json").is_file():
+            raise WorkspaceError(f"--base {base}: a directory must hold a Hugging Face model "
+                                 "(config.json not found)")
+        source = str(local_base.resolve())
+
+    settings = Settings(base=source)
+    if store_url:
+        settings.store.url = store_url
+    root.mkdir(parents=True, exist_ok=True)
+    for sub in SUBDIRS:
+        (root / sub).mkdir(exist_ok=True)
+    workspace = Workspace(root=root, settings=settings)
+
+    if base == "tiny" and not (workspace.bases_dir / "v0").is_dir():
+        from honed.models.tiny import tiny_base
+
+        staging = workspace.bases_dir / ".v0.staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(tiny_base(), staging)
+        staging.rename(workspace.bases_dir / "v0")
+
+    store = workspace.open_store()
+    try:
+        if store.get_base(0) is None:
+            version = store.add_base(source, description="base as configured at init")
+            store.ensure_track(settings.track, version)
+    finally:
+        store.close()
+    # Written last: a workspace without honed.toml is not a workspace, so a crash above
+    # leaves a directory that 'honed init' can simply be run on again.
+    tmp = root / f".{CONFIG_FILE}.tmp"
+    tmp.write_text(render_commented_toml(settings), encoding="utf-8")
+    tmp.replace(root / CONFIG_FILE)
+    return workspace

@@ -1,0 +1,139 @@
+"""The two traps of chat fine-tuning, defeated: empty assistant masks and packed
+examples that attend to each other."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from honed.data.packing import assign_rows, pack_batch
+from honed.data.tokenization import IGNORE, TokenizationError, tokenize_record
+from honed.training.trainer import batch_loss_sum
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_random_base):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_random_base)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_random_base):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_pretrained(tiny_random_base)
+    m.eval()
+    return m
+
+
+def chat(user: str, answer: str, system: str | None = None) -> dict:
+    messages = [{"role": "system", "content": system}] if system else []
+    return {"messages": messages + [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
+
+
+def trained_text(tokenizer, example) -> str:
+    ids = [t for t in example.targets if t != IGNORE]
+    return tokenizer.decode(ids)
+
+
+def test_stock_template_without_generation_tags_gives_an_all_zero_mask(tokenizer):
+    # The trap itself: transformers' own assistant mask is silently empty here.
+    out = tokenizer.apply_chat_template(chat("2+2=", "4")["messages"], return_dict=True,
+                                        return_assistant_tokens_mask=True, tokenize=True)
+    assert sum(out["assistant_masks"]) == 0
+
+
+def test_honed_trains_on_exactly_the_assistant_tokens(tokenizer):
+    example = tokenize_record(tokenizer, chat("reverse: abc", "cba", system="be brief"), 512)
+    assert trained_text(tokenizer, example) == "cba<|im_end|>"
+
+
+def test_every_assistant_turn_of_a_multi_turn_chat_is_trained(tokenizer):
+    record = {"messages": [
+        {"role": "user", "content": "1+1="}, {"role": "assistant", "content": "2"},
+        {"role": "user", "content": "2+2="}, {"role": "assistant", "content": "4"},
+    ]}
+    example = tokenize_record(tokenizer, record, 512)
+    assert trained_text(tokenizer, example) == "2<|im_end|>4<|im_end|>"
+    assert example.n_targets == 4
+
+
+def test_text_records_train_on_every_token(tokenizer):
+    example = tokenize_record(tokenizer, {"text": "hello"}, 512)
+    # Every token after the first is a target, and the sequence ends with eos.
+    assert example.n_targets == len(example.input_ids) - 1
+
+
+def test_template_that_is_not_prefix_stable_is_refused(tokenizer):
+    import copy
+
+    odd = copy.deepcopy(tokenizer)
+    # Renders a different header depending on the number of messages: spans cannot be found.
+    odd.chat_template = "{{ messages|length }}{% for m in messages %}{{ m['content'] }};{% endfor %}"
+    with pytest.raises(TokenizationError, match="prefixes"):
+        tokenize_record(odd, chat("q", "a"), 512)
+
+
+def test_over_long_record_is_refused_with_the_limit_named(tokenizer):
+    with pytest.raises(TokenizationError, match="max_seq_len = 16"):
+        tokenize_record(tokenizer, chat("x" * 40, "y"), 16)
+
+
+def test_a_batch_with_no_assistant_token_is_refused(tokenizer, model):
+    from peft import LoraConfig, get_peft_model
+
+    from honed.config import TrainSettings
+    from honed.data.tokenization import Example
+    from honed.training.trainer import train_step
+
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    empty = Example(input_ids=[1, 2, 3], targets=[IGNORE] * 3)
+    batch = pack_batch([empty], 64, tokenizer.pad_token_id)
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params)
+    with pytest.raises(TokenizationError, match="empty assistant mask"):
+        train_step(peft_model, optimizer, params, [batch], TrainSettings(), 1e-3)
+    peft_model.unload()
+
+
+def test_rows_fit_and_every_example_is_placed_once():
+    lengths = [30, 10, 25, 5, 40, 12]
+    rows = assign_rows(lengths, 50, pack=True)
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in row) <= 50 for row in rows)
+    assert len(rows) < len(lengths)
+
+
+def _examples(tokenizer):
+    records = [chat("12+30=", "42"), chat("copy: abcdef", "abcdef"), chat("reverse: xyz", "zyx"),
+               chat("kv a=1 b=2; b?", "2", system="answer with the value")]
+    return [tokenize_record(tokenizer, r, 512) for r in records]
+
+
+def test_packed_loss_equals_unpacked_loss(tokenizer, model):
+    examples = _examples(tokenizer)
+    with torch.no_grad():
+        packed = pack_batch(examples, 512, tokenizer.pad_token_id, pack=True)
+        unpacked = pack_batch(examples, 512, tokenizer.pad_token_id, pack=False)
+        assert packed.input_ids.shape[0] == 1 and unpacked.input_ids.shape[0] == 4
+        loss_packed = batch_loss_sum(model, packed) / packed.n_targets
+        loss_unpacked = batch_loss_sum(model, unpacked) / unpacked.n_targets
+    assert packed.n_targets == unpacked.n_targets
+    assert abs(loss_packed.item() - loss_unpacked.item()) <= 1e-5
+
+
+def test_position_ids_alone_would_let_packed_examples_attend_to_each_other(tokenizer, model):
+    # Why honed passes an explicit block-diagonal mask: with restarted position ids and
+    # no mask, a default call (KV cache on) disables transformers' packed-sequence
+    # detection and the loss is silently wrong (MEASURED.md).
+    examples = _examples(tokenizer)
+    with torch.no_grad():
+        packed = pack_batch(examples, 512, tokenizer.pad_token_id, pack=True)
+        right = batch_loss_sum(model, packed).item()
+        out = model(input_ids=packed.input_ids, position_ids=packed.position_ids)
+        wrong = torch.nn.functional.cross_entropy(
+            out.logits.float().view(-1, out.logits.size(-1)), packed.targets.view(-1),
+            ignore_index=IGNORE, reduction="sum").item()
+    assert abs(right - wrong) > 1e-3
