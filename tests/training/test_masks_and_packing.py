@@ -100,9 +100,10 @@ def test_a_batch_with_no_assistant_token_is_refused(tokenizer, model):
 
 def test_rows_fit_and_every_example_is_placed_once():
     lengths = [30, 10, 25, 5, 40, 12]
-    rows = assign_rows(lengths, 50, pack=True)
+    rows = assign_rows(lengths, 512, pack=True)
     assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
-    assert all(sum(lengths[i] for i in row) <= 50 for row in rows)
+    # Rows are never longer than the longest example (attention cost is quadratic).
+    assert all(sum(lengths[i] for i in row) <= 40 for row in rows)
     assert len(rows) < len(lengths)
 
 
@@ -117,7 +118,7 @@ def test_packed_loss_equals_unpacked_loss(tokenizer, model):
     with torch.no_grad():
         packed = pack_batch(examples, 512, tokenizer.pad_token_id, pack=True)
         unpacked = pack_batch(examples, 512, tokenizer.pad_token_id, pack=False)
-        assert packed.input_ids.shape[0] == 1 and unpacked.input_ids.shape[0] == 4
+        assert packed.input_ids.shape[0] < 4 and unpacked.input_ids.shape[0] == 4
         loss_packed = batch_loss_sum(model, packed) / packed.n_targets
         loss_unpacked = batch_loss_sum(model, unpacked) / unpacked.n_targets
     assert packed.n_targets == unpacked.n_targets

@@ -42,6 +42,10 @@ def assign_rows(lengths: list[int], max_len: int, pack: bool) -> list[list[int]]
     First-fit decreasing: few rows, little padding. The order inside the result is
     deterministic for given lengths. Without packing every example is its own row.
     """
+    # Rows no longer than the longest example: attention cost grows with the square of
+    # the row length, so filling rows up to max_seq_len with short examples would cost
+    # more than the padding it saves.
+    max_len = min(max_len, max(lengths, default=0))
     if not pack:
         return [[i] for i in range(len(lengths))]
     rows: list[list[int]] = []
