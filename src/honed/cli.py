@@ -27,7 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 WorkspaceOpt = Annotated[
     Path | None,
@@ -79,7 +79,7 @@ def add(
     as_json: JsonOpt = False,
 ) -> None:
     """Validate, normalise and record JSONL datasets. Your files are never modified."""
-    from honed.datasets import add_dataset_file
+    from honed.data.datasets import add_dataset_file
 
     ws = _workspace(workspace)
     mode = ws.settings.ingest.mode if strict is None else ("strict" if strict else "lenient")
@@ -96,7 +96,7 @@ def add(
             results.append(added.summary())
             failed |= not added.accepted
             if not as_json:
-                console.print(added.describe(), highlight=False)
+                console.print(added.describe(), highlight=False, soft_wrap=True)
     finally:
         store.close()
     if as_json:
