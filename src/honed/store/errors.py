@@ -1,0 +1,26 @@
+"""Errors raised by the store. Callers catch :class:`StoreError`; the subclasses let
+them tell the cases that need a different reaction apart."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Anything the store cannot do, with a message that names what was asked for."""
+
+
+class StoreUnavailableError(StoreError):
+    """The database cannot be reached or stays locked; the message names the masked URL
+    and the driver's reason."""
+
+
+class DuplicateDatasetError(StoreError):
+    """A file with the same hash was already ingested into the same track."""
+
+    def __init__(self, message: str, existing_id: int | None = None) -> None:
+        super().__init__(message)
+        self.existing_id = existing_id
+
+
+class StaleAttemptError(StoreError):
+    """A writer carried an attempt number older than the run's current one: a newer
+    attempt owns the run now, so the stale writer's change is refused (fencing)."""

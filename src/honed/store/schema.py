@@ -1,0 +1,203 @@
+"""The tables of honed's store, declared once with SQLAlchemy Core.
+
+These declarations are what the queries use; the migrations under ``migrations/``
+create the same tables (a test compares the two, so they cannot drift). To add a table
+or a column: change it here, then add a new revision under ``migrations/versions/``.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.types import TypeDecorator
+
+# Explicit constraint names: SQLite can only change constraints by rebuilding a table
+# (Alembic's batch mode), and that needs names to find them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+RUN_STATUSES = ("running", "succeeded", "failed", "stopped", "paused")
+DATASET_MODES = ("strict", "lenient")
+METRIC_KINDS = ("train", "eval")
+
+# JSON cannot carry NaN or infinity, and PostgreSQL rejects them; a diverging loss is
+# exactly what the metrics must keep, so non-finite floats travel as these strings.
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware in UTC (the only kind of time the store keeps)."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timestamp that goes in and comes out timezone-aware in UTC on every dialect.
+
+    SQLite keeps no zone, so values are normalised to UTC on the way in and tagged as UTC
+    on the way out.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> Any:
+        """Refuse naive datetimes (their zone is unknowable); store UTC."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} given to the store; use UTC")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> Any:
+        """Return an aware UTC datetime whatever the dialect handed back."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def json_type() -> sa.types.TypeEngine:
+    """JSON on SQLite, JSONB on PostgreSQL (indexable and compact)."""
+    return sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+def encode_non_finite(value: Any) -> Any:
+    """Replace NaN and infinities anywhere in a JSON value by their string names."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: encode_non_finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [encode_non_finite(v) for v in value]
+    return value
+
+
+def decode_non_finite(value: Any) -> Any:
+    """Inverse of :func:`encode_non_finite` for the values of a metrics mapping."""
+    if isinstance(value, str) and value in _NON_FINITE:
+        return _NON_FINITE[value]
+    if isinstance(value, dict):
+        return {k: decode_non_finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [decode_non_finite(v) for v in value]
+    return value
+
+
+HASH = sa.String(128)
+NAME = sa.String(200)
+
+bases = sa.Table(
+    "bases",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("description", sa.Text, nullable=False, default=""),
+    sa.Column("parent_version", sa.Integer, sa.ForeignKey("bases.version"), nullable=True),
+    sa.Column("lineage", json_type(), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+tracks = sa.Table(
+    "tracks",
+    metadata,
+    sa.Column("name", NAME, primary_key=True),
+    sa.Column("base_version", sa.Integer, sa.ForeignKey("bases.version"), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+datasets = sa.Table(
+    "datasets",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", NAME, nullable=False),
+    sa.Column("track", NAME, sa.ForeignKey("tracks.name"), nullable=False),
+    sa.Column("file_hash", HASH, nullable=False),
+    sa.Column("source_path", sa.Text, nullable=False),
+    sa.Column("stored_path", sa.Text, nullable=False),
+    sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column("n_records", sa.Integer, nullable=False),
+    sa.Column("n_rejected", sa.Integer, nullable=False),
+    sa.Column("reject_path", sa.Text, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("track", "file_hash"),
+    # Never reuse an id: runs refer to datasets by id inside their JSON.
+    sqlite_autoincrement=True,
+)
+
+records = sa.Table(
+    "records",
+    metadata,
+    sa.Column("dataset_id", sa.Integer, sa.ForeignKey("datasets.id"), primary_key=True),
+    sa.Column("line_no", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("record_hash", HASH, nullable=False),
+    sa.Index(None, "record_hash"),
+)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("track", NAME, sa.ForeignKey("tracks.name"), nullable=False),
+    sa.Column("base_version", sa.Integer, sa.ForeignKey("bases.version"), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("config", json_type(), nullable=False),
+    sa.Column("dataset_ids", json_type(), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("ended_at", UTCDateTime, nullable=True),
+    sa.Column("final_metrics", json_type(), nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("adapter_path", sa.Text, nullable=True),
+    sa.Index(None, "track", "started_at"),
+)
+
+checkpoints = sa.Table(
+    "checkpoints",
+    metadata,
+    sa.Column("run_id", sa.String(64), sa.ForeignKey("runs.id"), primary_key=True),
+    sa.Column("step", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("complete", sa.Boolean, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+# One row per (run, kind, step, attempt); the metric values of that step sit in one JSON
+# mapping so that new metrics need no migration. Note: read the column as
+# ``metrics.c["values"]`` because ``.c.values`` is a method of the column collection.
+metrics = sa.Table(
+    "metrics",
+    metadata,
+    sa.Column("run_id", sa.String(64), sa.ForeignKey("runs.id"), primary_key=True),
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("step", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("attempt", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("values", json_type(), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index(None, "run_id", "step"),
+)
+
+# The key is (record_hash, base_version, track); track and base version lead it because
+# planning reads all hashes of one (track, base version) at once. No foreign keys: a run
+# marks hundreds of thousands of rows at once and three FK checks per row tripled the
+# time on PostgreSQL; the store checks track, base and run once per call instead.
+trained_records = sa.Table(
+    "trained_records",
+    metadata,
+    sa.Column("track", NAME, primary_key=True),
+    sa.Column("base_version", sa.Integer, primary_key=True),
+    sa.Column("record_hash", HASH, primary_key=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+)

@@ -1,0 +1,343 @@
+"""The Store: the only door to honed's database.
+
+Every public method is one transaction: it opens a connection, runs its queries (from
+:mod:`honed.store.catalog` and :mod:`honed.store.runs`) and commits, or rolls back and
+raises :class:`StoreError`. Writers begin with ``BEGIN IMMEDIATE`` on SQLite so they
+queue on the busy timeout instead of failing with "database is locked". A Store is safe
+to share between threads; each process opens its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from honed.store import catalog, migrate, runs
+from honed.store.engine import WRITE_OPTION, create_engine, display, parse_url, sqlite_file
+from honed.store.errors import StoreError, StoreUnavailableError
+from honed.store.info import BaseInfo, CheckpointInfo, DatasetInfo, RunInfo, TrackInfo
+
+class Store:
+    """honed's state: bases, tracks, datasets, runs, checkpoints, metrics, trained records.
+
+    Open with :meth:`Store.open`; close with :meth:`close` or use it as a context manager.
+    """
+
+    def __init__(self, engine: sa.Engine, url: sa.URL) -> None:
+        """Wrap an engine; use :meth:`Store.open`, which also migrates the schema."""
+        self._engine = engine
+        self._url = url
+
+    @classmethod
+    def open(cls, url: str | Path, *, busy_timeout_s: float = 30.0) -> Store:
+        """Open the store at ``url`` and upgrade its schema to the newest revision.
+
+        ``url`` is ``sqlite:///PATH`` (a plain path means the same), or
+        ``postgresql+psycopg://user@host:port/db``. The SQLite file and its parent
+        directory are created when missing. ``busy_timeout_s`` is how long a SQLite
+        writer waits for another one before giving up.
+        """
+        parsed = parse_url(url)
+        path = sqlite_file(parsed)
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the directory of {path}: {exc}") from exc
+        store = cls(create_engine(parsed, busy_timeout_s=busy_timeout_s), parsed)
+        try:
+            with store._transaction(write=True) as conn:
+                migrate.upgrade_to_head(conn)
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def close(self) -> None:
+        """Release every pooled connection. The Store cannot be used afterwards."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.display_url!r})"
+
+    @property
+    def url(self) -> str:
+        """The full URL, password included: for connecting, never for showing."""
+        return self._url.render_as_string(hide_password=False)
+
+    @property
+    def display_url(self) -> str:
+        """The URL with the password replaced by ``***``, for logs and people."""
+        return display(self._url)
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._url.get_backend_name()
+
+    def schema_revision(self) -> str | None:
+        """The migration revision the database is at (the head after :meth:`open`)."""
+        with self._transaction(write=False) as conn:
+            return migrate.current_revision(conn)
+
+    @contextmanager
+    def _transaction(self, write: bool) -> Iterator[sa.Connection]:
+        """One transaction; database errors come out as StoreError naming the store."""
+        try:
+            connection = self._engine.connect()
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            raise StoreUnavailableError(
+                f"cannot reach the store at {self.display_url}: {self._reason(exc)}"
+            ) from exc
+        try:
+            with connection as conn:
+                if write:
+                    conn.execution_options(**{WRITE_OPTION: True})
+                with conn.begin():
+                    yield conn
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            raise StoreUnavailableError(
+                f"store {self.display_url} failed: {self._reason(exc)}"
+            ) from exc
+        except sa.exc.IntegrityError as exc:
+            raise StoreError(
+                f"store {self.display_url} refused the change: {self._reason(exc)}"
+            ) from exc
+
+    def _reason(self, exc: sa.exc.DBAPIError) -> str:
+        reason = str(exc.orig).strip() if exc.orig is not None else str(exc)
+        password = self._url.password
+        return reason.replace(str(password), "***") if password else reason
+
+    # --- bases & tracks ------------------------------------------------------------
+
+    def add_base(
+        self,
+        source: str,
+        description: str = "",
+        parent_version: int | None = None,
+        lineage: dict[str, Any] | None = None,
+    ) -> int:
+        """Record a new base version (a hub id or a local path) and return its number:
+        0 for the first, then one more than the latest."""
+        with self._transaction(write=True) as conn:
+            return catalog.add_base(conn, source, description, parent_version, lineage)
+
+    def get_base(self, version: int | None = None) -> BaseInfo | None:
+        """The base with ``version``, or the latest when None; None if there is none."""
+        with self._transaction(write=False) as conn:
+            return catalog.get_base(conn, version)
+
+    def list_bases(self) -> list[BaseInfo]:
+        """Every base version, oldest first."""
+        with self._transaction(write=False) as conn:
+            return catalog.list_bases(conn)
+
+    def ensure_track(self, name: str, base_version: int) -> TrackInfo:
+        """Create the track when it does not exist and return it. An existing track is
+        returned unchanged (its base is moved only by :meth:`set_track_base`)."""
+        with self._transaction(write=True) as conn:
+            return catalog.ensure_track(conn, name, base_version)
+
+    def set_track_base(self, name: str, base_version: int) -> TrackInfo:
+        """Make an existing track train on another base version from now on."""
+        with self._transaction(write=True) as conn:
+            return catalog.set_track_base(conn, name, base_version)
+
+    def get_track(self, name: str) -> TrackInfo | None:
+        """The track called ``name``, or None."""
+        with self._transaction(write=False) as conn:
+            return catalog.get_track(conn, name)
+
+    def list_tracks(self) -> list[TrackInfo]:
+        """All tracks, by name."""
+        with self._transaction(write=False) as conn:
+            return catalog.list_tracks(conn)
+
+    # --- datasets & records --------------------------------------------------------
+
+    def find_dataset(self, track: str, file_hash: str) -> DatasetInfo | None:
+        """The dataset of ``track`` ingested from a file with this hash, or None: how
+        ingestion recognises a file it has seen before."""
+        with self._transaction(write=False) as conn:
+            return catalog.find_dataset(conn, track, file_hash)
+
+    def get_dataset(self, dataset_id: int) -> DatasetInfo | None:
+        """The dataset with this id, or None."""
+        with self._transaction(write=False) as conn:
+            return catalog.get_dataset(conn, dataset_id)
+
+    def add_dataset(
+        self,
+        *,
+        name: str,
+        track: str,
+        file_hash: str,
+        source_path: str,
+        stored_path: str,
+        mode: str,
+        n_records: int,
+        n_rejected: int,
+        reject_path: str | None,
+        records: Iterable[tuple[int, str]],
+    ) -> DatasetInfo:
+        """Record an ingested dataset and its ``(line_no, record_hash)`` pairs.
+
+        ``records`` is consumed lazily and inserted in chunks within the same
+        transaction, so a million records never sit in memory. Raises
+        DuplicateDatasetError (with ``existing_id``) when the track already has a
+        dataset with this file hash.
+        """
+        with self._transaction(write=True) as conn:
+            return catalog.add_dataset(
+                conn,
+                name=name,
+                track=track,
+                file_hash=file_hash,
+                source_path=source_path,
+                stored_path=stored_path,
+                mode=mode,
+                n_records=n_records,
+                n_rejected=n_rejected,
+                reject_path=reject_path,
+                records_=records,
+            )
+
+    def list_datasets(self, track: str | None = None) -> list[DatasetInfo]:
+        """Datasets of one track (all tracks when None), oldest first."""
+        with self._transaction(write=False) as conn:
+            return catalog.list_datasets(conn, track)
+
+    def dataset_record_hashes(self, dataset_id: int) -> list[tuple[int, str]]:
+        """``(line_no, record_hash)`` of a dataset's records, in line order."""
+        with self._transaction(write=False) as conn:
+            return catalog.dataset_record_hashes(conn, dataset_id)
+
+    # --- runs, checkpoints, metrics -------------------------------------------------
+
+    def create_run(
+        self,
+        *,
+        run_id: str,
+        track: str,
+        base_version: int,
+        config: dict[str, Any],
+        dataset_ids: list[int],
+    ) -> RunInfo:
+        """Record a new run (status ``running``, attempt 0 until the first
+        :meth:`start_attempt`)."""
+        with self._transaction(write=True) as conn:
+            return runs.create_run(
+                conn,
+                run_id=run_id,
+                track=track,
+                base_version=base_version,
+                config=config,
+                dataset_ids=dataset_ids,
+            )
+
+    def get_run(self, run_id: str) -> RunInfo | None:
+        """The run with this id, or None."""
+        with self._transaction(write=False) as conn:
+            return runs.get_run(conn, run_id)
+
+    def list_runs(self, track: str | None = None, limit: int = 50) -> list[RunInfo]:
+        """The newest runs first (of one track, or all), at most ``limit``."""
+        with self._transaction(write=False) as conn:
+            return runs.list_runs(conn, track, limit)
+
+    def start_attempt(self, run_id: str) -> int:
+        """Start the next attempt of a run (status ``running`` again, previous error
+        cleared) and return its number, the fencing token its writers carry."""
+        with self._transaction(write=True) as conn:
+            return runs.start_attempt(conn, run_id)
+
+    def finish_run(
+        self,
+        run_id: str,
+        *,
+        status: str,
+        final_metrics: dict[str, Any] | None = None,
+        error: str | None = None,
+        adapter_path: str | None = None,
+        attempt: int | None = None,
+    ) -> None:
+        """Record how the run's current attempt ended: ``succeeded``, ``failed``,
+        ``stopped`` or ``paused``. With ``attempt``, refuse (StaleAttemptError) unless
+        it is still the run's current attempt."""
+        with self._transaction(write=True) as conn:
+            runs.finish_run(
+                conn,
+                run_id,
+                status=status,
+                final_metrics=final_metrics,
+                error=error,
+                adapter_path=adapter_path,
+                attempt=attempt,
+            )
+
+    def record_checkpoint(
+        self, run_id: str, step: int, path: str, *, attempt: int | None = None
+    ) -> None:
+        """Record a checkpoint as complete. Call only after its files were renamed into
+        place. With ``attempt``, refuse a writer that is no longer the current attempt."""
+        with self._transaction(write=True) as conn:
+            runs.record_checkpoint(conn, run_id, step, path, attempt)
+
+    def forget_checkpoint(self, run_id: str, step: int) -> None:
+        """Remove a checkpoint's record; do this before deleting its files."""
+        with self._transaction(write=True) as conn:
+            runs.forget_checkpoint(conn, run_id, step)
+
+    def list_checkpoints(self, run_id: str) -> list[CheckpointInfo]:
+        """The run's complete checkpoints, by step."""
+        with self._transaction(write=False) as conn:
+            return runs.list_checkpoints(conn, run_id)
+
+    def latest_checkpoint(self, run_id: str) -> CheckpointInfo | None:
+        """The complete checkpoint with the highest step, where a resume starts; None
+        when the run has none."""
+        checkpoints = self.list_checkpoints(run_id)
+        return checkpoints[-1] if checkpoints else None
+
+    def append_metrics(
+        self, run_id: str, rows: list[dict[str, Any]], attempt: int, kind: str = "train"
+    ) -> None:
+        """Store metrics rows (each ``{"step": n, "loss": ..., ...}``) logged by
+        ``attempt``; ``kind`` is ``train`` or ``eval``. NaN and infinities are kept."""
+        with self._transaction(write=True) as conn:
+            runs.append_metrics(conn, run_id, rows, attempt, kind)
+
+    def get_metrics(
+        self, run_id: str, kind: str = "train", latest_attempt_only: bool = True
+    ) -> list[dict[str, Any]]:
+        """Metrics rows as ``{"step", "attempt", **values}`` by step. With
+        ``latest_attempt_only``, rows superseded by a resumed attempt are left out: a
+        step logged by several attempts keeps the highest attempt's row."""
+        with self._transaction(write=False) as conn:
+            return runs.get_metrics(conn, run_id, kind, latest_attempt_only)
+
+    # --- trained records ------------------------------------------------------------
+
+    def mark_records_trained(
+        self, run_id: str, track: str, base_version: int, record_hashes: Iterable[str]
+    ) -> None:
+        """Remember that ``run_id`` trained ``track`` (on ``base_version``) on these
+        records, so planning can skip them. Idempotent; hashes are streamed in chunks."""
+        with self._transaction(write=True) as conn:
+            catalog.mark_records_trained(conn, run_id, track, base_version, record_hashes)
+
+    def trained_record_hashes(self, track: str, base_version: int) -> set[str]:
+        """Hashes of the records ``track`` already trained on with ``base_version``."""
+        with self._transaction(write=False) as conn:
+            return catalog.trained_record_hashes(conn, track, base_version)

@@ -1,0 +1,64 @@
+"""Settings: honed.toml, then HONED_* environment, then flags; errors name the key."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from honed.config import (
+    Settings,
+    SettingsError,
+    env_overrides,
+    load_settings,
+    parse_assignments,
+    render_commented_toml,
+)
+
+
+def test_layers_apply_in_order_file_then_environment_then_flags(tmp_path, monkeypatch):
+    (tmp_path / "honed.toml").write_text("[train]\nlr = 0.1\nbatch_size = 4\nepochs = 2\n")
+    monkeypatch.setenv("HONED_TRAIN__LR", "0.2")
+    monkeypatch.setenv("HONED_TRAIN__BATCH_SIZE", "8")
+    settings = load_settings(tmp_path, parse_assignments(["train.lr=0.3"]))
+    assert settings.train.lr == 0.3  # flag beats environment beats file
+    assert settings.train.batch_size == 8  # environment beats file
+    assert settings.train.epochs == 2  # file beats default
+
+
+def test_environment_values_are_parsed_as_toml_and_unrelated_variables_ignored():
+    env = {"HONED_LORA__TARGET_MODULES": '["q_proj", "v_proj"]', "HONED_WORKSPACE": "/x",
+           "HONED_STORE__URL": "postgresql+psycopg://u@h/db", "PATH": "/bin"}
+    assert env_overrides(env) == {"lora": {"target_modules": ["q_proj", "v_proj"]},
+                                  "store": {"url": "postgresql+psycopg://u@h/db"}}
+
+
+def test_a_wrong_value_names_key_value_origin_and_allowed(tmp_path):
+    (tmp_path / "honed.toml").write_text("[ingest]\nmode = 'loose'\n")
+    with pytest.raises(SettingsError) as err:
+        load_settings(tmp_path)
+    message = str(err.value)
+    assert "honed.toml" in message and "ingest.mode = 'loose'" in message
+    assert "'strict' or 'lenient'" in message
+
+
+def test_out_of_range_and_unknown_keys_are_errors():
+    with pytest.raises(SettingsError, match=r"command line: train.heldout_fraction = 0.7 .*less than 0.5"):
+        load_settings(None, parse_assignments(["train.heldout_fraction=0.7"]))
+    with pytest.raises(SettingsError, match="unknown key 'lora.rank'"):
+        load_settings(None, parse_assignments(["lora.rank=8"]))
+
+
+def test_set_needs_key_equals_value():
+    with pytest.raises(SettingsError, match="expected KEY=VALUE"):
+        parse_assignments(["train.lr"])
+
+
+def test_commented_toml_documents_every_key_and_loads_back_to_the_same_settings():
+    settings = Settings(base="/models/x")
+    text = render_commented_toml(settings)
+    assert Settings.model_validate(tomllib.loads(text)) == settings
+    for section in ("store", "ingest", "lora", "train"):
+        model = type(getattr(settings, section))
+        for key, field in model.model_fields.items():
+            assert f"# {field.description}\n{key} = " in text, f"{section}.{key} undocumented"
