@@ -34,6 +34,7 @@ from typing import Literal
 
 import orjson
 
+from honed.atomic_files import fsync_dir
 from honed.data.formats import (
     DEFAULT_MAX_RECORD_CHARS,
     UTF8_BOM,
@@ -173,7 +174,7 @@ def ingest_file(
             report.publish(result.report_path)
         finally:
             report.discard()
-        _fsync_dir(dest_dir)
+        fsync_dir(dest_dir)
         log.info(
             "ingested %s (%s mode): %s; %d records, %d bad lines, %d blank lines",
             source, mode, "accepted" if accepted else f"rejected: {why}",
@@ -297,14 +298,6 @@ class _StagedFile:
         if self._path is not None:
             self._path.unlink(missing_ok=True)
             self._path = None
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _report_dict(result: IngestResult) -> dict:

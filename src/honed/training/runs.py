@@ -113,10 +113,12 @@ def execute_run(spec, store, *, control=None, on_step=None):
     except Exception as exc:  # an attempt that crashes is recorded, then re-raised
         run = store.get_run(spec.run_id)
         outcome = RunOutcome("failed", 0, 0, run.attempt if run else 0, error=f"{type(exc).__name__}: {exc}")
-        store.finish_run(spec.run_id, status="failed", error=outcome.error + "\n" + traceback.format_exc())
+        store.finish_run(spec.run_id, status="failed", error=outcome.error + "\n" + traceback.format_exc(),
+                         attempt=outcome.attempt or None)
         raise
     store.finish_run(spec.run_id, status=outcome.status, final_metrics=outcome.final_metrics,
-                     error=outcome.error, adapter_path=str(outcome.adapter_path) if outcome.adapter_path else None)
+                     error=outcome.error, adapter_path=str(outcome.adapter_path) if outcome.adapter_path else None,
+                     attempt=outcome.attempt)
     plan = load_plan(spec.run_dir)
     if outcome.status in ("succeeded", "stopped"):
         store.mark_records_trained(spec.run_id, spec.track, spec.base_version,

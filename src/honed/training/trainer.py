@@ -296,7 +296,7 @@ def train_run(spec: RunSpec, store, *, control: Control | None = None, on_step: 
 
     def checkpoint() -> None:
         info = save_checkpoint(model, optimizer, state, checkpoints_dir)
-        store.record_checkpoint(spec.run_id, state.step, str(info.path))
+        store.record_checkpoint(spec.run_id, state.step, str(info.path), attempt=attempt)
         recorded.add(state.step)
         ckpt.prune_checkpoints(checkpoints_dir, cfg.keep_checkpoints)
 
