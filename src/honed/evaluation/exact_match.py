@@ -1,0 +1,141 @@
+"""Exact-match scoring: greedy answers to chat prompts, compared with references.
+
+Works the same for a plain transformers model and for a peft model with an adapter.
+Prompts are rendered with the tokenizer's chat template (with the generation prompt),
+generated in batches with left padding, cut at the end-of-turn token, and only the new
+tokens are decoded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["exact_match", "generate_answers", "load_records"]
+
+
+def load_records(path: Path) -> list[dict]:
+    """Read a chat JSONL file: one `{"messages": [...]}` object per non-blank line."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+            messages = record.get("messages") if isinstance(record, dict) else None
+            if not isinstance(messages, list) or not messages:
+                raise ValueError(f"{path}:{line_no}: expected an object with a 'messages' list")
+            records.append(record)
+    return records
+
+
+def _stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """End-of-turn ids: the tokenizer's eos plus whatever the generation config names."""
+    ids = {tokenizer.eos_token_id}
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(config_eos, int):
+        ids.add(config_eos)
+    elif config_eos:
+        ids.update(config_eos)
+    ids.discard(None)
+    return sorted(ids)
+
+
+def generate_answers(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[list[dict]],
+    *,
+    max_new_tokens: int = 16,
+    batch_size: int = 64,
+) -> list[str]:
+    """Greedy answers to `prompts` (chat messages without the final assistant turn).
+
+    Each answer is the decoded text of the new tokens up to (not including) the first
+    end-of-turn token, stripped. Order follows `prompts`. The model's train/eval mode
+    and the tokenizer's padding side are restored afterwards.
+    """
+    import torch
+
+    if not prompts:
+        return []
+    texts = [
+        tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        for messages in prompts
+    ]
+    stop_ids = _stop_token_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    # Batching prompts of similar length together keeps left padding (wasted work) small.
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    answers: list[str] = [""] * len(texts)
+
+    was_training, padding_side = model.training, tokenizer.padding_side
+    model.eval()
+    tokenizer.padding_side = "left"
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                batch = tokenizer(
+                    [texts[i] for i in chunk],
+                    return_tensors="pt",
+                    padding=True,
+                    add_special_tokens=False,
+                ).to(model.device)
+                output = model.generate(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    eos_token_id=stop_ids,
+                    pad_token_id=pad_id,
+                )
+                new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
+                for i, tokens in zip(chunk, new_tokens):
+                    answers[i] = _decode_until_stop(tokenizer, tokens, stop_ids)
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+    return answers
+
+
+def _decode_until_stop(tokenizer: Any, tokens: list[int], stop_ids: list[int]) -> str:
+    cut = next((k for k, token in enumerate(tokens) if token in stop_ids), len(tokens))
+    return tokenizer.decode(tokens[:cut], skip_special_tokens=True).strip()
+
+
+def exact_match(
+    model: Any, tokenizer: Any, records: list[dict], *, max_new_tokens: int | None = None, **kw
+) -> float:
+    """Fraction in [0, 1] of `records` whose greedy answer equals the reference exactly.
+
+    Each record is a chat record whose last message is the assistant reference; the
+    messages before it are the prompt. Both sides are compared stripped. By default
+    `max_new_tokens` is just enough for the longest reference (plus its end-of-turn
+    token), so a long reference is never cut short and a babbling model is cut early.
+    Other keyword arguments go to `generate_answers`.
+    """
+    if not records:
+        raise ValueError("exact_match needs at least one record")
+    for k, record in enumerate(records):
+        last = record["messages"][-1]
+        if last.get("role") != "assistant":
+            raise ValueError(f"record {k}: the last message must be the assistant reference")
+    references = [record["messages"][-1]["content"].strip() for record in records]
+    if max_new_tokens is None:
+        longest = max(
+            len(tokenizer(ref, add_special_tokens=False)["input_ids"]) for ref in references
+        )
+        max_new_tokens = longest + 1
+    answers = generate_answers(
+        model,
+        tokenizer,
+        [record["messages"][:-1] for record in records],
+        max_new_tokens=max_new_tokens,
+        **kw,
+    )
+    return sum(a == r for a, r in zip(answers, references)) / len(records)
