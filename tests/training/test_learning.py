@@ -11,17 +11,19 @@ from honed.data.synthetic import write_synthetic
 from honed.training.oneshot import train_once
 from honed.workspace import init_workspace, open_workspace
 
-# Learning on this family is delayed (MEASURED.md: near 0% until ~900-1000 steps of
-# batch 64), so the run is long; the settings are not yet tuned to finish in minutes.
-SETTINGS = ["train.threads=2", "train.eval_every=0", "train.checkpoint_every=500",
-            "train.batch_size=64", "train.lr=1e-2", "train.max_steps=1500", "train.epochs=100"]
+# Exactly the README's main command (defaults, 4000 records, seed 0). Learning on this
+# family is delayed and then jumps, and where the jump falls depends on the data seed:
+# with a 200-record eval split instead of the default 400 (so other training records)
+# 595 steps reached only 10.5%. Tuning the tiny recipe so that learning is robust to
+# the seed is open work.
+SETTINGS: list[str] = []
 MIN_GAIN = 0.30
 
 
 @pytest.mark.slow
 def test_fine_tuning_the_tiny_base_raises_exact_match_on_a_new_family(tmp_path):
     ws = init_workspace(tmp_path / "ws", base="tiny")
-    train_file, eval_file = write_synthetic("reversal", 4000, tmp_path / "rev.jsonl", seed=0, eval_n=200)
+    train_file, eval_file = write_synthetic("reversal", 4000, tmp_path / "rev.jsonl", seed=0)
     ws = open_workspace(ws.root, parse_assignments(SETTINGS))
     store = ws.open_store()
     try:
