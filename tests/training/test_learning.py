@@ -4,8 +4,6 @@ experience of honed (the README's main command does the same)."""
 
 from __future__ import annotations
 
-import pytest
-
 from honed.config import parse_assignments
 from honed.data.synthetic import write_synthetic
 from honed.training.oneshot import train_once
@@ -20,7 +18,6 @@ SETTINGS: list[str] = []
 MIN_GAIN = 0.30
 
 
-@pytest.mark.slow
 def test_fine_tuning_the_tiny_base_raises_exact_match_on_a_new_family(tmp_path):
     ws = init_workspace(tmp_path / "ws", base="tiny")
     train_file, eval_file = write_synthetic("reversal", 4000, tmp_path / "rev.jsonl", seed=0)
