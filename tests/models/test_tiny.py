@@ -1,6 +1,8 @@
 """The tiny base: tokenizer, saved directory, atomic build, cache, and (slow) what it knows."""
 
+import functools
 import json
+import os
 import threading
 
 import pytest
@@ -53,7 +55,8 @@ def test_special_tokens_end_of_turn_is_eos_and_endoftext_pads(tokenizer):
         257,
         258,
     ]
-    assert tokenizer("<|im_start|><|im_end|>", add_special_tokens=False)["input_ids"] == [257, 258]
+    specials = tokenizer("<|im_start|><|im_end|>", add_special_tokens=False)["input_ids"]
+    assert specials == [257, 258]
     assert len(tokenizer) == 259
 
 
@@ -61,12 +64,12 @@ def test_chat_template_renders_chatml(tokenizer):
     assert tokenizer.apply_chat_template(CHAT, tokenize=False) == (
         "<|im_start|>user\n27+58=<|im_end|>\n<|im_start|>assistant\n85<|im_end|>\n"
     )
-    assert tokenizer.apply_chat_template(CHAT[:1], tokenize=False, add_generation_prompt=True) == (
-        "<|im_start|>user\n27+58=<|im_end|>\n<|im_start|>assistant\n"
-    )
+    prompt = tokenizer.apply_chat_template(CHAT[:1], tokenize=False, add_generation_prompt=True)
+    assert prompt == "<|im_start|>user\n27+58=<|im_end|>\n<|im_start|>assistant\n"
     # Like most stock templates it has no {% generation %} tags: honed finds assistant
     # tokens itself (honed.data.tokenization).
-    assert "{% generation" not in tokenizer.chat_template and "{%- generation" not in tokenizer.chat_template
+    template = tokenizer.chat_template
+    assert "{% generation" not in template and "{%- generation" not in template
 
 
 def test_tiny_config_has_about_a_million_parameters(tokenizer):
@@ -83,9 +86,8 @@ def test_built_directory_loads_with_the_auto_classes(tiny_random_base):
     for name in ["config.json", "model.safetensors", "tokenizer.json", "generation_config.json"]:
         assert (tiny_random_base / name).is_file(), name
     loaded = AutoTokenizer.from_pretrained(tiny_random_base)
-    assert loaded.apply_chat_template(CHAT, tokenize=False) == build_tokenizer().apply_chat_template(
-        CHAT, tokenize=False
-    )
+    expected = build_tokenizer().apply_chat_template(CHAT, tokenize=False)
+    assert loaded.apply_chat_template(CHAT, tokenize=False) == expected
     assert loaded.decode(loaded("copy: abc\n")["input_ids"]) == "copy: abc\n"
     model = AutoModelForCausalLM.from_pretrained(tiny_random_base)
     assert model.config.model_type == "qwen2"
@@ -99,9 +101,11 @@ def test_built_directory_loads_with_the_auto_classes(tiny_random_base):
 def test_build_is_deterministic_for_a_seed(tmp_path):
     from safetensors.torch import load_file
 
-    first = load_file(build_tiny_model(tmp_path / "a", pretrain=False, seed=1) / "model.safetensors")
-    again = load_file(build_tiny_model(tmp_path / "b", pretrain=False, seed=1) / "model.safetensors")
-    other = load_file(build_tiny_model(tmp_path / "c", pretrain=False, seed=2) / "model.safetensors")
+    def weights(name, seed):
+        return load_file(build_tiny_model(tmp_path / name, pretrain=False, seed=seed)
+                         / "model.safetensors")
+
+    first, again, other = weights("a", 1), weights("b", 1), weights("c", 2)
     assert all((first[k] == again[k]).all() for k in first)
     assert any((first[k] != other[k]).any() for k in first)
 
@@ -128,7 +132,12 @@ def test_a_failed_build_leaves_no_directory(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_short_pretraining_records_what_it_reached(tmp_path):
+def test_a_short_pretraining_records_what_it_reached(tmp_path, monkeypatch):
+    from honed.models import pretrain
+
+    # Small batches and eval sets: this checks the wiring, not what the model learns.
+    short = functools.partial(pretrain.pretrain, batch_size=8, eval_n=20)
+    monkeypatch.setattr(pretrain, "pretrain", short)
     out = build_tiny_model(tmp_path / "m", families=["arithmetic"], steps=2, seed=0)
     manifest = json.loads((out / "honed_tiny.json").read_text())
     assert manifest["pretrained"] is True
@@ -198,3 +207,10 @@ def test_pretrained_tiny_base_knows_its_families(tmp_path_factory):
         score = exact_match(model, tokenizer, generate(family, 300, seed=manifest["seed"]))
         assert score >= 0.9, (family, score)
         assert manifest["exact_match"][family] >= 0.9
+
+
+def test_built_directory_is_readable_by_others_as_the_umask_allows(tmp_path):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    out = build_tiny_model(tmp_path / "m", pretrain=False)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask

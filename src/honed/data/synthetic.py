@@ -23,7 +23,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["FAMILIES", "Family", "eval_path_for", "generate", "pairs", "write_synthetic"]
+__all__ = [
+    "FAMILIES",
+    "Family",
+    "chat_record",
+    "eval_path_for",
+    "generate",
+    "get_family",
+    "pairs",
+    "write_synthetic",
+]
 
 _LETTERS = string.ascii_lowercase
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from honed.data.synthetic import generate, get_family
+from honed.data.synthetic import chat_record, generate, get_family
 
 __all__ = ["encode_for_answer_loss", "pretrain"]
 
@@ -98,10 +98,7 @@ def pretrain(
             k = len(records) % len(families)
             prompt, answer = samplers[k](rng)
             if prompt not in held_out[families[k]]:
-                records.append(
-                    {"messages": [{"role": "user", "content": prompt},
-                                  {"role": "assistant", "content": answer}]}
-                )
+                records.append(chat_record(prompt, answer))
         return encode_for_answer_loss(tokenizer, records)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))

@@ -33,8 +33,8 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -186,7 +186,9 @@ def build_tiny_model(
         report = run_pretraining(model, tokenizer, families, steps=steps, seed=seed)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.building-"))
+    # Not mkdtemp: its 0700 mode would survive the rename; mkdir honours the umask.
+    staging = out_dir.parent / f".{out_dir.name}.building-{uuid.uuid4().hex[:12]}"
+    staging.mkdir()
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
