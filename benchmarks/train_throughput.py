@@ -1,6 +1,6 @@
 """Benchmark: LoRA training throughput of honed's trainer against HF Trainer (and TRL).
 
-    python benchmarks/train_throughput.py [--steps N] [--quick]
+    python benchmarks/train_throughput.py [--steps N] [--quick] [--rounds R] [--only a,b]
 
 Builds the tiny model with random weights (``build_tiny_model(pretrain=False)``) and a
 variable-length synthetic chat data set in a temporary directory, then trains the SAME
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import resource
@@ -498,9 +497,12 @@ def main(argv: list[str] | None = None) -> int:
               f"projections, lr {LR} cosine, warm-up {WARMUP_STEPS}, {args.threads} torch threads; "
               f"first {args.warmup} steps untimed")
         print(f"before: {load_snapshot()}")
-        if not args.quick and os.getloadavg()[0] > 0.5:
-            print("WARNING: the machine is busy; with every core in use, figures can drop several-fold. "
-                  "Watch the 'others CPU' column and re-run when quiet.")
+        busy, t0 = _cpu_busy_seconds(), time.perf_counter()
+        time.sleep(1.0)
+        others = (_cpu_busy_seconds() - busy) / ((time.perf_counter() - t0) * (os.cpu_count() or 1))
+        if others > 0.1:
+            print(f"WARNING: other processes are using {others:.0%} of the CPUs; with every core in use, "
+                  "figures can drop several-fold. Watch the 'others CPU' column and re-run when quiet.")
         try:
             import trl  # noqa: F401
         except ImportError:
