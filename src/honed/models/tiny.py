@@ -39,6 +39,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from honed.atomic_files import fsync_dir
+
 __all__ = [
     "DEFAULT_PRETRAIN_STEPS",
     "PRETRAIN_FAMILIES",
@@ -209,7 +211,7 @@ def build_tiny_model(
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above; rename cannot replace a directory
         os.rename(staging, out_dir)
-        _fsync_dir(out_dir.parent)
+        fsync_dir(out_dir.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -217,19 +219,11 @@ def build_tiny_model(
     return out_dir
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(root: Path) -> None:
     for path in root.iterdir():
         with open(path, "rb") as f:
             os.fsync(f.fileno())
-    _fsync_dir(root)
+    fsync_dir(root)
 
 
 def default_cache_dir() -> Path:
