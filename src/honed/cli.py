@@ -16,44 +16,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from honed.config import SettingsError, parse_assignments
-from honed.workspace import Workspace, WorkspaceError, init_workspace, open_workspace
-
-app = typer.Typer(
-    help="honed keeps a local language model learning: add data, train LoRA adapters, "
-    "evaluate, deploy.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)
-
-WorkspaceOpt = Annotated[
-    Path | None,
-    typer.Option("--workspace", "-w", help="Workspace directory (default: HONED_WORKSPACE, "
-                 "else the nearest honed.toml at or above the current directory)."),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
-
-
-def _workspace(path: Path | None, assignments: list[str] | None = None) -> Workspace:
-    try:
-        return open_workspace(path, parse_assignments(assignments or []))
-    except (WorkspaceError, SettingsError) as exc:
-        raise _fail(str(exc)) from None
-
-
-@app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
+from honed.cli_common import JsonOpt, WorkspaceOpt, app, console, err_console
+from honed.cli_common import fail as _fail
+from honed.cli_common import workspace_from as _workspace
+from honed.config import SettingsError
+from honed.workspace import Workspace, WorkspaceError, init_workspace
 
 @app.command()
 def init(
@@ -299,46 +266,8 @@ def runs(workspace: WorkspaceOpt = None, limit: Annotated[int, typer.Option()] =
     console.print(table)
 
 
-@app.command()
-def status(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
-    """The workspace at a glance: store, bases, tracks, datasets, latest runs. Fast: no torch."""
-    ws = _workspace(workspace)
-    store = ws.open_store()
-    try:
-        base = store.get_base()
-        info = {
-            "workspace": str(ws.root),
-            "store": store.display_url,
-            "base": {"version": base.version, "source": base.source} if base else None,
-            "tracks": [{"name": t.name, "base_version": t.base_version} for t in store.list_tracks()],
-            "datasets": len(store.list_datasets()),
-            "runs": [
-                {"run": r.id, "status": r.status, "track": r.track,
-                 "step": (r.final_metrics or {}).get("step"), "started_at": str(r.started_at)}
-                for r in store.list_runs(limit=5)
-            ],
-            "stop_file": ws.stop_file.exists(),
-        }
-    finally:
-        store.close()
-    if as_json:
-        print(json.dumps(info, indent=2, default=str))
-        return
-    console.print(f"workspace  {info['workspace']}")
-    console.print(f"store      {info['store']}", highlight=False)
-    if info["base"]:
-        console.print(f"base       v{info['base']['version']} ({info['base']['source']})", highlight=False)
-    console.print("tracks     " + ", ".join(f"{t['name']} (v{t['base_version']})" for t in info["tracks"]))
-    console.print(f"datasets   {info['datasets']}")
-    if info["stop_file"]:
-        console.print("[bold red]STOP file present: training halts at the next step[/]")
-    if info["runs"]:
-        table = Table("run", "status", "track", "step", "started")
-        for r in info["runs"]:
-            table.add_row(r["run"], r["status"], r["track"], str(r["step"] or ""), r["started_at"][:19])
-        console.print(table)
-    else:
-        console.print("runs       none yet")
+# The daemon's commands (daemon, queue, events, pause…, status) register on the same app.
+from honed import cli_daemon  # noqa: E402,F401
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class _Section(BaseModel):
@@ -125,6 +125,83 @@ class TrainSettings(_Section):
     threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch's default.")
 
 
+class DaemonSettings(_Section):
+    """The daemon: how it watches the inbox, supervises trainers and fills idle time."""
+
+    poll_interval_s: float = Field(
+        0.5, gt=0, description="How often the daemon looks at the queue, the inbox and its "
+        "trainer, in seconds.",
+    )
+    settle_s: float = Field(
+        1.0, ge=0, description="A file written into the inbox counts as complete once its size "
+        "and modification time stayed the same this long, in seconds (a file renamed into the "
+        "inbox, or closed by its writer, is taken at once).",
+    )
+    watcher: Literal["auto", "polling"] = Field(
+        "auto", description="auto: the OS's file events (inotify) via watchdog, polling if they "
+        "are unavailable. polling: look every poll_interval_s.",
+    )
+    inbox_priority: Literal["high", "normal", "low"] = Field(
+        "normal", description="Priority of the jobs queued for inbox files.",
+    )
+    max_attempts: int = Field(
+        3, gt=0, description="Trainer attempts per job; a job whose trainer crashed this many "
+        "times fails with the last reason.",
+    )
+    backoff_s: float = Field(
+        10.0, ge=0, description="Wait before retrying a crashed attempt, in seconds; doubles "
+        "with each further failure.",
+    )
+    backoff_max_s: float = Field(600.0, ge=0, description="Longest wait between attempts, in seconds.")
+    heartbeat_timeout_s: float = Field(
+        600.0, gt=0, description="A trainer that reports nothing for this long is killed and "
+        "the attempt counts as failed, in seconds.",
+    )
+    stop_grace_s: float = Field(
+        300.0, gt=0, description="How long a stopping daemon waits for its trainer to "
+        "checkpoint and exit before killing it, in seconds.",
+    )
+    warm_trainer: bool = Field(
+        True, description="Keep the next trainer process started, with torch imported, so a "
+        "job begins training without the import delay.",
+    )
+    training_window: str = Field(
+        "", description="Local hours in which jobs may train, e.g. '02:00-06:00' (may wrap "
+        "midnight). Empty: any time. A job still training when the window closes is paused "
+        "and continues in the next window.",
+    )
+    idle: Literal["none", "synthetic", "command"] = Field(
+        "none", description="What the daemon does when the queue is empty: nothing, write a "
+        "synthetic dataset of idle_family into the inbox, or run idle_command.",
+    )
+    idle_command: str = Field(
+        "", description="Shell command run when idle = 'command'; it should write JSONL into "
+        "$HONED_INBOX.",
+    )
+    idle_family: str = Field("arithmetic", description="Synthetic family used when idle = 'synthetic'.")
+    idle_records: int = Field(500, gt=0, description="Records per idle synthetic dataset.")
+    idle_every_s: float = Field(
+        3600.0, ge=0, description="Least time between two idle datasets, in seconds.",
+    )
+
+    @field_validator("training_window")
+    @classmethod
+    def _check_window(cls, value: str) -> str:
+        from honed.daemon.schedule import parse_window
+
+        parse_window(value)  # raises ValueError with what to write instead
+        return value
+
+    @field_validator("idle_family")
+    @classmethod
+    def _check_family(cls, value: str) -> str:
+        from honed.data.synthetic import FAMILIES
+
+        if value not in FAMILIES:
+            raise ValueError(f"unknown synthetic family; allowed: {', '.join(FAMILIES)}")
+        return value
+
+
 class Settings(_Section):
     """Everything in honed.toml."""
 
@@ -138,6 +215,7 @@ class Settings(_Section):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
 
 
 class SettingsError(ValueError):

@@ -5,23 +5,39 @@ revisions shipped in ``migrations/`` whenever a store is opened.
 """
 
 from honed.store.errors import (
+    JobStateError,
     DuplicateDatasetError,
     StaleAttemptError,
     StoreError,
     StoreUnavailableError,
 )
-from honed.store.info import BaseInfo, CheckpointInfo, DatasetInfo, RunInfo, TrackInfo
+from honed.store.info import (
+    BaseInfo,
+    CheckpointInfo,
+    CommandInfo,
+    DatasetInfo,
+    JobEvent,
+    JobInfo,
+    RunInfo,
+    TrackInfo,
+    WorkerInfo,
+)
 from honed.store.store import Store
 
 __all__ = [
     "BaseInfo",
     "CheckpointInfo",
     "DatasetInfo",
+    "CommandInfo",
     "DuplicateDatasetError",
+    "JobEvent",
+    "JobInfo",
+    "JobStateError",
     "RunInfo",
     "StaleAttemptError",
     "Store",
     "StoreError",
     "StoreUnavailableError",
     "TrackInfo",
+    "WorkerInfo",
 ]

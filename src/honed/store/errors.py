@@ -24,3 +24,8 @@ class DuplicateDatasetError(StoreError):
 class StaleAttemptError(StoreError):
     """A writer carried an attempt number older than the run's current one: a newer
     attempt owns the run now, so the stale writer's change is refused (fencing)."""
+
+
+class JobStateError(StoreError):
+    """A job cannot do what was asked in the state it is in (resume a finished job, move
+    a running one); the message says which state it is in and what would apply."""

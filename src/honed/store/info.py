@@ -74,3 +74,72 @@ class CheckpointInfo:
     path: str
     complete: bool
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """A request to train a track, and where it stands. ``failures`` counts the
+    attempts whose trainer crashed; ``progress`` is the running trainer's last report
+    (step, total_steps, loss, tokens_per_s, eta_s)."""
+
+    id: int
+    track: str
+    dataset_ids: list[int]
+    overrides: dict[str, Any]
+    priority: str
+    state: str
+    source: str
+    run_id: str | None
+    failures: int
+    not_before: datetime | None
+    error: str | None
+    worker: str | None
+    trainer_pid: int | None
+    heartbeat_at: datetime | None
+    progress: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One entry of a job's event log."""
+
+    id: int
+    job_id: int
+    at: datetime
+    kind: str
+    message: str
+    data: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class CommandInfo:
+    """A control command and how far it got: pending, taken (by a trainer, at
+    ``taken_step``) or done (with its ``outcome``)."""
+
+    id: int
+    job_id: int
+    command: str
+    state: str
+    requested_at: datetime
+    taken_at: datetime | None
+    taken_step: int | None
+    done_at: datetime | None
+    outcome: str | None
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A daemon that runs, or ran, on this store."""
+
+    id: str
+    host: str
+    pid: int
+    workspace: str
+    started_at: datetime
+    heartbeat_at: datetime
+    stopped_at: datetime | None
+    state: dict[str, Any] | None

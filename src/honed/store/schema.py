@@ -27,7 +27,16 @@ NAMING_CONVENTION = {
 
 metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
-RUN_STATUSES = ("running", "succeeded", "failed", "stopped", "paused")
+RUN_STATUSES = ("running", "succeeded", "failed", "stopped", "paused", "cancelled")
+# DESIGN.md's job states. "skipped" is set aside, not finished: it can be resumed.
+JOB_STATES = (
+    "queued", "running", "paused", "evaluating",
+    "succeeded", "rejected", "failed", "skipped", "cancelled",
+)
+JOB_FINAL_STATES = ("succeeded", "rejected", "failed", "cancelled")
+JOB_PRIORITIES = {"high": 0, "normal": 1, "low": 2}
+JOB_COMMANDS = ("pause", "resume", "stop", "skip", "cancel")
+COMMAND_STATES = ("pending", "taken", "done")
 DATASET_MODES = ("strict", "lenient")
 METRIC_KINDS = ("train", "eval")
 
@@ -200,4 +209,80 @@ trained_records = sa.Table(
     sa.Column("base_version", sa.Integer, primary_key=True),
     sa.Column("record_hash", HASH, primary_key=True),
     sa.Column("run_id", sa.String(64), nullable=False),
+)
+
+# A request to train a track. ``id`` orders jobs of one priority first in, first out.
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("track", NAME, sa.ForeignKey("tracks.name"), nullable=False),
+    sa.Column("dataset_ids", json_type(), nullable=False),
+    sa.Column("overrides", json_type(), nullable=False),
+    sa.Column("priority", sa.SmallInteger, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("source", sa.String(32), nullable=False),
+    # Set when the job is first claimed; the run is created by its first trainer, so no
+    # foreign key (the id exists before the row).
+    sa.Column("run_id", sa.String(64), nullable=True),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("not_before", UTCDateTime, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("worker", sa.String(200), nullable=True),
+    sa.Column("trainer_pid", sa.Integer, nullable=True),
+    sa.Column("heartbeat_at", UTCDateTime, nullable=True),
+    sa.Column("progress", json_type(), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=True),
+    sa.Column("ended_at", UTCDateTime, nullable=True),
+    sa.Index(None, "state", "priority", "id"),
+    sqlite_autoincrement=True,
+)
+
+# What happened to a job, in order, like a hosted fine-tuning API's job events.
+job_events = sa.Table(
+    "job_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.Integer, sa.ForeignKey("jobs.id"), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("data", json_type(), nullable=True),
+    sa.Index(None, "job_id", "id"),
+    sqlite_autoincrement=True,
+)
+
+# Control is a command in the store: pending until a trainer takes it at a step
+# boundary (or the store applies it at once to a job that is not training), done once
+# the job reached the state the command asked for.
+job_commands = sa.Table(
+    "job_commands",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.Integer, sa.ForeignKey("jobs.id"), nullable=False),
+    sa.Column("command", sa.String(16), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("requested_at", UTCDateTime, nullable=False),
+    sa.Column("taken_at", UTCDateTime, nullable=True),
+    sa.Column("taken_step", sa.Integer, nullable=True),
+    sa.Column("done_at", UTCDateTime, nullable=True),
+    sa.Column("outcome", sa.Text, nullable=True),
+    sa.Index(None, "job_id", "state"),
+    sqlite_autoincrement=True,
+)
+
+# Daemons that run (or ran) on this store: who, where, since when, last sign of life.
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("id", sa.String(200), primary_key=True),
+    sa.Column("host", sa.String(200), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("workspace", sa.Text, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("heartbeat_at", UTCDateTime, nullable=False),
+    sa.Column("stopped_at", UTCDateTime, nullable=True),
+    sa.Column("state", json_type(), nullable=True),
 )

@@ -16,10 +16,20 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from honed.store import catalog, migrate, runs
+from honed.store import catalog, jobs, migrate, runs
 from honed.store.engine import WRITE_OPTION, create_engine, display, parse_url, sqlite_file
 from honed.store.errors import StoreError, StoreUnavailableError
-from honed.store.info import BaseInfo, CheckpointInfo, DatasetInfo, RunInfo, TrackInfo
+from honed.store.info import (
+    BaseInfo,
+    CheckpointInfo,
+    CommandInfo,
+    DatasetInfo,
+    JobEvent,
+    JobInfo,
+    RunInfo,
+    TrackInfo,
+    WorkerInfo,
+)
 
 class Store:
     """honed's state: bases, tracks, datasets, runs, checkpoints, metrics, trained records.
@@ -341,3 +351,95 @@ class Store:
         """Hashes of the records ``track`` already trained on with ``base_version``."""
         with self._transaction(write=False) as conn:
             return catalog.trained_record_hashes(conn, track, base_version)
+
+    # --- jobs, events, control, workers ------------------------------------------------
+
+    def create_job(self, *, track: str, dataset_ids: list[int], overrides: dict[str, Any] | None = None,
+                   priority: str = "normal", source: str = "cli") -> JobInfo:
+        """Queue a job to train ``track`` on ``dataset_ids`` with setting ``overrides``
+        (``{"train": {"lr": 1e-3}}``); ``priority`` is high, normal or low."""
+        with self._transaction(write=True) as conn:
+            return jobs.create_job(conn, track=track, dataset_ids=dataset_ids, overrides=overrides or {},
+                                   priority=priority, source=source)
+
+    def get_job(self, job_id: int) -> JobInfo:
+        """The job with ``job_id``; StoreError naming it when there is none."""
+        with self._transaction(write=False) as conn:
+            return jobs.get_job(conn, job_id)
+
+    def list_jobs(self, states: tuple[str, ...] | None = None, limit: int | None = None) -> list[JobInfo]:
+        """Jobs in the order the daemon takes them (priority, then first in first out)."""
+        with self._transaction(write=False) as conn:
+            return jobs.list_jobs(conn, states, limit)
+
+    def claim_next_job(self, worker: str, run_id: str) -> JobInfo | None:
+        """Atomically take the next ready job for ``worker`` (state ``running``); a job
+        without a run gets ``run_id``. None when nothing is ready."""
+        with self._transaction(write=True) as conn:
+            return jobs.claim_next_job(conn, worker, run_id)
+
+    def report_progress(self, job_id: int, progress: dict[str, Any] | None = None,
+                        trainer_pid: int | None = None) -> None:
+        """A trainer's heartbeat, with where it is."""
+        with self._transaction(write=True) as conn:
+            jobs.report_progress(conn, job_id, progress, trainer_pid)
+
+    def set_job_priority(self, job_id: int, priority: str) -> JobInfo:
+        """Move a waiting job to another priority."""
+        with self._transaction(write=True) as conn:
+            return jobs.set_priority(conn, job_id, priority)
+
+    def end_attempt(self, job_id: int, state: str, message: str, **kwargs: Any) -> JobInfo:
+        """Record how a trainer's attempt ended and settle the job's commands (see
+        :func:`honed.store.jobs.end_attempt`)."""
+        with self._transaction(write=True) as conn:
+            return jobs.end_attempt(conn, job_id, state, message, **kwargs)
+
+    def add_job_event(self, job_id: int, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
+        """Append an entry to a job's event log."""
+        with self._transaction(write=True) as conn:
+            jobs.add_event(conn, job_id, kind, message, data)
+
+    def job_events(self, job_id: int, after_id: int = 0, limit: int | None = None) -> list[JobEvent]:
+        """A job's events after ``after_id``, oldest first."""
+        with self._transaction(write=False) as conn:
+            return jobs.job_events_after(conn, job_id, after_id, limit)
+
+    def request_command(self, job_id: int, command: str) -> CommandInfo:
+        """pause, resume, stop, skip or cancel a job (JobStateError when it cannot)."""
+        with self._transaction(write=True) as conn:
+            return jobs.request_command(conn, job_id, command)
+
+    def get_command(self, command_id: int) -> CommandInfo:
+        """A control command and how far it got."""
+        with self._transaction(write=False) as conn:
+            return jobs.get_command(conn, command_id)
+
+    def take_command(self, job_id: int, step: int) -> str | None:
+        """For a trainer at a step boundary: its job's next pending command, marked taken.
+        Only reads (no write lock) when nothing is pending, which is nearly always."""
+        with self._transaction(write=False) as conn:
+            if not jobs.has_pending_command(conn, job_id):
+                return None
+        with self._transaction(write=True) as conn:
+            return jobs.take_command(conn, job_id, step)
+
+    def taken_command(self, job_id: int) -> str | None:
+        """The command a trainer of this job took and has not seen through."""
+        with self._transaction(write=False) as conn:
+            return jobs.taken_command(conn, job_id)
+
+    def register_worker(self, worker_id: str, host: str, pid: int, workspace: str) -> WorkerInfo:
+        """Record a daemon starting on this store."""
+        with self._transaction(write=True) as conn:
+            return jobs.register_worker(conn, worker_id, host, pid, workspace)
+
+    def beat_worker(self, worker_id: str, state: dict[str, Any] | None = None, stopped: bool = False) -> None:
+        """A daemon's heartbeat; ``stopped`` when it exits."""
+        with self._transaction(write=True) as conn:
+            jobs.beat_worker(conn, worker_id, state, stopped)
+
+    def list_workers(self, workspace: str | None = None, limit: int = 10) -> list[WorkerInfo]:
+        """Daemons of this store (of one workspace), newest first."""
+        with self._transaction(write=False) as conn:
+            return jobs.list_workers(conn, workspace, limit)

@@ -30,8 +30,9 @@ def new_run_id() -> str:
 
 
 def prepare_run(workspace: Workspace, store, dataset_ids: list[int], *, track: str,
-                adapter_out: Path | None = None, base_version: int | None = None):
-    """Plan a new run on ``dataset_ids`` and register it; returns its RunSpec."""
+                adapter_out: Path | None = None, base_version: int | None = None, run_id: str | None = None):
+    """Plan a new run on ``dataset_ids`` and register it (as ``run_id`` when given, as
+    the daemon does; a fresh id otherwise); returns its RunSpec."""
     from honed.training.trainer import RunSpec
 
     settings = workspace.settings
@@ -66,9 +67,10 @@ def prepare_run(workspace: Workspace, store, dataset_ids: list[int], *, track: s
         heldout_fraction=cfg.heldout_fraction, replay_ratio=cfg.replay_ratio,
         retrain_seen=cfg.retrain_seen, seed=cfg.seed,
     )
-    run_id = new_run_id()
+    run_id = run_id or new_run_id()
     run_dir = workspace.runs_dir / run_id
-    run_dir.mkdir(parents=True)
+    # exist_ok: a trainer that died between planning and registering left the directory.
+    run_dir.mkdir(parents=True, exist_ok=True)
     plan_info = write_plan(plan, run_dir)
     plan_info["notes"] = plan.notes
     out = Path(adapter_out).resolve() if adapter_out else workspace.adapters_dir / run_id
@@ -103,13 +105,13 @@ def resume_spec(workspace: Workspace, store, run_id: str):
     )
 
 
-def execute_run(spec, store, *, control=None, on_step=None):
+def execute_run(spec, store, *, control=None, on_step=None, on_checkpoint=None):
     """Carry out one attempt of ``spec`` and record its outcome, checkpoints and manifest."""
     from honed.training.manifest import write_manifest
     from honed.training.trainer import RunOutcome, train_run
 
     try:
-        outcome = train_run(spec, store, control=control, on_step=on_step)
+        outcome = train_run(spec, store, control=control, on_step=on_step, on_checkpoint=on_checkpoint)
     except Exception as exc:  # an attempt that crashes is recorded, then re-raised
         run = store.get_run(spec.run_id)
         outcome = RunOutcome("failed", 0, 0, run.attempt if run else 0, error=f"{type(exc).__name__}: {exc}")

@@ -37,8 +37,9 @@ from honed.training.model_loading import attach_lora, load_base_model, load_toke
 
 log = logging.getLogger(__name__)
 
-Control = Callable[[int], str | None]  # step -> None, "pause" or "stop"
+Control = Callable[[int], str | None]  # step -> None, "pause", "stop" or "cancel"
 StepCallback = Callable[[dict], None]
+CheckpointCallback = Callable[[int, Path], None]
 
 
 class TrainingDiverged(RuntimeError):
@@ -63,7 +64,7 @@ class RunSpec:
 class RunOutcome:
     """How an attempt ended."""
 
-    status: str  # succeeded | paused | stopped | failed
+    status: str  # succeeded | paused | stopped | cancelled | failed
     step: int
     total_steps: int
     attempt: int
@@ -257,9 +258,14 @@ def _save_adapter_atomically(model, out: Path) -> Path:
     return out
 
 
-def train_run(spec: RunSpec, store, *, control: Control | None = None, on_step: StepCallback | None = None) -> RunOutcome:
+def train_run(spec: RunSpec, store, *, control: Control | None = None, on_step: StepCallback | None = None,
+              on_checkpoint: CheckpointCallback | None = None) -> RunOutcome:
     """Run one attempt of ``spec``: continue from its last complete checkpoint if any,
-    train until done or told to pause/stop, and record everything in ``store``."""
+    train until done or told to pause, stop or cancel, and record everything in ``store``.
+
+    ``control(step)`` is asked before every optimizer step: "pause" checkpoints and
+    returns, "stop" checkpoints and ends the run with what it has as its result,
+    "cancel" returns at once with no result."""
     cfg = spec.train
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -299,6 +305,8 @@ def train_run(spec: RunSpec, store, *, control: Control | None = None, on_step: 
         store.record_checkpoint(spec.run_id, state.step, str(info.path), attempt=attempt)
         recorded.add(state.step)
         ckpt.prune_checkpoints(checkpoints_dir, cfg.keep_checkpoints)
+        if on_checkpoint:
+            on_checkpoint(state.step, info.path)
 
     def finish(status: str, error: str | None = None) -> RunOutcome:
         final = {"step": state.step, "total_steps": total, "tokens_seen": state.tokens_seen,
@@ -327,6 +335,9 @@ def train_run(spec: RunSpec, store, *, control: Control | None = None, on_step: 
     try:
         while state.step < total:
             action = control(state.step) if control else None
+            if action == "cancel":
+                log.info("run %s: cancelled at step %d", spec.run_id, state.step)
+                return finish("cancelled")
             if action in ("pause", "stop"):
                 if state.step not in recorded:
                     checkpoint()

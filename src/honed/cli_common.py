@@ -1,0 +1,53 @@
+"""What every ``honed`` command shares: the typer app, the consoles, the workspace and
+``--json`` options, and how errors are printed. Kept apart from the commands so that
+``honed.cli`` and the modules that add commands to it use one app object, whether the
+CLI runs as ``honed`` or as ``python -m honed.cli``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from honed.config import SettingsError, parse_assignments
+from honed.workspace import Workspace, WorkspaceError, open_workspace
+
+app = typer.Typer(
+    help="honed keeps a local language model learning: add data, train LoRA adapters, "
+    "evaluate, deploy.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+
+WorkspaceOpt = Annotated[
+    Path | None,
+    typer.Option("--workspace", "-w", help="Workspace directory (default: HONED_WORKSPACE, "
+                 "else the nearest honed.toml at or above the current directory)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``message`` as an error; return the Exit to raise."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def workspace_from(path: Path | None, assignments: list[str] | None = None) -> Workspace:
+    """Open the workspace (with ``--set`` assignments), or exit with the reason."""
+    try:
+        return open_workspace(path, parse_assignments(assignments or []))
+    except (WorkspaceError, SettingsError) as exc:
+        raise fail(str(exc)) from None
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")

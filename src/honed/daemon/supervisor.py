@@ -1,0 +1,439 @@
+"""The supervisor: the whole path of a job, top to bottom.
+
+``run_daemon(workspace)``
+  1. takes the workspace's lock (one daemon per workspace) and registers as a worker;
+  2. recovers what a previous daemon left: jobs whose trainer is gone go back to the
+     queue (they continue from their last checkpoint), inbox files it had moved but not
+     ingested are ingested;
+  3. loops until asked to stop:
+       - complete inbox files become datasets and jobs;
+       - with a ``STOP`` file present, or outside the training window, nothing starts;
+       - otherwise it claims the next job and supervises one attempt in a trainer
+         process: watching its heartbeat, halting it when the window closes or the
+         daemon stops, killing it when it hangs;
+       - then settles the job from how the attempt ended: succeeded, paused, skipped,
+         stopped, cancelled, back to the queue (interrupted, or crashed with attempts
+         left, after a backoff), or failed with the reason;
+       - with nothing queued, the idle policy may write data into the inbox;
+  4. on SIGTERM or Ctrl-C: the trainer checkpoints at its next step and exits, its job
+     goes back to the queue, the lock is released.
+
+The daemon never trains in its own process: a trainer that runs out of memory, hits a
+segfault or raises costs one attempt, not the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psutil
+
+from honed.daemon.inbox import Inbox
+from honed.daemon.lock import DaemonLock
+from honed.daemon.schedule import backoff_delay, in_window, parse_window
+from honed.daemon.trainer_process import EXIT_UNTRAINABLE
+from honed.store import JobInfo, StoreError, StoreUnavailableError
+from honed.workspace import Workspace
+
+log = logging.getLogger("honed.daemon")
+
+WORKER_BEAT_S = 2.0
+SPARE_RESPAWN_S = 30.0
+
+
+def run_daemon(workspace: Workspace) -> None:
+    """Run the daemon for ``workspace`` in this process until SIGTERM or Ctrl-C.
+    Raises DaemonAlreadyRunning when another daemon holds the workspace."""
+    worker = f"{socket.gethostname()}:{os.getpid()}:{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    lock = DaemonLock(workspace.root)
+    lock.acquire(worker)
+    store = workspace.open_store()
+    try:
+        store.register_worker(worker, socket.gethostname(), os.getpid(), str(workspace.root))
+        supervisor = Supervisor(workspace, store, worker)
+        signal.signal(signal.SIGTERM, supervisor.on_signal)
+        signal.signal(signal.SIGINT, supervisor.on_signal)
+        supervisor.run()
+    finally:
+        try:
+            store.beat_worker(worker, {"activity": "stopped"}, stopped=True)
+        except StoreError as exc:
+            log.warning("could not record the daemon's stop: %s", exc)
+        store.close()
+        lock.release()
+        log.info("daemon %s stopped", worker)
+
+
+class Supervisor:
+    """The loop of one daemon: inbox → queue → trainer processes."""
+
+    def __init__(self, workspace: Workspace, store, worker: str) -> None:
+        self.ws = workspace
+        self.store = store
+        self.worker = worker
+        self.cfg = workspace.settings.daemon
+        self.window = parse_window(self.cfg.training_window)
+        self.inbox = Inbox(workspace, store, settle_s=self.cfg.settle_s, priority=self.cfg.inbox_priority,
+                           use_events=self.cfg.watcher == "auto")
+        self.stopping: str | None = None
+        self.force = False
+        self.spare: subprocess.Popen | None = None
+        self.spare_started = 0.0
+        self.last_beat = 0.0
+        self.last_idle: float | None = None
+        self.activity = "starting"
+        self.current: JobInfo | None = None
+        self.log_offset = 0  # where the current attempt's output starts in its job log
+
+    def on_signal(self, signum, frame) -> None:
+        """First SIGTERM/SIGINT: stop gracefully. A second: do not wait for the trainer."""
+        if self.stopping:
+            self.force = True
+        self.stopping = signal.Signals(signum).name
+        self.inbox.wake()
+
+    # --- the loop ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Recover, then take inbox files and jobs until asked to stop."""
+        mode = self.inbox.start()
+        log.info("daemon %s watching %s (%s)", self.worker, self.inbox.root, mode)
+        try:
+            self.recover()
+            while not self.stopping:
+                try:
+                    self.step()
+                except StoreUnavailableError as exc:
+                    log.error("store unavailable, retrying: %s", exc)
+                    self.inbox.wait(max(self.cfg.poll_interval_s, 2.0))
+        finally:
+            self.inbox.stop()
+            self.drop_spare()
+
+    def step(self) -> None:
+        """One turn of the loop: inbox, then at most one job."""
+        self.tick()
+        blocked = self.why_not_train()
+        if blocked:
+            self.set_activity(blocked)
+            self.inbox.wait(self.cfg.poll_interval_s)
+            return
+        self.ensure_spare()
+        from honed.training.runs import new_run_id
+
+        job = self.store.claim_next_job(self.worker, new_run_id())
+        if job is None:
+            self.set_activity("idle")
+            self.idle()
+            self.inbox.wait(self.cfg.poll_interval_s)
+            return
+        self.supervise(job)
+
+    def tick(self) -> None:
+        """Between everything else: take complete inbox files, beat the heart."""
+        for outcome in self.inbox.take_ready():
+            log.info("inbox: %s", outcome.message)
+        if time.monotonic() - self.last_beat >= WORKER_BEAT_S:
+            self.last_beat = time.monotonic()
+            state = {"activity": self.activity, "job": self.current.id if self.current else None}
+            self.store.beat_worker(self.worker, state)
+
+    def why_not_train(self) -> str | None:
+        """Why no job may start now, or None."""
+        if self.ws.stop_file.exists():
+            return f"halted: {self.ws.stop_file} exists"
+        if not in_window(self.window):
+            return f"waiting for the training window {self.window}"
+        return None
+
+    def set_activity(self, activity: str) -> None:
+        if activity != self.activity:
+            log.info("daemon: %s", activity)
+            self.activity = activity
+            self.last_beat = 0.0  # tell the store now
+
+    # --- one attempt -----------------------------------------------------------------
+
+    def supervise(self, job: JobInfo) -> None:
+        """Run one attempt at ``job`` in a trainer process and settle the job."""
+        self.current = job
+        self.set_activity(f"training job {job.id}")
+        trainer = self.start_trainer(job)
+        threading.Thread(target=lambda: (trainer.wait(), self.inbox.wake()), daemon=True).start()
+        halted_at: float | None = None
+        killed: str | None = None
+        while trainer.poll() is None:
+            self.tick()
+            reason = self.why_halt()
+            if reason and halted_at is None:
+                log.info("job %d: halting the trainer (%s)", job.id, reason)
+                self.store.add_job_event(job.id, "halting", reason)
+                trainer.send_signal(signal.SIGTERM)
+                halted_at = time.monotonic()
+            if halted_at is not None and (self.force or time.monotonic() - halted_at > self.cfg.stop_grace_s):
+                killed = killed or "did not halt in time"
+                trainer.kill()
+            stale = self.heartbeat_age(job.id)
+            if stale is not None and stale > self.cfg.heartbeat_timeout_s and not killed:
+                killed = f"no heartbeat for {stale:.0f}s (daemon.heartbeat_timeout_s = {self.cfg.heartbeat_timeout_s:g})"
+                log.error("job %d: trainer %d %s; killing it", job.id, trainer.pid, killed)
+                trainer.kill()
+            self.inbox.wait(self.cfg.poll_interval_s)
+        self.settle(job.id, trainer.returncode, killed)
+        self.current = None
+
+    def why_halt(self) -> str | None:
+        """Why a running trainer must halt now (it checkpoints; the job is queued again)."""
+        if self.stopping:
+            return f"the daemon is stopping ({self.stopping})"
+        if not in_window(self.window):
+            return f"the training window {self.window} closed"
+        return None
+
+    def heartbeat_age(self, job_id: int) -> float | None:
+        job = self.store.get_job(job_id)
+        if job.heartbeat_at is None:
+            return None
+        return (datetime.now(UTC) - job.heartbeat_at).total_seconds()
+
+    def job_log(self, job_id: int) -> Path:
+        return self.ws.logs_dir / "jobs" / f"job-{job_id}.log"
+
+    def start_trainer(self, job: JobInfo) -> subprocess.Popen:
+        """Hand the job to the warm spare trainer, or start a fresh one."""
+        log_path = self.job_log(job.id)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_offset = log_path.stat().st_size if log_path.exists() else 0
+        trainer, self.spare = self.spare, None
+        if trainer is not None and trainer.poll() is None:
+            try:
+                trainer.stdin.write(f"job {job.id} {log_path}\n".encode())
+                trainer.stdin.close()
+            except OSError:
+                trainer = None
+        else:
+            trainer = None
+        if trainer is None:
+            with open(log_path, "ab") as out:
+                trainer = subprocess.Popen(
+                    self.trainer_command("--job", str(job.id)), stdin=subprocess.DEVNULL,
+                    stdout=out, stderr=out, start_new_session=True,
+                )
+        self.store.report_progress(job.id, None, trainer_pid=trainer.pid)
+        self.store.add_job_event(job.id, "trainer", f"trainer process {trainer.pid} started on run {job.run_id} "
+                                 f"(log: {log_path})", {"pid": trainer.pid, "run_id": job.run_id})
+        return trainer
+
+    def trainer_command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "honed.daemon.trainer_process", "--workspace", str(self.ws.root),
+                "--parent", str(os.getpid()), *args]
+
+    def ensure_spare(self) -> None:
+        """Keep one trainer process started with its imports done (daemon.warm_trainer)."""
+        if not self.cfg.warm_trainer or (self.spare is not None and self.spare.poll() is None):
+            return
+        if self.spare is not None:
+            log.warning("the spare trainer exited with %s; see %s", self.spare.returncode,
+                        self.ws.logs_dir / "trainers.log")
+            self.spare = None
+            if time.monotonic() - self.spare_started < SPARE_RESPAWN_S:
+                return  # it died young: do not spin; jobs start fresh trainers meanwhile
+        with open(self.ws.logs_dir / "trainers.log", "ab") as out:
+            self.spare = subprocess.Popen(self.trainer_command("--warm"), stdin=subprocess.PIPE,
+                                          stdout=out, stderr=out, start_new_session=True)
+        self.spare_started = time.monotonic()
+
+    def drop_spare(self) -> None:
+        spare, self.spare = self.spare, None
+        if spare is not None and spare.poll() is None:
+            spare.stdin.close()  # end of input: the spare exits
+            try:
+                spare.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                spare.kill()
+                spare.wait()
+
+    # --- settling a job ----------------------------------------------------------------
+
+    def settle(self, job_id: int, returncode: int, killed: str | None = None) -> JobInfo:
+        """Move the job on from how its attempt ended (see the module's docstring)."""
+        job = self.store.get_job(job_id)
+        run = self.store.get_run(job.run_id) if job.run_id else None
+        if returncode == 0 and run is not None and run.status != "running":
+            return self.settle_outcome(job, run)
+        if returncode == EXIT_UNTRAINABLE:
+            reason = _last_line(self.job_log(job_id), self.log_offset) or "the job cannot be trained"
+            return self.store.end_attempt(job_id, "failed", reason, error=reason)
+        reason = killed or _describe_exit(returncode)
+        detail = _last_exception(self.job_log(job_id), self.log_offset)
+        if detail and not killed:
+            reason += f": {detail}"
+        failures = job.failures + 1
+        if failures >= self.cfg.max_attempts:
+            message = f"attempt {failures} failed ({reason}); giving up after {failures} attempts"
+            log.error("job %d: %s", job_id, message)
+            return self.store.end_attempt(job_id, "failed", message, failed=True, error=reason,
+                                          data={"attempt": failures, "returncode": returncode})
+        delay = backoff_delay(failures, self.cfg.backoff_s, self.cfg.backoff_max_s)
+        message = (f"attempt {failures} failed ({reason}); retrying in {delay:g}s from the last checkpoint "
+                   f"({self.cfg.max_attempts - failures} attempt{'s' if self.cfg.max_attempts - failures > 1 else ''} left)")
+        log.warning("job %d: %s", job_id, message)
+        return self.store.end_attempt(job_id, "queued", message, kind="attempt_failed", failed=True, error=reason,
+                                      not_before=datetime.now(UTC) + timedelta(seconds=delay),
+                                      data={"attempt": failures, "returncode": returncode})
+
+    def settle_outcome(self, job: JobInfo, run) -> JobInfo:
+        """The trainer ended its attempt and the run recorded how."""
+        metrics = run.final_metrics or {}
+        where = f"step {metrics.get('step', '?')}/{metrics.get('total_steps', '?')}"
+        loss = f", loss {metrics['loss']:.4f}" if isinstance(metrics.get("loss"), float) else ""
+        data = {"run_id": run.id, "step": metrics.get("step"), "adapter": run.adapter_path}
+        taken = self.store.taken_command(job.id)
+        if run.status == "succeeded":
+            # Evaluation and gates come between training and success (the next stage).
+            return self.store.end_attempt(job.id, "succeeded", f"run {run.id} finished at {where}{loss}; "
+                                          f"adapter {run.adapter_path}", data=data)
+        if run.status == "stopped":
+            return self.store.end_attempt(job.id, "succeeded", f"stopped at {where}{loss}; the adapter from that "
+                                          f"point is the result: {run.adapter_path}", kind="stopped", data=data)
+        if run.status == "cancelled":
+            return self.store.end_attempt(job.id, "cancelled", f"cancelled at {where}; no result", data=data)
+        if run.status == "paused" and taken == "pause":
+            return self.store.end_attempt(job.id, "paused", f"paused at {where}; checkpoint kept, "
+                                          f"'honed resume {job.id}' continues from there", data=data)
+        if run.status == "paused" and taken == "skip":
+            return self.store.end_attempt(job.id, "skipped", f"set aside at {where}; 'honed resume {job.id}' "
+                                          "brings it back", data=data)
+        if run.status == "paused":
+            return self.store.end_attempt(job.id, "queued", f"interrupted at {where}; it continues from that "
+                                          "checkpoint when the daemon next runs it", kind="requeued", data=data)
+        reason = (run.error or "failed").splitlines()[0]
+        return self.store.end_attempt(job.id, "failed", f"run {run.id} failed at {where}: {reason}", error=run.error,
+                                      data=data)
+
+    # --- recovery and idle time --------------------------------------------------------
+
+    def recover(self) -> None:
+        """Settle jobs a previous daemon of this workspace left running, and inbox files
+        it left half-taken. Their trainers notice their daemon is gone and checkpoint."""
+        for outcome in self.inbox.recover():
+            log.info("inbox recovery: %s", outcome.message)
+        for job in self.store.list_jobs(states=("running", "evaluating")):
+            if job.worker == self.worker or not self.is_ours_or_dead(job.worker):
+                continue
+            self.wait_for_orphan(job)
+            run = self.store.get_run(job.run_id) if job.run_id else None
+            if run is not None and run.status not in ("running", "failed"):
+                settled = self.settle_outcome(job, run)
+            else:
+                settled = self.store.end_attempt(
+                    job.id, "queued", "recovered after the daemon restarted; it continues from its last "
+                    "checkpoint", kind="recovered")
+            log.info("recovered job %d: now %s", job.id, settled.state)
+
+    def is_ours_or_dead(self, worker_id: str | None) -> bool:
+        """Whether a job's worker was a daemon of this workspace (it is dead: we hold the
+        lock) or has stopped beating (a daemon elsewhere that is gone)."""
+        if worker_id is None:
+            return True
+        for worker in self.store.list_workers(limit=1000):
+            if worker.id == worker_id:
+                stale = (datetime.now(UTC) - worker.heartbeat_at).total_seconds() > 10 * WORKER_BEAT_S
+                return worker.workspace == str(self.ws.root) or worker.stopped_at is not None or stale
+        return True
+
+    def wait_for_orphan(self, job: JobInfo) -> None:
+        """Give a trainer that outlived its daemon time to checkpoint and exit."""
+        pid = job.trainer_pid
+        if not pid:
+            return
+        try:
+            proc = psutil.Process(pid)
+            if not any("honed.daemon.trainer_process" in part for part in proc.cmdline()):
+                return
+        except psutil.Error:
+            return
+        log.info("job %d: waiting for its orphaned trainer %d to checkpoint and exit", job.id, pid)
+        try:
+            proc.wait(timeout=self.cfg.stop_grace_s)
+        except psutil.TimeoutExpired:
+            proc.kill()
+
+    def idle(self) -> None:
+        """With nothing queued, write data into the inbox as daemon.idle says."""
+        if self.cfg.idle == "none":
+            return
+        if self.last_idle is not None and time.monotonic() - self.last_idle < self.cfg.idle_every_s:
+            return
+        if self.store.list_jobs(states=("queued", "running"), limit=1):
+            return
+        self.last_idle = time.monotonic()
+        stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}"
+        if self.cfg.idle == "synthetic":
+            from honed.data.synthetic import write_synthetic
+
+            staging = self.ws.datasets_dir / "idle"
+            staging.mkdir(parents=True, exist_ok=True)
+            train, _ = write_synthetic(self.cfg.idle_family, self.cfg.idle_records,
+                                       staging / f"idle-{self.cfg.idle_family}-{stamp}.jsonl", seed=int(time.time()))
+            os.rename(train, self.ws.inbox / train.name)  # renamed in: complete at once
+            log.info("idle: wrote %d %s records into the inbox (%s)", self.cfg.idle_records,
+                     self.cfg.idle_family, train.name)
+            return
+        env = {**os.environ, "HONED_INBOX": str(self.ws.inbox), "HONED_WORKSPACE": str(self.ws.root)}
+        with open(self.ws.logs_dir / "idle.log", "ab") as out:
+            try:
+                result = subprocess.run(self.cfg.idle_command, shell=True, env=env, cwd=self.ws.root,
+                                        stdout=out, stderr=out, timeout=3600)
+            except subprocess.TimeoutExpired:
+                log.error("idle: command timed out after an hour: %s", self.cfg.idle_command)
+                return
+        if result.returncode:
+            log.error("idle: command exited with %d (output in logs/idle.log): %s", result.returncode,
+                      self.cfg.idle_command)
+        else:
+            log.info("idle: command ran: %s", self.cfg.idle_command)
+
+
+def _describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        hint = " (out of memory, or killed from outside)" if name == "SIGKILL" else ""
+        return f"the trainer was killed by {name}{hint}"
+    return f"the trainer exited with code {returncode}"
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit|Diverged)\b.*")
+
+
+def _tail(path: Path, start: int, size: int = 16384) -> list[str]:
+    """The last lines of ``path`` written after byte ``start``."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(start, fh.seek(0, 2) - size))
+            return fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return []
+
+
+def _last_exception(path: Path, start: int) -> str | None:
+    """The last ``SomeError: message`` line of a trainer's log (its crash, if it raised)."""
+    for line in reversed(_tail(path, start)):
+        if _EXCEPTION_LINE.match(line):
+            return line.strip()
+    return None
+
+
+def _last_line(path: Path, start: int) -> str | None:
+    lines = [line for line in _tail(path, start) if line.strip()]
+    return lines[-1].strip() if lines else None

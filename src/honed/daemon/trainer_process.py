@@ -1,0 +1,196 @@
+"""The trainer process: one attempt at one job, in a child of the daemon.
+
+``python -m honed.daemon.trainer_process --workspace WS --parent PID --job N`` runs an
+attempt at once; with ``--warm`` instead of ``--job`` it imports torch and the training
+code first, then waits for a line ``job N`` on stdin (the daemon keeps one such process
+ready so that a job starts training without the import delay; end of input means "not
+needed", and it exits).
+
+It exits 0 when the attempt ended in any way the run recorded (succeeded, paused,
+stopped, cancelled, or failed by the non-finite policy), 3 when the job cannot be
+trained at all (its data plans to nothing, a setting is wrong; the last line on stderr
+says why), and otherwise crashes like any Python process (traceback on stderr, exit 1),
+which the daemon counts as a failed attempt.
+
+Between optimizer steps it asks, in order: is there a ``STOP`` file (halt: checkpoint
+and exit, job back to the queue), is the daemon gone or did it send SIGTERM (the same),
+is there a control command for this job in the store (pause, stop, skip, cancel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("honed.trainer")
+
+EXIT_UNTRAINABLE = 3
+PROGRESS_EVERY_S = 1.0
+
+
+class JobControl:
+    """The trainer's ``control(step)``: emergency brake, supervisor and store commands.
+
+    The store is asked on every step (a read; a write only when a command waits);
+    when it cannot be reached the step goes on, and the STOP file still halts it.
+    """
+
+    def __init__(self, workspace, store, job_id: int, parent_pid: int | None) -> None:
+        self.workspace = workspace
+        self.store = store
+        self.job_id = job_id
+        self.parent_pid = parent_pid
+        self.signalled: str | None = None
+        self.interrupted: str | None = None  # why the trainer halted without a command
+
+    def on_signal(self, signum, frame) -> None:
+        self.signalled = signal.Signals(signum).name
+
+    def __call__(self, step: int) -> str | None:
+        from honed.store import StoreError
+
+        if self.workspace.stop_file.exists():
+            self.interrupted = "halted by the STOP file"
+            return "pause"
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            self.interrupted = "the daemon is gone"
+            return "pause"
+        if self.signalled:
+            self.interrupted = f"the daemon asked the trainer to halt ({self.signalled})"
+            return "pause"
+        try:
+            command = self.store.take_command(self.job_id, step)
+        except StoreError as exc:
+            log.warning("job %d: cannot read control commands (%s); training on", self.job_id, exc)
+            return None
+        return {"pause": "pause", "skip": "pause", "stop": "stop", "cancel": "cancel"}.get(command or "")
+
+
+class ProgressReporter:
+    """Writes the job's heartbeat with step, loss, tokens/s and ETA at most once a second."""
+
+    def __init__(self, store, job_id: int) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.last = 0.0
+        self.first: tuple[float, int] | None = None
+
+    def __call__(self, row: dict) -> None:
+        from honed.store import StoreError
+
+        now = time.monotonic()
+        if self.first is None:
+            self.first = (now, row["step"] - 1)
+        if now - self.last < PROGRESS_EVERY_S and row["step"] < row["total_steps"]:
+            return
+        self.last = now
+        started, first_step = self.first
+        done = row["step"] - first_step
+        per_step = (now - started) / done if done > 0 else None
+        progress = {
+            "phase": "training", "step": row["step"], "total_steps": row["total_steps"],
+            "loss": row["loss"], "tokens_per_s": round(row["tokens_per_s"], 1),
+            "attempt": row["attempt"], "eta_s": round(per_step * (row["total_steps"] - row["step"]), 1)
+            if per_step else None,
+        }
+        try:
+            self.store.report_progress(self.job_id, progress)
+        except StoreError as exc:
+            log.warning("job %d: heartbeat not written (%s)", self.job_id, exc)
+
+
+def run_attempt(root: Path, job_id: int, parent_pid: int | None) -> int:
+    """One attempt at ``job_id``; returns the exit code (see the module's docstring)."""
+    from honed.config import SettingsError
+    from honed.data.plan import PlanError
+    from honed.store import StoreError
+    from honed.training.runs import RunError, execute_run, prepare_run, resume_spec
+    from honed.workspace import open_workspace
+
+    base_ws = open_workspace(root)
+    store = base_ws.open_store()
+    try:
+        job = store.get_job(job_id)
+        control = JobControl(base_ws, store, job_id, parent_pid)
+        signal.signal(signal.SIGTERM, control.on_signal)
+        signal.signal(signal.SIGINT, control.on_signal)
+        store.report_progress(job_id, {"phase": "loading"}, trainer_pid=os.getpid())
+        try:
+            workspace = open_workspace(root, job.overrides)
+            if job.run_id and store.get_run(job.run_id) is not None:
+                spec = resume_spec(workspace, store, job.run_id)
+            else:
+                spec = prepare_run(workspace, store, job.dataset_ids, track=job.track, run_id=job.run_id)
+        except (SettingsError, PlanError, RunError, StoreError, ValueError) as exc:
+            print(f"job {job_id} cannot be trained: {exc}", file=sys.stderr, flush=True)
+            return EXIT_UNTRAINABLE
+
+        def on_checkpoint(step: int, path: Path) -> None:
+            try:
+                store.add_job_event(job_id, "checkpoint", f"checkpoint at step {step}",
+                                    {"step": step, "path": str(path)})
+            except StoreError as exc:
+                log.warning("job %d: checkpoint event not written (%s)", job_id, exc)
+
+        log.info("job %d: attempt on run %s starts", job_id, spec.run_id)
+        outcome = execute_run(spec, store, control=control, on_step=ProgressReporter(store, job_id),
+                              on_checkpoint=on_checkpoint)
+        if control.interrupted and outcome.status == "paused":
+            store.add_job_event(job_id, "interrupted", f"{control.interrupted}; checkpoint at step "
+                                f"{outcome.step}", {"step": outcome.step})
+        log.info("job %d: attempt ended %s at step %d/%d", job_id, outcome.status, outcome.step,
+                 outcome.total_steps)
+        return 0
+    finally:
+        store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m honed.daemon.trainer_process")
+    parser.add_argument("--workspace", required=True, type=Path)
+    parser.add_argument("--parent", type=int, default=None, help="pid of the supervising daemon")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--job", type=int)
+    group.add_argument("--warm", action="store_true", help="import first, then read 'job N' from stdin")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s trainer[%(process)d] %(levelname)s %(name)s: %(message)s")
+    from honed.training.model_loading import quiet_libraries
+
+    quiet_libraries()
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    job_id = args.job
+    if args.warm:
+        import honed.training.runs  # noqa: F401  (the imports are the point of warming up)
+        import honed.training.trainer  # noqa: F401
+
+        # While waiting, a SIGTERM from the daemon simply ends the spare.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        line = sys.stdin.readline()
+        if not line.startswith("job "):
+            return 0
+        job_id = int(line.split()[1])
+        log_path = line.split(maxsplit=2)[2].strip() if len(line.split()) > 2 else None
+        if log_path:
+            _redirect_output(Path(log_path))
+    return run_attempt(args.workspace, job_id, args.parent)
+
+
+def _redirect_output(path: Path) -> None:
+    """Send this process's stdout and stderr (fds 1 and 2) to the job's log."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

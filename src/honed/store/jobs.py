@@ -1,0 +1,376 @@
+"""Queries on the queue: jobs, their events, control commands, and the workers (daemons)
+that run them. The job state machine lives here; every change of a job's state is one
+transaction that also appends the event saying why.
+
+Each function takes a connection that is already in a transaction; none commits.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from honed.store.catalog import get_dataset, require_track
+from honed.store.errors import JobStateError, StoreError
+from honed.store.info import CommandInfo, JobEvent, JobInfo, WorkerInfo
+from honed.store.schema import (
+    JOB_COMMANDS,
+    JOB_FINAL_STATES,
+    JOB_PRIORITIES,
+    JOB_STATES,
+    encode_non_finite,
+    job_commands,
+    job_events,
+    jobs,
+    utc_now,
+    workers,
+)
+
+PRIORITY_NAMES = {v: k for k, v in JOB_PRIORITIES.items()}
+# States a job may be put into by a control command while no trainer holds it.
+_DIRECT = {
+    "pause": ({"queued"}, "paused"),
+    "skip": ({"queued", "paused"}, "skipped"),
+    "cancel": ({"queued", "paused", "skipped"}, "cancelled"),
+}
+
+
+def _job(row: sa.Row) -> JobInfo:
+    return JobInfo(
+        id=row.id, track=row.track, dataset_ids=list(row.dataset_ids or []),
+        overrides=dict(row.overrides or {}), priority=PRIORITY_NAMES.get(row.priority, str(row.priority)),
+        state=row.state, source=row.source, run_id=row.run_id, failures=row.failures,
+        not_before=row.not_before, error=row.error, worker=row.worker, trainer_pid=row.trainer_pid,
+        heartbeat_at=row.heartbeat_at, progress=dict(row.progress) if row.progress else None,
+        created_at=row.created_at, updated_at=row.updated_at, started_at=row.started_at,
+        ended_at=row.ended_at,
+    )
+
+
+def _command(row: sa.Row) -> CommandInfo:
+    return CommandInfo(
+        id=row.id, job_id=row.job_id, command=row.command, state=row.state,
+        requested_at=row.requested_at, taken_at=row.taken_at, taken_step=row.taken_step,
+        done_at=row.done_at, outcome=row.outcome,
+    )
+
+
+def priority_value(priority: str) -> int:
+    """The sort key of a priority name; StoreError naming the allowed ones otherwise."""
+    if priority not in JOB_PRIORITIES:
+        raise StoreError(f"priority {priority!r} is not one of {', '.join(JOB_PRIORITIES)}")
+    return JOB_PRIORITIES[priority]
+
+
+# --- jobs --------------------------------------------------------------------------
+
+
+def add_event(conn: sa.Connection, job_id: int, kind: str, message: str,
+              data: dict[str, Any] | None = None) -> None:
+    """Append one entry to a job's event log."""
+    conn.execute(job_events.insert().values(
+        job_id=job_id, at=utc_now(), kind=kind, message=message,
+        data=encode_non_finite(data) if data else None,
+    ))
+
+
+def create_job(conn: sa.Connection, *, track: str, dataset_ids: list[int], overrides: dict[str, Any],
+               priority: str, source: str) -> JobInfo:
+    """Queue a job to train ``track`` on ``dataset_ids``."""
+    require_track(conn, track)
+    if not dataset_ids:
+        raise StoreError("a job needs at least one dataset")
+    for dataset_id in dataset_ids:
+        if get_dataset(conn, dataset_id) is None:
+            raise StoreError(f"unknown dataset id {dataset_id}")
+    now = utc_now()
+    job_id = conn.execute(jobs.insert().values(
+        track=track, dataset_ids=list(dataset_ids), overrides=dict(overrides),
+        priority=priority_value(priority), state="queued", source=source, failures=0,
+        created_at=now, updated_at=now,
+    ).returning(jobs.c.id)).scalar_one()
+    add_event(conn, job_id, "queued", f"queued by {source} with priority {priority} "
+              f"on dataset{'s' if len(dataset_ids) > 1 else ''} {', '.join(map(str, dataset_ids))}",
+              {"track": track, "dataset_ids": list(dataset_ids), "overrides": overrides})
+    return get_job(conn, job_id)
+
+
+def get_job(conn: sa.Connection, job_id: int, lock: bool = False) -> JobInfo:
+    """The job with ``job_id`` (row-locked on PostgreSQL with ``lock``); StoreError if none."""
+    query = sa.select(jobs).where(jobs.c.id == job_id)
+    if lock and conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    row = conn.execute(query).first()
+    if row is None:
+        raise StoreError(f"no job {job_id}")
+    return _job(row)
+
+
+def list_jobs(conn: sa.Connection, states: tuple[str, ...] | None, limit: int | None) -> list[JobInfo]:
+    """Jobs in claim order (priority, then first in first out), of some states or all."""
+    for state in states or ():
+        if state not in JOB_STATES:
+            raise StoreError(f"job state {state!r} is not one of {', '.join(JOB_STATES)}")
+    query = sa.select(jobs).order_by(jobs.c.priority, jobs.c.id)
+    if states:
+        query = query.where(jobs.c.state.in_(states))
+    if limit:
+        query = query.limit(limit)
+    return [_job(r) for r in conn.execute(query)]
+
+
+def _update(conn: sa.Connection, job_id: int, **values: Any) -> None:
+    conn.execute(jobs.update().where(jobs.c.id == job_id).values(updated_at=utc_now(), **values))
+
+
+def claim_next_job(conn: sa.Connection, worker: str, run_id: str, now: datetime | None = None) -> JobInfo | None:
+    """Take the first queued job whose backoff has passed and mark it running for
+    ``worker``; a job that has no run yet gets ``run_id``. None when nothing is ready."""
+    now = now or utc_now()
+    query = (
+        sa.select(jobs.c.id, jobs.c.run_id)
+        .where(jobs.c.state == "queued", sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now))
+        .order_by(jobs.c.priority, jobs.c.id)
+        .limit(1)
+    )
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    row = conn.execute(query).first()
+    if row is None:
+        return None
+    job = get_job(conn, row.id)
+    _update(conn, row.id, state="running", worker=worker, run_id=row.run_id or run_id,
+            trainer_pid=None, heartbeat_at=now, not_before=None,
+            started_at=job.started_at or now)
+    attempt = job.failures + 1
+    add_event(conn, row.id, "started", f"claimed by {worker}" + (f" (retry after {job.failures} failed attempt"
+              f"{'s' if job.failures > 1 else ''})" if job.failures else ""),
+              {"worker": worker, "run_id": row.run_id or run_id, "attempt": attempt})
+    return get_job(conn, row.id)
+
+
+def report_progress(conn: sa.Connection, job_id: int, progress: dict[str, Any] | None,
+                    trainer_pid: int | None) -> None:
+    """A trainer's heartbeat: its pid and where it is (step, loss, tokens/s, ETA)."""
+    values: dict[str, Any] = {"heartbeat_at": utc_now()}
+    if progress is not None:
+        values["progress"] = encode_non_finite(progress)
+    if trainer_pid is not None:
+        values["trainer_pid"] = trainer_pid
+    conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
+
+
+def set_priority(conn: sa.Connection, job_id: int, priority: str) -> JobInfo:
+    """Move a job that is not yet running to another priority."""
+    job = get_job(conn, job_id, lock=True)
+    if job.state not in ("queued", "paused", "skipped"):
+        raise JobStateError(f"job {job_id} is {job.state}; only a job waiting in the queue can be moved")
+    _update(conn, job_id, priority=priority_value(priority))
+    add_event(conn, job_id, "moved", f"priority {job.priority} -> {priority}")
+    return get_job(conn, job_id)
+
+
+def end_attempt(conn: sa.Connection, job_id: int, state: str, message: str, *, kind: str | None = None,
+                error: str | None = None, not_before: datetime | None = None, failed: bool = False,
+                data: dict[str, Any] | None = None) -> JobInfo:
+    """Record how a trainer's attempt at a job ended and settle its control commands.
+
+    ``state`` is where the job goes: ``queued`` (to continue later: an interruption,
+    or a crash with attempts left, after ``not_before``), or the state a command or the
+    run's outcome decided. ``failed`` counts a crashed attempt. A command the trainer
+    took is done now; one still pending meets the job where it is: applied at once when
+    the job went back to the queue (a stop stays pending for the next trainer, which
+    ends the run from its checkpoint), or told that the job had already ended.
+    """
+    if state not in JOB_STATES:
+        raise StoreError(f"job state {state!r} is not one of {', '.join(JOB_STATES)}")
+    job = get_job(conn, job_id, lock=True)
+    now = utc_now()
+    values: dict[str, Any] = {"state": state, "trainer_pid": None, "worker": None, "not_before": not_before}
+    if failed:
+        values["failures"] = job.failures + 1
+    if error is not None:
+        values["error"] = error
+    if state in JOB_FINAL_STATES:
+        values["ended_at"] = now
+    _update(conn, job_id, **values)
+    add_event(conn, job_id, kind or state, message, data)
+    for command in open_commands(conn, job_id):
+        if command.state == "taken":
+            _finish_command(conn, command.id, f"job {job_id} is {state}")
+        elif state == "queued" and command.command in _DIRECT:
+            target = _DIRECT[command.command][1]
+            _update(conn, job_id, state=target, **({"ended_at": now} if target in JOB_FINAL_STATES else {}))
+            add_event(conn, job_id, target, f"{command.command} applied while the job waited")
+            _finish_command(conn, command.id, f"job {job_id} is {target}")
+            state = target
+        elif state != "queued":
+            _finish_command(conn, command.id, f"job {job_id} had already become {state}")
+    return get_job(conn, job_id)
+
+
+# --- control commands --------------------------------------------------------------
+
+
+def open_commands(conn: sa.Connection, job_id: int) -> list[CommandInfo]:
+    """The job's commands that are not done, oldest first."""
+    rows = conn.execute(sa.select(job_commands).where(
+        job_commands.c.job_id == job_id, job_commands.c.state != "done").order_by(job_commands.c.id))
+    return [_command(r) for r in rows]
+
+
+def get_command(conn: sa.Connection, command_id: int) -> CommandInfo:
+    """The command with ``command_id``."""
+    row = conn.execute(sa.select(job_commands).where(job_commands.c.id == command_id)).first()
+    if row is None:
+        raise StoreError(f"no command {command_id}")
+    return _command(row)
+
+
+def _finish_command(conn: sa.Connection, command_id: int, outcome: str) -> None:
+    conn.execute(job_commands.update().where(job_commands.c.id == command_id).values(
+        state="done", done_at=utc_now(), outcome=outcome))
+
+
+def _insert_command(conn: sa.Connection, job_id: int, command: str, state: str,
+                    outcome: str | None = None) -> int:
+    now = utc_now()
+    return conn.execute(job_commands.insert().values(
+        job_id=job_id, command=command, state=state, requested_at=now,
+        done_at=now if state == "done" else None, outcome=outcome,
+    ).returning(job_commands.c.id)).scalar_one()
+
+
+def request_command(conn: sa.Connection, job_id: int, command: str) -> CommandInfo:
+    """Ask for ``command`` on a job. A job that no trainer holds changes state at once
+    (the command comes back done); a running one gets a pending command that its
+    trainer takes at the next step boundary. A command that cannot apply raises
+    JobStateError saying why."""
+    if command not in JOB_COMMANDS:
+        raise StoreError(f"command {command!r} is not one of {', '.join(JOB_COMMANDS)}")
+    job = get_job(conn, job_id, lock=True)
+    if job.state in JOB_FINAL_STATES:
+        reason = f": {job.error.splitlines()[0]}" if job.error and job.state == "failed" else ""
+        raise JobStateError(f"job {job_id} has already {'been ' if job.state == 'cancelled' else ''}"
+                            f"{job.state}{reason}; it cannot be {_past(command)}")
+    waiting = open_commands(conn, job_id)
+    if job.state in ("running", "evaluating"):
+        if command == "resume":
+            raise JobStateError(f"job {job_id} is {job.state}; there is nothing to resume")
+        if waiting:
+            first = waiting[0]
+            raise JobStateError(f"job {job_id} already has a '{first.command}' command on its way "
+                                f"(requested {first.requested_at:%H:%M:%S} UTC, {first.state})")
+        command_id = _insert_command(conn, job_id, command, "pending")
+        add_event(conn, job_id, "requested", f"{command} requested; the trainer acts on it at the next step")
+        return get_command(conn, command_id)
+    if command == "resume":
+        if job.state not in ("paused", "skipped"):
+            raise JobStateError(f"job {job_id} is {job.state}; only a paused or skipped job can be resumed")
+        _update(conn, job_id, state="queued")
+        add_event(conn, job_id, "resumed", "queued again; training continues from its last checkpoint"
+                  if job.run_id else "queued again")
+        return get_command(conn, _insert_command(conn, job_id, command, "done", f"job {job_id} is queued"))
+    if command == "stop":
+        if job.run_id is None or job.state == "skipped":
+            raise JobStateError(f"job {job_id} is {job.state} and has not trained; there is nothing to stop "
+                                "(cancel or skip it instead)")
+        # Ending the run with its last checkpoint as result takes a trainer: queue the job
+        # with the command pending, and the next trainer stops at once after restoring.
+        _update(conn, job_id, state="queued")
+        add_event(conn, job_id, "requested", "stop requested; the run ends from its last checkpoint "
+                  "when the job is next picked up")
+        return get_command(conn, _insert_command(conn, job_id, command, "pending"))
+    allowed, target = _DIRECT[command]
+    if job.state not in allowed:
+        raise JobStateError(f"job {job_id} is {job.state}; {command} applies to a job that is "
+                            f"{' or '.join(sorted(allowed | {'running'}))}")
+    _update(conn, job_id, state=target, **({"ended_at": utc_now()} if target in JOB_FINAL_STATES else {}))
+    add_event(conn, job_id, target, f"{_past(command)} while {job.state}")
+    for other in waiting:
+        _finish_command(conn, other.id, f"superseded by {command}")
+    return get_command(conn, _insert_command(conn, job_id, command, "done", f"job {job_id} is {target}"))
+
+
+def _past(command: str) -> str:
+    return {"pause": "paused", "resume": "resumed", "stop": "stopped", "skip": "skipped",
+            "cancel": "cancelled"}[command]
+
+
+def has_pending_command(conn: sa.Connection, job_id: int) -> bool:
+    """Whether a command waits for this job's trainer (a read, for every step)."""
+    return conn.scalar(sa.select(job_commands.c.id).where(
+        job_commands.c.job_id == job_id, job_commands.c.state == "pending").limit(1)) is not None
+
+
+def take_command(conn: sa.Connection, job_id: int, step: int) -> str | None:
+    """For the trainer at a step boundary: the oldest pending command of its job, now
+    marked taken at ``step``; None when there is none."""
+    row = conn.execute(sa.select(job_commands).where(
+        job_commands.c.job_id == job_id, job_commands.c.state == "pending",
+    ).order_by(job_commands.c.id).limit(1)).first()
+    if row is None:
+        return None
+    conn.execute(job_commands.update().where(job_commands.c.id == row.id).values(
+        state="taken", taken_at=utc_now(), taken_step=step))
+    add_event(conn, job_id, "taken", f"trainer took '{row.command}' at step {step}", {"step": step})
+    return row.command
+
+
+def taken_command(conn: sa.Connection, job_id: int) -> str | None:
+    """The command a trainer of this job has taken and not yet seen through, if any."""
+    row = conn.execute(sa.select(job_commands.c.command).where(
+        job_commands.c.job_id == job_id, job_commands.c.state == "taken",
+    ).order_by(job_commands.c.id.desc()).limit(1)).first()
+    return row.command if row else None
+
+
+def job_events_after(conn: sa.Connection, job_id: int, after_id: int, limit: int | None) -> list[JobEvent]:
+    """A job's events with id above ``after_id``, oldest first."""
+    query = sa.select(job_events).where(job_events.c.job_id == job_id, job_events.c.id > after_id
+                                        ).order_by(job_events.c.id)
+    if limit:
+        query = query.limit(limit)
+    return [JobEvent(id=r.id, job_id=r.job_id, at=r.at, kind=r.kind, message=r.message,
+                     data=dict(r.data) if r.data else None) for r in conn.execute(query)]
+
+
+# --- workers -----------------------------------------------------------------------
+
+
+def _worker(row: sa.Row) -> WorkerInfo:
+    return WorkerInfo(id=row.id, host=row.host, pid=row.pid, workspace=row.workspace,
+                      started_at=row.started_at, heartbeat_at=row.heartbeat_at,
+                      stopped_at=row.stopped_at, state=dict(row.state) if row.state else None)
+
+
+def register_worker(conn: sa.Connection, worker_id: str, host: str, pid: int, workspace: str) -> WorkerInfo:
+    """Record a daemon that starts now."""
+    now = utc_now()
+    conn.execute(workers.insert().values(id=worker_id, host=host, pid=pid, workspace=workspace,
+                                         started_at=now, heartbeat_at=now))
+    return get_worker(conn, worker_id)
+
+
+def get_worker(conn: sa.Connection, worker_id: str) -> WorkerInfo | None:
+    """The worker with this id, if any."""
+    row = conn.execute(sa.select(workers).where(workers.c.id == worker_id)).first()
+    return _worker(row) if row else None
+
+
+def beat_worker(conn: sa.Connection, worker_id: str, state: dict[str, Any] | None, stopped: bool) -> None:
+    """A daemon's heartbeat (and what it is doing); with ``stopped``, its last word."""
+    values: dict[str, Any] = {"heartbeat_at": utc_now(), "state": state}
+    if stopped:
+        values["stopped_at"] = values["heartbeat_at"]
+    conn.execute(workers.update().where(workers.c.id == worker_id).values(**values))
+
+
+def list_workers(conn: sa.Connection, workspace: str | None, limit: int) -> list[WorkerInfo]:
+    """Workers, most recently started first."""
+    query = sa.select(workers).order_by(workers.c.started_at.desc()).limit(limit)
+    if workspace is not None:
+        query = query.where(workers.c.workspace == workspace)
+    return [_worker(r) for r in conn.execute(query)]
