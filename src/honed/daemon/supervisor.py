@@ -333,8 +333,9 @@ class Supervisor:
                 continue
             self.wait_for_orphan(job)
             run = self.store.get_run(job.run_id) if job.run_id else None
-            if run is not None and run.status not in ("running", "failed"):
-                settled = self.settle_outcome(job, run)
+            ended = run is not None and run.status not in ("running", "failed")
+            if ended and not (run.status == "paused" and self.store.taken_command(job.id) is None):
+                settled = self.settle_outcome(job, run)  # it ended on its own, or as commanded
             else:
                 settled = self.store.end_attempt(
                     job.id, "queued", "recovered after the daemon restarted; it continues from its last "
