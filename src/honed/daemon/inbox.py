@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 REJECTED_DIR = "rejected"
 RECEIVED_DIR = "received"
+_REPORT_LINES = 200
 _PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", "~")
 
 
@@ -208,7 +209,6 @@ class Inbox:
         """Ingest a file already moved to ``datasets/received/``; rejects go back to the
         inbox's ``rejected/`` folder with their report."""
         from honed.data.datasets import add_dataset_file
-        from honed.data.ingest import format_report
 
         mode = self.workspace.settings.ingest.mode
         try:
@@ -224,8 +224,11 @@ class Inbox:
             log.info("inbox: %s", message)
             return InboxOutcome(name, track, "known", message, added.dataset.id, path=received)
         if not added.accepted:
-            return self._reject(received, track, name, added.ingest.rejection_reason + "\n\n"
-                                + format_report(added.ingest))
+            result = added.ingest
+            lines = [f"line {e.line}: {e.reason}" for e in result.errors[:_REPORT_LINES]]
+            if result.n_bad > len(lines):
+                lines.append(f"... and {result.n_bad - len(lines)} more bad lines (full report: {result.report_path})")
+            return self._reject(received, track, name, "\n".join([result.rejection_reason, *lines]))
         job = self.store.create_job(track=track, dataset_ids=[added.dataset.id], priority=self.priority,
                                     source="inbox")
         message = (f"{name}: dataset {added.dataset.id} ({added.dataset.n_records} records"

@@ -191,6 +191,9 @@ def build_tiny_model(
     # Not mkdtemp: its 0700 mode would survive the rename; mkdir honours the umask.
     staging = out_dir.parent / f".{out_dir.name}.building-{uuid.uuid4().hex[:12]}"
     staging.mkdir()
+    from honed.training.model_loading import quiet_libraries
+
+    quiet_libraries()  # no "Writing model shards" bar in honed's output
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
