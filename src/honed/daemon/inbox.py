@@ -2,9 +2,10 @@
 and jobs.
 
 A file is taken once it is complete: at once when it was renamed into the inbox (the
-safe way to write one) or when its writer closed it, otherwise once its size and
-modification time stayed the same for ``daemon.settle_s``; and never while a process
-still holds it open for writing. It is then *moved* (one rename, never copy-then-delete)
+safe way to write one: within the inbox, or moved in from elsewhere, when its last write
+is older than its arrival) or when its writer closed it, otherwise once its size and
+modification time stayed the same for ``daemon.settle_s``; and never while a process we
+can see still holds it open for writing. It is then *moved* (one rename, never copy-then-delete)
 to ``datasets/received/``, ingested from there, and a job is queued for its track. A
 rejected file goes to ``inbox/rejected/`` with ``<name>.errors.txt`` beside it. Files
 whose names start with a dot or end in ``.tmp``/``.part`` are being written and are left
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 REJECTED_DIR = "rejected"
 RECEIVED_DIR = "received"
 _REPORT_LINES = 200
+# A file whose last write is older than its arrival by this much was moved in complete.
+_MOVED_IN_SLACK_S = 0.05
 _PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", "~")
 
 
@@ -63,6 +66,7 @@ class Inbox:
     use_events: bool = True
     _seen: dict[Path, _Seen] = field(default_factory=dict)
     _finished_writing: set[Path] = field(default_factory=set)
+    _appeared: dict[Path, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _wake: threading.Event = field(default_factory=threading.Event)
     _observer: object | None = None
@@ -100,6 +104,11 @@ class Inbox:
                     target = Path(event.dest_path if event.event_type == "moved" else event.src_path)
                     with inbox._lock:
                         inbox._finished_writing.add(target)
+                elif event.event_type == "created" and not event.is_directory:
+                    # A file moved in from another directory arrives as "created"; its
+                    # bytes are older than its name here (see ready_files).
+                    with inbox._lock:
+                        inbox._appeared[Path(event.src_path)] = time.time()
                 inbox._wake.set()
 
         try:
@@ -161,6 +170,8 @@ class Inbox:
         with self._lock:
             finished = set(self._finished_writing)
             self._finished_writing &= present
+            appeared = dict(self._appeared)
+            self._appeared = {p: t for p, t in self._appeared.items() if p in present}
         for path in list(self._seen):
             if path not in present:
                 del self._seen[path]
@@ -169,6 +180,8 @@ class Inbox:
                 st = path.stat()
             except FileNotFoundError:
                 continue
+            if path in appeared and st.st_mtime < appeared[path] - _MOVED_IN_SLACK_S:
+                finished.add(path)  # written before it appeared here: moved in whole
             seen = self._seen.get(path)
             if seen is None or (seen.size, seen.mtime_ns) != (st.st_size, st.st_mtime_ns):
                 self._seen[path] = seen = _Seen(st.st_size, st.st_mtime_ns, now)

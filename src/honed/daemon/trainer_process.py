@@ -108,6 +108,7 @@ def run_attempt(root: Path, job_id: int, parent_pid: int | None) -> int:
     """One attempt at ``job_id``; returns the exit code (see the module's docstring)."""
     from honed.config import SettingsError
     from honed.data.plan import PlanError
+    from honed.data.tokenization import TokenizationError
     from honed.store import StoreError
     from honed.training.runs import RunError, execute_run, prepare_run, resume_spec
     from honed.workspace import open_workspace
@@ -138,8 +139,12 @@ def run_attempt(root: Path, job_id: int, parent_pid: int | None) -> int:
                 log.warning("job %d: checkpoint event not written (%s)", job_id, exc)
 
         log.info("job %d: attempt on run %s starts", job_id, spec.run_id)
-        outcome = execute_run(spec, store, control=control, on_step=ProgressReporter(store, job_id),
-                              on_checkpoint=on_checkpoint)
+        try:
+            outcome = execute_run(spec, store, control=control, on_step=ProgressReporter(store, job_id),
+                                  on_checkpoint=on_checkpoint)
+        except TokenizationError as exc:  # the data, not the attempt: retrying cannot help
+            print(f"job {job_id} cannot be trained: {exc}", file=sys.stderr, flush=True)
+            return EXIT_UNTRAINABLE
         if control.interrupted and outcome.status == "paused":
             store.add_job_event(job_id, "interrupted", f"{control.interrupted}; checkpoint at step "
                                 f"{outcome.step}", {"step": outcome.step})
@@ -148,6 +153,29 @@ def run_attempt(root: Path, job_id: int, parent_pid: int | None) -> int:
         return 0
     finally:
         store.close()
+
+
+def warm_up(root: Path) -> None:
+    """Do now what every attempt starts with: import torch, transformers, peft and the
+    trainer, and load the default track's base (tokenizer and weights). A job on another
+    base simply loads its own."""
+    import honed.training.runs  # noqa: F401
+    import honed.training.trainer  # noqa: F401
+    from honed.store import StoreError
+    from honed.training.model_loading import pick_device, preload
+    from honed.workspace import WorkspaceError, open_workspace
+
+    try:
+        workspace = open_workspace(root)
+        with workspace.open_store() as store:
+            track = store.get_track(workspace.settings.track)
+            base = workspace.resolve_base_path(store, track.base_version if track else None)
+        preload(base, pick_device())
+        import peft  # noqa: F401
+
+        log.info("warm trainer ready: %s preloaded", base)
+    except (StoreError, WorkspaceError, OSError, ValueError) as exc:
+        log.warning("warm-up could not preload the base (%s); the job will load it", exc)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,11 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     job_id = args.job
     if args.warm:
-        import honed.training.runs  # noqa: F401  (the imports are the point of warming up)
-        import honed.training.trainer  # noqa: F401
-
         # While waiting, a SIGTERM from the daemon simply ends the spare.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        warm_up(args.workspace)
         line = sys.stdin.readline()
         if not line.startswith("job "):
             return 0
@@ -193,4 +219,10 @@ def _redirect_output(path: Path) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Everything is written and closed by now; skip the interpreter's teardown of torch and
+    # transformers (about a second) so the daemon can move on.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

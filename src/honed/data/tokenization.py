@@ -14,6 +14,8 @@ renderings are not prefixes of each other is refused with a clear message.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from dataclasses import dataclass
 
 IGNORE = -100
@@ -125,3 +127,33 @@ def prompt_messages(record: dict) -> list[dict]:
 def reference_answer(record: dict) -> str:
     """The last assistant turn of a record: the reference an answer is scored against."""
     return [m for m in record["messages"] if m["role"] == "assistant"][-1]["content"]
+
+
+class TokenizedRecords(Sequence):
+    """Records tokenized on first use, then kept: a run's first step waits for its own
+    batch only, not for the whole dataset. A record that cannot be tokenized raises
+    TokenizationError naming its split, hash and line when it is first needed."""
+
+    def __init__(self, tokenizer, records: list[dict], max_len: int, split: str) -> None:
+        self.tokenizer = tokenizer
+        self.records = records
+        self.max_len = max_len
+        self.split = split
+        self._done: list[Example | None] = [None] * len(records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        example = self._done[index]
+        if example is None:
+            record = self.records[index]
+            try:
+                example = tokenize_record(self.tokenizer, record, self.max_len)
+            except TokenizationError as exc:
+                raise TokenizationError(
+                    f"{self.split} record {record['hash'][:12]} (line {record.get('line')}): {exc}") from None
+            self._done[index] = example
+        return example

@@ -32,8 +32,22 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+# Loaded ahead by a warm trainer process (see preload); each is handed out once.
+_preloaded: dict[tuple[str, str], object] = {}
+
+
+def preload(base: str, device: torch.device) -> None:
+    """Load ``base``'s tokenizer and weights now, so that the next load_tokenizer and
+    load_base_model of the same base and device return at once. A warm trainer process
+    does this while it waits for a job; the result is the same as loading then."""
+    _preloaded[("tokenizer", base)] = load_tokenizer(base)
+    _preloaded[("model", f"{base}@{device}")] = load_base_model(base, device)
+
+
 def load_tokenizer(base: str):
     """The base's tokenizer, with pad and chat template guaranteed."""
+    if (ready := _preloaded.pop(("tokenizer", base), None)) is not None:
+        return ready
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -45,6 +59,8 @@ def load_tokenizer(base: str):
 
 def load_base_model(base: str, device: torch.device):
     """The base model in full precision on CPU, bfloat16 where CUDA supports it."""
+    if (ready := _preloaded.pop(("model", f"{base}@{device}"), None)) is not None:
+        return ready
     from transformers import AutoModelForCausalLM
 
     quiet_libraries()

@@ -20,7 +20,7 @@ import random
 import resource
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from honed.config import LoraSettings, TrainSettings
 from honed.data.packing import PackedBatch, pack_batch
 from honed.data.plan import load_plan
-from honed.data.tokenization import IGNORE, Example, TokenizationError, tokenize_record
+from honed.data.tokenization import IGNORE, Example, TokenizationError, TokenizedRecords
 from honed.training import checkpoints as ckpt
 from honed.training.model_loading import attach_lora, load_base_model, load_tokenizer, pick_device
 
@@ -165,7 +165,7 @@ def train_step(model, optimizer, params, batches: list[PackedBatch], cfg: TrainS
 
 
 @torch.no_grad()
-def validation_loss(model, examples: list[Example], cfg: TrainSettings, pad_id: int) -> float | None:
+def validation_loss(model, examples: Sequence[Example], cfg: TrainSettings, pad_id: int) -> float | None:
     """Mean token loss over held-out examples (None when there are none)."""
     if not examples:
         return None
@@ -229,16 +229,6 @@ def restore_checkpoint(path: Path, model, optimizer) -> LoopState:
 # --- the attempt --------------------------------------------------------------------------
 
 
-def _tokenize_all(tokenizer, records: list[dict], max_len: int, split: str) -> list[Example]:
-    examples = []
-    for record in records:
-        try:
-            examples.append(tokenize_record(tokenizer, record, max_len))
-        except TokenizationError as exc:
-            raise TokenizationError(f"{split} record {record['hash'][:12]} (line {record.get('line')}): {exc}") from None
-    return examples
-
-
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -274,8 +264,8 @@ def train_run(spec: RunSpec, store, *, control: Control | None = None, on_step: 
     device = pick_device()
     tokenizer = load_tokenizer(spec.base)
     model = attach_lora(load_base_model(spec.base, device), spec.lora, cfg.seed)
-    train_examples = _tokenize_all(tokenizer, plan.train, cfg.max_seq_len, "train")
-    heldout_examples = _tokenize_all(tokenizer, plan.heldout, cfg.max_seq_len, "held-out")
+    train_examples = TokenizedRecords(tokenizer, plan.train, cfg.max_seq_len, "train")
+    heldout_examples = TokenizedRecords(tokenizer, plan.heldout, cfg.max_seq_len, "held-out")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = total_steps(len(train_examples), cfg)
