@@ -67,11 +67,12 @@ class Workspace:
     def store_url(self) -> str:
         return self.settings.store.url or f"sqlite:///{(self.root / DB_FILE).resolve()}"
 
-    def open_store(self) -> Store:
-        """Open (and migrate) this workspace's store."""
+    def open_store(self, busy_timeout_s: float = 30.0) -> Store:
+        """Open (and migrate) this workspace's store; ``busy_timeout_s`` is how long a
+        SQLite writer waits for another one."""
         from honed.store import Store
 
-        return Store.open(self.store_url)
+        return Store.open(self.store_url, busy_timeout_s=busy_timeout_s)
 
     def resolve_base_path(self, store: Store, version: int | None = None) -> str:
         """The directory or hub id that loads base ``version`` (default: latest)."""

@@ -171,3 +171,44 @@ def test_a_trainer_that_always_crashes_fails_its_job_after_n_attempts_and_the_ne
     assert "giving up after 2 attempts" in store.job_events(broken.id)[-1].message
     assert finished(store, healthy.id).state == "succeeded"
     store.close()
+
+
+def test_a_hung_trainer_is_killed_after_its_heartbeat_stops_and_the_job_retries(daemon_ws, start_daemon):
+    ws = configure(daemon_ws, {"daemon": {"heartbeat_timeout_s": 15.0}, "train": {"epochs": 2.0}})
+    store = ws.open_store()
+    job = store.create_job(track="main", dataset_ids=[add_dataset(ws, store, 300, seed=7)])
+    start_daemon(ws)
+    run_dir = ws.runs_dir / wait_for(lambda: store.get_job(job.id).run_id, 30, "a run id")
+    wait_for(lambda: last_logged_step(run_dir) >= 5, 120, "5 steps", interval=0.01)
+    hung = store.get_job(job.id).trainer_pid
+    os.kill(hung, signal.SIGSTOP)  # alive, but silent: a deadlock, a stuck device
+    wait_for(lambda: not pid_alive(hung), 60, "the daemon to kill the silent trainer")
+    done = finished(store, job.id)
+    assert done.state == "succeeded" and done.failures == 1
+    (failure,) = [e for e in store.job_events(job.id) if e.kind == "attempt_failed"]
+    assert "no heartbeat for" in failure.message and "heartbeat_timeout_s" in failure.message
+    store.close()
+
+
+def test_daemon_detach_stop_and_restart_finish_the_job(daemon_ws):
+    ws, store = daemon_ws, daemon_ws.open_store()
+    job = store.create_job(track="main", dataset_ids=[add_dataset(ws, store, 400, seed=8)])
+    started = run_honed("daemon", "--detach", "-w", str(ws.root))
+    assert "daemon started (pid" in started.stdout
+    try:
+        run_dir = ws.runs_dir / wait_for(lambda: store.get_job(job.id).run_id, 60, "a run id")
+        wait_for(lambda: last_logged_step(run_dir) >= 5, 120, "5 steps", interval=0.01)
+        stopped = run_honed("daemon", "stop", "-w", str(ws.root))
+        assert "stopped" in stopped.stdout
+        halted = store.get_job(job.id)
+        assert halted.state == "queued" and store.latest_checkpoint(halted.run_id) is not None
+        assert any("the daemon is stopping" in e.message for e in store.job_events(job.id))
+        assert not trainer_processes(ws.root)
+        run_honed("daemon", "--detach", "-w", str(ws.root))
+        follow = run_honed("events", str(job.id), "--follow", "-w", str(ws.root), timeout=240)
+        assert "succeeded" in follow.stdout.splitlines()[-1]
+    finally:
+        run_honed("daemon", "stop", "-w", str(ws.root), check=False)
+    assert finished(store, job.id).state == "succeeded"
+    assert list(ws.logs_dir.glob("daemon-????-??-??.log"))
+    store.close()

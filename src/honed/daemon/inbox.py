@@ -70,6 +70,7 @@ class Inbox:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _wake: threading.Event = field(default_factory=threading.Event)
     _observer: object | None = None
+    _retry_received: bool = False
 
     @property
     def root(self) -> Path:
@@ -198,10 +199,25 @@ class Inbox:
     # --- taking files ------------------------------------------------------------------
 
     def take_ready(self) -> list[InboxOutcome]:
-        """Ingest every complete file and queue a job for each new dataset."""
+        """Ingest every complete file and queue a job for each new dataset. A file the
+        store could not record stays in ``received/`` and is retried on a later call."""
+        from honed.store import StoreError
+
         outcomes = []
+        if self._retry_received:
+            try:
+                outcomes += self.recover()
+                self._retry_received = False
+            except StoreError as exc:
+                log.warning("inbox: store unavailable, will retry: %s", exc)
+                return outcomes
         for path, track in self.ready_files():
-            outcome = self.take(path, track)
+            try:
+                outcome = self.take(path, track)
+            except StoreError as exc:
+                log.warning("inbox: %s moved to received/ but not recorded yet (%s); will retry", path.name, exc)
+                self._retry_received = True
+                break
             if outcome is not None:
                 outcomes.append(outcome)
                 self._seen.pop(path, None)

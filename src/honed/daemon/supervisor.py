@@ -49,6 +49,9 @@ log = logging.getLogger("honed.daemon")
 
 WORKER_BEAT_S = 2.0
 SPARE_RESPAWN_S = 30.0
+# The daemon's writes wait this long for a SQLite writer (say, a hung trainer holding its
+# lock) before giving up and trying again on the next turn, so supervision never stalls.
+DAEMON_BUSY_TIMEOUT_S = 5.0
 
 
 def run_daemon(workspace: Workspace) -> None:
@@ -57,7 +60,7 @@ def run_daemon(workspace: Workspace) -> None:
     worker = f"{socket.gethostname()}:{os.getpid()}:{datetime.now(UTC):%Y%m%dT%H%M%S}"
     lock = DaemonLock(workspace.root)
     lock.acquire(worker)
-    store = workspace.open_store()
+    store = workspace.open_store(busy_timeout_s=DAEMON_BUSY_TIMEOUT_S)
     try:
         store.register_worker(worker, socket.gethostname(), os.getpid(), str(workspace.root))
         supervisor = Supervisor(workspace, store, worker)
@@ -113,8 +116,8 @@ class Supervisor:
             while not self.stopping:
                 try:
                     self.step()
-                except StoreUnavailableError as exc:
-                    log.error("store unavailable, retrying: %s", exc)
+                except StoreError as exc:  # the daemon outlives a store that is away for a while
+                    log.error("store error, retrying: %s", exc)
                     self.inbox.wait(max(self.cfg.poll_interval_s, 2.0))
         finally:
             self.inbox.stop()
@@ -173,11 +176,14 @@ class Supervisor:
         halted_at: float | None = None
         killed: str | None = None
         while trainer.poll() is None:
-            self.tick()
+            try:
+                self.tick()
+            except StoreError as exc:  # keep watching the trainer whatever the store does
+                log.warning("job %d: %s", job.id, exc)
             reason = self.why_halt()
             if reason and halted_at is None:
                 log.info("job %d: halting the trainer (%s)", job.id, reason)
-                self.store.add_job_event(job.id, "halting", reason)
+                self.record_event(job.id, "halting", reason)
                 trainer.send_signal(signal.SIGTERM)
                 halted_at = time.monotonic()
             if halted_at is not None and (self.force or time.monotonic() - halted_at > self.cfg.stop_grace_s):
@@ -189,8 +195,20 @@ class Supervisor:
                 log.error("job %d: trainer %d %s; killing it", job.id, trainer.pid, killed)
                 trainer.kill()
             self.inbox.wait(self.cfg.poll_interval_s)
-        self.settle(job.id, trainer.returncode, killed)
+        while True:  # the outcome must be recorded, even if the store is away for a while
+            try:
+                self.settle(job.id, trainer.returncode, killed)
+                break
+            except StoreUnavailableError as exc:
+                log.error("job %d: cannot record how the attempt ended, retrying: %s", job.id, exc)
+                time.sleep(max(self.cfg.poll_interval_s, 1.0))
         self.current = None
+
+    def record_event(self, job_id: int, kind: str, message: str) -> None:
+        try:
+            self.store.add_job_event(job_id, kind, message)
+        except StoreError as exc:
+            log.warning("job %d: event not recorded (%s): %s", job_id, exc, message)
 
     def why_halt(self) -> str | None:
         """Why a running trainer must halt now (it checkpoints; the job is queued again)."""
@@ -201,7 +219,13 @@ class Supervisor:
         return None
 
     def heartbeat_age(self, job_id: int) -> float | None:
-        job = self.store.get_job(job_id)
+        """Seconds since the trainer's last heartbeat (a read: it works while a hung
+        trainer holds SQLite's write lock); None when unknown."""
+        try:
+            job = self.store.get_job(job_id)
+        except StoreError as exc:
+            log.warning("job %d: heartbeat unreadable (%s)", job_id, exc)
+            return None
         if job.heartbeat_at is None:
             return None
         return (datetime.now(UTC) - job.heartbeat_at).total_seconds()
