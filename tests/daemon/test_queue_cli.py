@@ -93,3 +93,18 @@ def test_status_and_daemon_stop_when_no_daemon_runs(ws):
     assert info["daemon"] == {"up": False} and info["running"] == [] and info["queue"] == []
     assert "no daemon runs" in run_honed("daemon", "stop", "-w", str(ws.root)).stdout
     assert "down" in run_honed("status", "-w", str(ws.root)).stdout
+
+
+def test_status_watch_refreshes_until_interrupted(ws):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "honed.cli", "status", "--watch", "-w", str(ws.root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "daemon" in out and "down" in out
