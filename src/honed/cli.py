@@ -266,6 +266,35 @@ def runs(workspace: WorkspaceOpt = None, limit: Annotated[int, typer.Option()] =
     console.print(table)
 
 
+@app.command()
+def verify(
+    run: Annotated[str, typer.Argument(help="Run id, as 'honed runs' lists them.")],
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check that a run is what its manifest claims: data hashes, metrics, checkpoints,
+    and that the weights really changed. Exits 1 on any failure."""
+    from honed.training.verify import verify_run
+
+    ws = _workspace(workspace)
+    store = ws.open_store()
+    try:
+        checks = verify_run(ws, store, run)
+    finally:
+        store.close()
+    failed = [c for c in checks if not c.ok]
+    if as_json:
+        print(json.dumps({"run": run, "ok": not failed, "checks": [c.__dict__ for c in checks]}, indent=2))
+    else:
+        for c in checks:
+            mark = "[green]ok[/]  " if c.ok else "[bold red]FAIL[/]"
+            console.print(f"{mark} {c.name}: {c.detail}", highlight=False, soft_wrap=True)
+        console.print(f"run {run}: " + ("[green]verified[/]" if not failed else
+                                        f"[bold red]{len(failed)} check{'s' if len(failed) > 1 else ''} failed[/]"))
+    if failed:
+        raise typer.Exit(1)
+
+
 # The daemon's commands (daemon, queue, events, pause…, status) register on the same app.
 from honed import cli_daemon  # noqa: E402,F401
 

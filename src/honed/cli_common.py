@@ -6,14 +6,19 @@ CLI runs as ``honed`` or as ``python -m honed.cli``."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from honed.config import SettingsError, parse_assignments
 from honed.workspace import Workspace, WorkspaceError, open_workspace
+
+if TYPE_CHECKING:
+    from honed.store import Store
 
 app = typer.Typer(
     help="honed keeps a local language model learning: add data, train LoRA adapters, "
@@ -51,3 +56,18 @@ def workspace_from(path: Path | None, assignments: list[str] | None = None) -> W
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@contextmanager
+def open_store(workspace: Workspace) -> Iterator[Store]:
+    """The workspace's store for one command; a StoreError inside ends the command with
+    its message."""
+    from honed.store import StoreError
+
+    store = workspace.open_store()
+    try:
+        yield store
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        store.close()

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from honed.cli_common import JsonOpt, WorkspaceOpt, app, console, err_console, fail, workspace_from
+from honed.cli_common import JsonOpt, WorkspaceOpt, app, console, err_console, fail, open_store, workspace_from
 from honed.config import SettingsError, parse_assignments
 
 daemon_app = typer.Typer(help="Run the daemon that turns inbox files and queued jobs into training.",
@@ -216,17 +216,10 @@ def _duration(seconds: float) -> str:
 def queue_show(job: Annotated[str, typer.Argument(help="Job id.")], workspace: WorkspaceOpt = None,
                as_json: JsonOpt = False) -> None:
     """One job in full, with its latest events."""
-    from honed.store import StoreError
-
     ws = workspace_from(workspace)
-    store = ws.open_store()
-    try:
+    with open_store(ws) as store:
         info = store.get_job(_job_id(job))
         events = store.job_events(info.id)
-    except StoreError as exc:
-        raise fail(str(exc)) from None
-    finally:
-        store.close()
     if as_json:
         _print_json({**_job_dict(info), "events": [_event_dict(e) for e in events]})
         return
@@ -246,16 +239,9 @@ def queue_move(job: Annotated[str, typer.Argument(help="Job id.")],
                priority: Annotated[str, typer.Option(help="high, normal or low.")],
                workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
     """Give a waiting job another priority."""
-    from honed.store import StoreError
-
     ws = workspace_from(workspace)
-    store = ws.open_store()
-    try:
+    with open_store(ws) as store:
         info = store.set_job_priority(_job_id(job), _priority(priority))
-    except StoreError as exc:
-        raise fail(str(exc)) from None
-    finally:
-        store.close()
     if as_json:
         _print_json(_job_dict(info))
     else:
@@ -266,20 +252,13 @@ def queue_move(job: Annotated[str, typer.Argument(help="Job id.")],
 def queue_remove(job: Annotated[str, typer.Argument(help="Job id.")], workspace: WorkspaceOpt = None,
                  as_json: JsonOpt = False) -> None:
     """Take a job that is not running out of the queue (it is kept as cancelled)."""
-    from honed.store import StoreError
-
     ws = workspace_from(workspace)
-    store = ws.open_store()
-    try:
+    with open_store(ws) as store:
         info = store.get_job(_job_id(job))
         if info.state in ("running", "evaluating"):
             raise fail(f"job {info.id} is {info.state}; cancel it with 'honed cancel {info.id}'")
         store.request_command(info.id, "cancel")
         info = store.get_job(info.id)
-    except StoreError as exc:
-        raise fail(str(exc)) from None
-    finally:
-        store.close()
     if as_json:
         _print_json(_job_dict(info))
     else:
