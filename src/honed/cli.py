@@ -296,7 +296,7 @@ def verify(
 
 
 # The daemon's commands (daemon, queue, events, pause…, status) register on the same app.
-from honed import cli_daemon  # noqa: E402,F401
+from honed import cli_daemon, cli_registry  # noqa: E402,F401
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

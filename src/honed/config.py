@@ -202,6 +202,24 @@ class DaemonSettings(_Section):
         return value
 
 
+class DeploySettings(_Section):
+    """What happens after a track's deployment switches (the hooks). A failing hook is
+    reported with the deployment; it does not undo the switch."""
+
+    command: str = Field(
+        "", description="Shell command run after every switch, with HONED_TRACK, HONED_ACTION, "
+        "HONED_ADAPTER_ID, HONED_ADAPTER_NAME and HONED_ADAPTER_PATH (empty for the bare base) set.",
+    )
+    vllm_url: str = Field(
+        "", description="Base URL of a vLLM server (e.g. http://127.0.0.1:8000); each deployed "
+        "adapter is loaded there with POST /v1/load_lora_adapter under its own new name.",
+    )
+    vllm_api_key_env: str = Field(
+        "", description="Name of the environment variable holding the vLLM server's API key, if any.",
+    )
+    hook_timeout_s: float = Field(60.0, gt=0, description="Longest a hook may take, in seconds.")
+
+
 class Settings(_Section):
     """Everything in honed.toml."""
 
@@ -216,6 +234,7 @@ class Settings(_Section):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    deploy: DeploySettings = Field(default_factory=DeploySettings)
 
 
 class SettingsError(ValueError):
@@ -343,7 +362,8 @@ def render_commented_toml(settings: Settings) -> str:
         out.append("")
     for name, section in sections:
         out.append(f"[{name}]")
-        out.append(f"# {type(section).__doc__.strip()}")
+        doc = " ".join(line.strip() for line in type(section).__doc__.strip().splitlines())
+        out.append(f"# {doc}")
         for key, field in type(section).model_fields.items():
             out.append(f"# {field.description}")
             out.append(f"{key} = {_toml_value(getattr(section, key))}")

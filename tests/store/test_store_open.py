@@ -15,7 +15,8 @@ from honed.store.schema import metadata
 
 TABLES = {
     "bases", "tracks", "datasets", "records", "runs", "checkpoints", "metrics",
-    "trained_records", "jobs", "job_events", "job_commands", "workers", "alembic_version",
+    "trained_records", "jobs", "job_events", "job_commands", "workers", "adapters", "deployments",
+    "alembic_version",
 }
 
 

@@ -12,6 +12,8 @@ from honed.store.errors import (
     StoreUnavailableError,
 )
 from honed.store.info import (
+    AdapterInfo,
+    DeploymentInfo,
     BaseInfo,
     CheckpointInfo,
     CommandInfo,
@@ -25,6 +27,8 @@ from honed.store.info import (
 from honed.store.store import Store
 
 __all__ = [
+    "AdapterInfo",
+    "DeploymentInfo",
     "BaseInfo",
     "CheckpointInfo",
     "DatasetInfo",

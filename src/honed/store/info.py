@@ -143,3 +143,37 @@ class WorkerInfo:
     heartbeat_at: datetime
     stopped_at: datetime | None
     state: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """An adapter a run produced: where it is, its state, evaluation and gate verdict.
+    ``name`` is what a serving engine loads it as (new for every version)."""
+
+    id: int
+    name: str
+    track: str
+    run_id: str | None
+    job_id: int | None
+    base_version: int
+    path: str
+    state: str
+    evaluation: dict[str, Any] | None
+    verdict: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class DeploymentInfo:
+    """One change of a track's deployment pointer; ``adapter_id`` None is the bare base,
+    ``previous_adapter_id`` is where a rollback from here goes."""
+
+    id: int
+    track: str
+    adapter_id: int | None
+    previous_adapter_id: int | None
+    action: str
+    reason: str
+    at: datetime
+    hooks: list[dict[str, Any]] | None

@@ -37,6 +37,8 @@ JOB_FINAL_STATES = ("succeeded", "rejected", "failed", "cancelled")
 JOB_PRIORITIES = {"high": 0, "normal": 1, "low": 2}
 JOB_COMMANDS = ("pause", "resume", "stop", "skip", "cancel")
 COMMAND_STATES = ("pending", "taken", "done")
+ADAPTER_STATES = ("candidate", "awaiting_approval", "deployed", "rejected", "retired")
+DEPLOY_ACTIONS = ("deploy", "rollback", "approve", "undeploy")
 DATASET_MODES = ("strict", "lenient")
 METRIC_KINDS = ("train", "eval")
 
@@ -285,4 +287,41 @@ workers = sa.Table(
     sa.Column("heartbeat_at", UTCDateTime, nullable=False),
     sa.Column("stopped_at", UTCDateTime, nullable=True),
     sa.Column("state", json_type(), nullable=True),
+)
+
+# The artifacts runs produce, with their evaluation and gate verdict. At most one adapter
+# per track is deployed: a partial unique index makes that a rule of the database.
+adapters = sa.Table(
+    "adapters",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("track", NAME, sa.ForeignKey("tracks.name"), nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=True),
+    sa.Column("job_id", sa.Integer, nullable=True),
+    sa.Column("base_version", sa.Integer, sa.ForeignKey("bases.version"), nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("state", sa.String(24), nullable=False),
+    sa.Column("evaluation", json_type(), nullable=True),
+    sa.Column("verdict", json_type(), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("uq_adapters_one_deployed_per_track", "track", unique=True,
+             sqlite_where=sa.text("state = 'deployed'"), postgresql_where=sa.text("state = 'deployed'")),
+    sqlite_autoincrement=True,
+)
+
+# Every change of a track's deployment pointer, newest last: rollback walks it back.
+deployments = sa.Table(
+    "deployments",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("track", NAME, sa.ForeignKey("tracks.name"), nullable=False),
+    sa.Column("adapter_id", sa.Integer, sa.ForeignKey("adapters.id"), nullable=True),
+    sa.Column("previous_adapter_id", sa.Integer, sa.ForeignKey("adapters.id"), nullable=True),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("hooks", json_type(), nullable=True),
+    sa.Index(None, "track", "id"),
+    sqlite_autoincrement=True,
 )

@@ -16,10 +16,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from honed.store import catalog, jobs, migrate, runs
+from honed.store import catalog, jobs, migrate, registry, runs
 from honed.store.engine import WRITE_OPTION, create_engine, display, parse_url, sqlite_file
 from honed.store.errors import StoreError, StoreUnavailableError
 from honed.store.info import (
+    AdapterInfo,
+    DeploymentInfo,
     BaseInfo,
     CheckpointInfo,
     CommandInfo,
@@ -443,3 +445,66 @@ class Store:
         """Daemons of this store (of one workspace), newest first."""
         with self._transaction(write=False) as conn:
             return jobs.list_workers(conn, workspace, limit)
+
+    # --- adapters and deployments --------------------------------------------------------
+
+    def add_adapter(self, *, track: str, run_id: str | None, job_id: int | None, base_version: int,
+                    path: str) -> AdapterInfo:
+        """Register a run's adapter as a candidate."""
+        with self._transaction(write=True) as conn:
+            return registry.add_adapter(conn, track=track, run_id=run_id, job_id=job_id,
+                                        base_version=base_version, path=path)
+
+    def get_adapter(self, adapter_id: int) -> AdapterInfo:
+        """The adapter with this id (StoreError when there is none)."""
+        with self._transaction(write=False) as conn:
+            return registry.get_adapter(conn, adapter_id)
+
+    def list_adapters(self, track: str | None = None) -> list[AdapterInfo]:
+        """Adapters of one track (or all), newest first."""
+        with self._transaction(write=False) as conn:
+            return registry.list_adapters(conn, track)
+
+    def deployed_adapter(self, track: str) -> AdapterInfo | None:
+        """The adapter live on ``track`` now; None means the bare base."""
+        with self._transaction(write=False) as conn:
+            return registry.deployed_adapter(conn, track)
+
+    def record_evaluation(self, adapter_id: int, evaluation: dict[str, Any], verdict: dict[str, Any],
+                          state: str) -> AdapterInfo:
+        """Keep a candidate's evaluation and verdict; move it to ``state``."""
+        with self._transaction(write=True) as conn:
+            return registry.record_evaluation(conn, adapter_id, evaluation, verdict, state)
+
+    def reject_adapter(self, adapter_id: int) -> AdapterInfo:
+        """Reject a candidate or an adapter awaiting approval."""
+        with self._transaction(write=True) as conn:
+            return registry.reject_adapter(conn, adapter_id)
+
+    def switch_deployment(self, track: str, adapter_id: int | None, *, action: str, reason: str,
+                          allowed: tuple[str, ...] = ("candidate", "awaiting_approval")) -> DeploymentInfo:
+        """Atomically make ``adapter_id`` (None: the bare base) the track's deployment."""
+        with self._transaction(write=True) as conn:
+            return registry.switch_deployment(conn, track, adapter_id, action=action, reason=reason,
+                                              allowed=allowed)
+
+    def rollback(self, track: str, to: int | None = None, reason: str = "rollback") -> DeploymentInfo:
+        """Go back one step in the track's deployment history (or to adapter ``to``,
+        which must have been deployed before), in one transaction."""
+        with self._transaction(write=True) as conn:
+            if to is not None:
+                return registry.switch_deployment(conn, track, to, action="rollback", reason=reason,
+                                                  allowed=("retired",))
+            target, before = registry.rollback_target(conn, track)
+            return registry.switch_deployment(conn, track, target, action="rollback", reason=reason,
+                                              allowed=("retired",), previous=before)
+
+    def list_deployments(self, track: str, limit: int | None = None) -> list[DeploymentInfo]:
+        """The track's deployment history, newest first."""
+        with self._transaction(write=False) as conn:
+            return registry.list_deployments(conn, track, limit)
+
+    def record_hooks(self, deployment_id: int, results: list[dict[str, Any]]) -> None:
+        """Keep what the deploy hooks of a deployment reported."""
+        with self._transaction(write=True) as conn:
+            registry.record_hooks(conn, deployment_id, results)

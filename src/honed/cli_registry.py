@@ -1,0 +1,188 @@
+"""Adapters, deployments and tracks from the command line: ``adapters list|show``,
+``deploy``, ``approve``, ``reject``, ``rollback`` and ``track add|list``. Thin over
+:mod:`honed.registry.deployment`; none of them imports torch."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from honed.cli_common import JsonOpt, WorkspaceOpt, app, console, err_console, fail, open_store, workspace_from
+
+adapters_app = typer.Typer(help="Adapters the runs produced, with their evaluation and verdict.",
+                           no_args_is_help=True)
+track_app = typer.Typer(help="Tracks: named lines of adapters, each with its own deployment.", no_args_is_help=True)
+app.add_typer(adapters_app, name="adapters")
+app.add_typer(track_app, name="track")
+
+TrackOpt = Annotated[str | None, typer.Option(help="Track (default: settings' track).")]
+
+
+def _adapter_dict(adapter) -> dict:
+    out = dict(adapter.__dict__)
+    out["created_at"] = adapter.created_at.isoformat(timespec="seconds")
+    out["updated_at"] = adapter.updated_at.isoformat(timespec="seconds")
+    return out
+
+
+def _result_dict(result) -> dict:
+    d = result.deployment
+    return {"track": d.track, "action": d.action, "adapter": result.adapter.id if result.adapter else None,
+            "name": result.adapter.name if result.adapter else None, "previous": d.previous_adapter_id,
+            "deployment": d.id, "pointer": str(result.pointer), "hooks": result.hooks, "hooks_ok": result.hooks_ok}
+
+
+def _report(result, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(_result_dict(result), indent=2))
+    else:
+        live = f"adapter {result.adapter.id} ({result.adapter.name})" if result.adapter else "the bare base"
+        console.print(f"track {result.deployment.track}: {live} is live ({result.deployment.action}); "
+                      f"pointer {result.pointer / 'current'}", highlight=False, soft_wrap=True)
+        for hook in result.hooks:
+            style = "green" if hook["ok"] else "bold red"
+            console.print(f"  hook {hook['hook']}: [{style}]{'ok' if hook['ok'] else 'FAILED'}[/] {hook['detail']}",
+                          highlight=False, soft_wrap=True)
+    if not result.hooks_ok:
+        err_console.print("the switch happened, but a deploy hook failed (see above)")
+        raise typer.Exit(2)
+
+
+def _switch(workspace, action, *args, as_json: bool = False, **kwargs) -> None:
+    from honed.registry.deployment import DeployError
+
+    ws = workspace_from(workspace)
+    with open_store(ws) as store:
+        try:
+            result = action(ws, store, *args, **kwargs)
+        except DeployError as exc:
+            raise fail(str(exc)) from None
+    _report(result, as_json)
+
+
+@adapters_app.command("list")
+def adapters_list(track: TrackOpt = None, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Adapters, newest first, with state and the figures that decided their verdict."""
+    ws = workspace_from(workspace)
+    with open_store(ws) as store:
+        rows = store.list_adapters(track)
+    if as_json:
+        print(json.dumps([_adapter_dict(a) for a in rows], indent=2, default=str))
+        return
+    table = Table("adapter", "name", "track", "state", "run", "verdict")
+    for a in rows:
+        verdict = a.verdict or {}
+        summary = ("passed" if verdict.get("passed") else "failed: " + "; ".join(verdict.get("failed", [])))\
+            if verdict else ""
+        table.add_row(str(a.id), a.name, a.track, a.state, a.run_id or "", summary[:70])
+    console.print(table)
+
+
+@adapters_app.command("show")
+def adapters_show(adapter: Annotated[int, typer.Argument(help="Adapter id.")], workspace: WorkspaceOpt = None,
+                  as_json: JsonOpt = False) -> None:
+    """One adapter with its evaluation, verdict and deployment history."""
+    ws = workspace_from(workspace)
+    with open_store(ws) as store:
+        info = store.get_adapter(adapter)
+        history = [d for d in store.list_deployments(info.track) if adapter in (d.adapter_id, d.previous_adapter_id)]
+    if as_json:
+        print(json.dumps({**_adapter_dict(info), "deployments": [d.__dict__ for d in history]}, indent=2, default=str))
+        return
+    for key in ("name", "track", "state", "run_id", "job_id", "base_version", "path"):
+        console.print(f"{key:<13} {getattr(info, key)}", highlight=False)
+    if info.verdict:
+        console.print(f"{'verdict':<13} {'passed' if info.verdict.get('passed') else 'failed'}", highlight=False)
+        for rule in info.verdict.get("rules", []):
+            console.print(f"  {'ok  ' if rule['ok'] else 'FAIL'} {rule['rule']}: {rule['detail']}", highlight=False)
+    for d in history:
+        console.print(f"{d.at:%Y-%m-%d %H:%M:%S}  {d.action:<9} -> "
+                      f"{d.adapter_id if d.adapter_id is not None else 'base'}  {d.reason}", highlight=False)
+
+
+@app.command()
+def deploy(adapter: Annotated[int, typer.Argument(help="Adapter id.")],
+           force: Annotated[bool, typer.Option("--force", help="Deploy even without a passing verdict.")] = False,
+           workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Make an adapter live on its track (atomically; the hooks run after the switch)."""
+    from honed.registry.deployment import deploy as deploy_adapter
+
+    _switch(workspace, deploy_adapter, adapter, force=force, as_json=as_json)
+
+
+@app.command()
+def approve(adapter: Annotated[int, typer.Argument(help="Adapter id.")], workspace: WorkspaceOpt = None,
+            as_json: JsonOpt = False) -> None:
+    """Approve an adapter that awaits approval: it is deployed."""
+    from honed.registry.deployment import approve as approve_adapter
+
+    _switch(workspace, approve_adapter, adapter, as_json=as_json)
+
+
+@app.command()
+def reject(adapter: Annotated[int, typer.Argument(help="Adapter id.")], workspace: WorkspaceOpt = None,
+           as_json: JsonOpt = False) -> None:
+    """Reject an adapter that awaits approval (it is kept, with its numbers)."""
+    ws = workspace_from(workspace)
+    with open_store(ws) as store:
+        info = store.reject_adapter(adapter)
+    if as_json:
+        print(json.dumps(_adapter_dict(info), indent=2, default=str))
+    else:
+        console.print(f"adapter {info.id}: {info.state}")
+
+
+@app.command()
+def rollback(track: TrackOpt = None,
+             to: Annotated[int | None, typer.Option("--to", help="An adapter deployed before.")] = None,
+             workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Go back to the adapter deployed before the current one (again: further back)."""
+    from honed.registry.deployment import rollback as rollback_track
+
+    ws = workspace_from(workspace)
+    _switch(workspace, rollback_track, track or ws.settings.track, to, as_json=as_json)
+
+
+@track_app.command("add")
+def track_add(name: Annotated[str, typer.Argument(help="Track name (letters, digits, - and _).")],
+              base: Annotated[int | None, typer.Option(help="Base version (default: the newest).")] = None,
+              workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Add a track: its own datasets (inbox/NAME/), jobs and deployment."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", name) or name == "rejected":
+        raise fail(f"track name {name!r}: use 1-64 letters, digits, '-' or '_' (not 'rejected'); "
+                   "it becomes a folder name")
+    ws = workspace_from(workspace)
+    with open_store(ws) as store:
+        if store.get_track(name) is not None:
+            raise fail(f"track {name!r} already exists")
+        version = base if base is not None else store.get_base().version
+        if store.get_base(version) is None:
+            raise fail(f"no base version {version}; bases: {[b.version for b in store.list_bases()]}")
+        info = store.ensure_track(name, version)
+    (ws.inbox / name).mkdir(parents=True, exist_ok=True)
+    if as_json:
+        print(json.dumps({"name": info.name, "base_version": info.base_version}))
+    else:
+        console.print(f"track {info.name} on base v{info.base_version}; drop its data in {ws.inbox / name}",
+                      highlight=False)
+
+
+@track_app.command("list")
+def track_list(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Tracks with their base version and the adapter deployed on each."""
+    ws = workspace_from(workspace)
+    with open_store(ws) as store:
+        rows = [(t, store.deployed_adapter(t.name)) for t in store.list_tracks()]
+    if as_json:
+        print(json.dumps([{"name": t.name, "base_version": t.base_version, "deployed": a.id if a else None}
+                          for t, a in rows], indent=2))
+        return
+    table = Table("track", "base", "deployed")
+    for t, a in rows:
+        table.add_row(t.name, f"v{t.base_version}", f"{a.id} ({a.name})" if a else "bare base")
+    console.print(table)

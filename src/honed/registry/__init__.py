@@ -1,0 +1,1 @@
+"""Adapters, tracks, deployments, rollback (and, next, consolidation)."""
