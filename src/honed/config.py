@@ -202,6 +202,62 @@ class DaemonSettings(_Section):
         return value
 
 
+class EvalSetSettings(_Section):
+    """A user-defined eval set: a chat JSONL file and the scorers it is judged by."""
+
+    name: str = Field(description="Name of the set in results and gate rules.")
+    path: str = Field(description="Chat JSONL file (relative to the workspace or absolute).")
+    scorers: list[str] = Field(
+        default_factory=lambda: ["exact_match"],
+        description="exact_match, contains, json (valid rate and required-field rate), loss "
+        "(and perplexity), or a Python function 'module:function'(output, record) -> 0..1.",
+    )
+    required_fields: list[str] = Field(
+        default_factory=list, description="Keys the json scorer expects in each output object.",
+    )
+
+
+class EvalSettings(_Section):
+    """How candidates and the deployed adapter are scored (greedy decoding, batched)."""
+
+    max_records: int = Field(200, gt=0, description="Most records scored per set (a fixed sample).")
+    regression_records: int = Field(
+        200, ge=0, description="Records of the track's earlier datasets in the regression set "
+        "(guards against forgetting); 0 turns it off.",
+    )
+    max_new_tokens: int = Field(64, gt=0, description="Longest generated answer, in tokens.")
+    batch_size: int = Field(64, gt=0, description="Prompts generated at once.")
+    samples_kept: int = Field(5, ge=0, description="Outputs kept per set for inspection.")
+    sets: list[EvalSetSettings] = Field(default_factory=list, description="User-defined eval sets.")
+
+
+class GateRule(_Section):
+    """One condition a candidate must meet on one set and scorer."""
+
+    set: str = Field(description="heldout, regression, or the name of a user-defined set.")
+    scorer: str = Field(description="exact_match, contains, json_valid, json_fields, loss, perplexity, "
+                        "or a 'module:function' scorer.")
+    min: float | None = Field(None, description="Lowest acceptable value (for loss: highest).")
+    max_regression: float | None = Field(
+        None, description="How much worse than the deployed adapter (or the bare base) the candidate "
+        "may be, in the scorer's units.",
+    )
+
+
+def _default_rules() -> list[GateRule]:
+    return [
+        GateRule(set="heldout", scorer="exact_match", max_regression=0.0),
+        GateRule(set="regression", scorer="exact_match", max_regression=0.05),
+    ]
+
+
+class GateSettings(_Section):
+    """The rules a candidate must pass to be deployed."""
+
+    require_approval: bool = Field(False, description="Passing candidates wait for 'honed approve'.")
+    rules: list[GateRule] = Field(default_factory=_default_rules, description="All must hold.")
+
+
 class DeploySettings(_Section):
     """What happens after a track's deployment switches (the hooks). A failing hook is
     reported with the deployment; it does not undo the switch."""
@@ -234,6 +290,8 @@ class Settings(_Section):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+    gates: GateSettings = Field(default_factory=GateSettings)
     deploy: DeploySettings = Field(default_factory=DeploySettings)
 
 
@@ -340,6 +398,12 @@ def load_settings(workspace: Path | None, overrides: dict | None = None) -> Sett
 def _toml_value(value: Any) -> str:
     import tomli_w
 
+    if isinstance(value, list):  # lists of models (gate rules, eval sets): inline tables
+        value = [v.model_dump(exclude_none=True) if isinstance(v, BaseModel) else v for v in value]
+        if value and isinstance(value[0], dict):
+            inline = ", ".join("{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+                               for v in value)
+            return f"[{inline}]"
     return tomli_w.dumps({"v": value}).strip()[len("v = "):]
 
 

@@ -26,6 +26,7 @@ FAST_SETTINGS = {
     "train": {"batch_size": 8, "epochs": 1.0, "checkpoint_every": 5, "eval_every": 0, "warmup_steps": 3,
               "heldout_fraction": 0.1, "retrain_seen": True, "threads": 1},
     "lora": {"r": 4, "alpha": 8.0},
+    "gates": {"rules": []},  # these tests are about supervision: every candidate deploys
     "daemon": {"poll_interval_s": 0.1, "settle_s": 0.5, "backoff_s": 0.0, "max_attempts": 3,
                "heartbeat_timeout_s": 120.0, "stop_grace_s": 60.0},
 }

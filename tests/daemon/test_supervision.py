@@ -136,7 +136,7 @@ def test_pause_frees_the_trainer_and_resume_continues_the_curve(daemon_ws, start
     for (step, loss), (_, expected) in zip(resumed, uninterrupted):
         assert loss == pytest.approx(expected, rel=1e-5), f"step {step} after a pause at {checkpoint.step}"
     kinds = [e.kind for e in store.job_events(job.id)]
-    assert kinds.index("paused") < kinds.index("resumed") < kinds.index("succeeded")
+    assert kinds.index("paused") < kinds.index("resumed") < kinds.index("evaluated") < kinds.index("deployed")
     store.close()
 
 
@@ -206,7 +206,7 @@ def test_daemon_detach_stop_and_restart_finish_the_job(daemon_ws):
         assert not trainer_processes(ws.root)
         run_honed("daemon", "--detach", "-w", str(ws.root))
         follow = run_honed("events", str(job.id), "--follow", "-w", str(ws.root), timeout=240)
-        assert "succeeded" in follow.stdout.splitlines()[-1]
+        assert "is deployed as" in follow.stdout.splitlines()[-1]
     finally:
         run_honed("daemon", "stop", "-w", str(ws.root), check=False)
     assert finished(store, job.id).state == "succeeded"

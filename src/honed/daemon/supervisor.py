@@ -323,13 +323,10 @@ class Supervisor:
         loss = f", loss {metrics['loss']:.4f}" if isinstance(metrics.get("loss"), float) else ""
         data = {"run_id": run.id, "step": metrics.get("step"), "adapter": run.adapter_path}
         taken = self.store.taken_command(job.id)
-        if run.status == "succeeded":
-            # Evaluation and gates come between training and success (the next stage).
-            return self.store.end_attempt(job.id, "succeeded", f"run {run.id} finished at {where}{loss}; "
-                                          f"adapter {run.adapter_path}", data=data)
-        if run.status == "stopped":
-            return self.store.end_attempt(job.id, "succeeded", f"stopped at {where}{loss}; the adapter from that "
-                                          f"point is the result: {run.adapter_path}", kind="stopped", data=data)
+        if run.status in ("succeeded", "stopped"):
+            how = (f"run {run.id} finished at {where}{loss}" if run.status == "succeeded"
+                   else f"stopped at {where}{loss}; the adapter from that point is the result")
+            return self.settle_candidate(job, run, how, data)
         if run.status == "cancelled":
             return self.store.end_attempt(job.id, "cancelled", f"cancelled at {where}; no result", data=data)
         if run.status == "paused" and taken == "pause":
@@ -345,11 +342,42 @@ class Supervisor:
         return self.store.end_attempt(job.id, "failed", f"run {run.id} failed at {where}: {reason}", error=run.error,
                                       data=data)
 
+    def settle_candidate(self, job: JobInfo, run, how: str, data: dict) -> JobInfo:
+        """After training and evaluation: deploy a candidate that passed its gates, leave
+        one awaiting approval, or end the job rejected with the numbers that failed it."""
+        from honed.registry.deployment import DeployError, deploy
+
+        adapter = next((a for a in self.store.list_adapters(job.track) if a.run_id == run.id), None)
+        if adapter is None or adapter.verdict is None:
+            return self.store.end_attempt(job.id, "succeeded", f"{how}; adapter {run.adapter_path} (not evaluated)",
+                                          data=data)
+        data = {**data, "adapter": adapter.id}
+        if adapter.state == "rejected":
+            reasons = "; ".join(adapter.verdict.get("failed", []))
+            return self.store.end_attempt(job.id, "rejected", f"{how}; adapter {adapter.id} failed its gates: "
+                                          f"{reasons}; the deployment stays as it was", error=reasons, data=data)
+        if adapter.state == "awaiting_approval":
+            return self.store.end_attempt(job.id, "succeeded", f"{how}; adapter {adapter.id} passed its gates and "
+                                          f"awaits approval: 'honed approve {adapter.id}'", data=data)
+        try:
+            result = deploy(self.ws, self.store, adapter.id, reason=f"passed its gates (job {job.id})")
+        except DeployError as exc:
+            return self.store.end_attempt(job.id, "succeeded", f"{how}; adapter {adapter.id} passed its gates "
+                                          f"but was not deployed: {exc}", data=data)
+        hooks = "" if result.hooks_ok else "; a deploy hook failed: " + "; ".join(
+            h["detail"] for h in result.hooks if not h["ok"])
+        return self.store.end_attempt(job.id, "succeeded", f"{how}; adapter {adapter.id} passed its gates and "
+                                      f"is deployed as {adapter.name}{hooks}", kind="deployed", data=data)
+
     # --- recovery and idle time --------------------------------------------------------
 
     def recover(self) -> None:
         """Settle jobs a previous daemon of this workspace left running, and inbox files
         it left half-taken. Their trainers notice their daemon is gone and checkpoint."""
+        from honed.registry.deployment import sync_pointer
+
+        for track in self.store.list_tracks():  # a switch cut short leaves the pointer behind
+            sync_pointer(self.ws, self.store, track.name)
         for outcome in self.inbox.recover():
             log.info("inbox recovery: %s", outcome.message)
         for job in self.store.list_jobs(states=("running", "evaluating")):

@@ -104,6 +104,32 @@ class ProgressReporter:
             log.warning("job %d: heartbeat not written (%s)", self.job_id, exc)
 
 
+def evaluate_job(workspace, store, job, run, spec) -> None:
+    """Register the run's adapter, score it against what is live, and record the gates'
+    verdict; the daemon deploys it (or not) from there."""
+    from honed.evaluation.evaluate import evaluate_candidate
+    from honed.evaluation.gates import decide
+
+    store.report_progress(job.id, {"phase": "evaluating"})
+    store.mark_job_evaluating(job.id, f"run {run.id} ended {run.status}; scoring its adapter")
+    existing = [a for a in store.list_adapters(job.track) if a.run_id == run.id]
+    adapter = existing[0] if existing else store.add_adapter(
+        track=job.track, run_id=run.id, job_id=job.id, base_version=run.base_version, path=run.adapter_path)
+    if adapter.state != "candidate" or adapter.verdict is not None:
+        return  # evaluated already
+    evaluation = evaluate_candidate(workspace, store, track=job.track, base_path=spec.base,
+                                    base_version=run.base_version, candidate_path=Path(run.adapter_path),
+                                    run_dir=spec.run_dir, dataset_ids=run.dataset_ids)
+    gates = workspace.settings.gates
+    verdict = decide(evaluation, gates.rules, gates.require_approval)
+    state = "rejected" if not verdict["passed"] else ("awaiting_approval" if gates.require_approval else "candidate")
+    store.record_evaluation(adapter.id, evaluation, verdict, state)
+    summary = "; ".join(f"{r['rule']}: {r['detail']}" for r in verdict["rules"] if not r.get("skipped"))
+    store.add_job_event(job.id, "evaluated", f"adapter {adapter.id} {'passed' if verdict['passed'] else 'failed'} "
+                        f"its gates against {evaluation['baseline_name']} ({summary})",
+                        {"adapter": adapter.id, "passed": verdict["passed"]})
+
+
 def run_attempt(root: Path, job_id: int, parent_pid: int | None) -> int:
     """One attempt at ``job_id``; returns the exit code (see the module's docstring)."""
     from honed.config import SettingsError
@@ -138,10 +164,15 @@ def run_attempt(root: Path, job_id: int, parent_pid: int | None) -> int:
             except StoreError as exc:
                 log.warning("job %d: checkpoint event not written (%s)", job_id, exc)
 
+        run = store.get_run(spec.run_id)
+        if run is not None and run.status in ("succeeded", "stopped") and run.adapter_path:
+            # Trained already; an earlier attempt died while evaluating.
+            evaluate_job(workspace, store, job, run, spec)
+            return 0
         log.info("job %d: attempt on run %s starts", job_id, spec.run_id)
         try:
             outcome = execute_run(spec, store, control=control, on_step=ProgressReporter(store, job_id),
-                                  on_checkpoint=on_checkpoint)
+                                  on_checkpoint=on_checkpoint, mark_trained=False)
         except TokenizationError as exc:  # the data, not the attempt: retrying cannot help
             print(f"job {job_id} cannot be trained: {exc}", file=sys.stderr, flush=True)
             return EXIT_UNTRAINABLE
@@ -150,6 +181,8 @@ def run_attempt(root: Path, job_id: int, parent_pid: int | None) -> int:
                                 f"{outcome.step}", {"step": outcome.step})
         log.info("job %d: attempt ended %s at step %d/%d", job_id, outcome.status, outcome.step,
                  outcome.total_steps)
+        if outcome.status in ("succeeded", "stopped") and outcome.adapter_path:
+            evaluate_job(workspace, store, job, store.get_run(spec.run_id), spec)
         return 0
     finally:
         store.close()

@@ -104,12 +104,24 @@ def _switch(workspace, store, track: str, make) -> DeployResult:
     folder = sync_pointer(workspace, store, track)
     _phase("pointer_written")
     adapter = store.get_adapter(deployment.adapter_id) if deployment.adapter_id is not None else None
+    if adapter is not None and adapter.run_id:
+        _mark_learned(workspace, store, adapter)
     hooks = run_hooks(workspace.settings.deploy, track, deployment, adapter)
     if hooks:
         store.record_hooks(deployment.id, hooks)
         for hook in hooks:
             (log.info if hook["ok"] else log.error)("deploy hook %s: %s", hook["hook"], hook["detail"])
     return DeployResult(deployment, adapter, folder, hooks)
+
+
+def _mark_learned(workspace, store, adapter: AdapterInfo) -> None:
+    """A deployed adapter's records are now what the track knows (idempotent): later
+    plans skip them and replay draws from them. A rejected candidate's never are."""
+    from honed.training.runs import mark_learned
+
+    run_dir = workspace.runs_dir / adapter.run_id
+    if (run_dir / "train.jsonl").is_file():
+        mark_learned(store, adapter.run_id, run_dir, adapter.track, adapter.base_version)
 
 
 def deploy(workspace, store, adapter_id: int, *, force: bool = False, reason: str = "deployed by hand") -> DeployResult:

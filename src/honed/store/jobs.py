@@ -162,6 +162,15 @@ def report_progress(conn: sa.Connection, job_id: int, progress: dict[str, Any] |
     conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
 
 
+def mark_evaluating(conn: sa.Connection, job_id: int, message: str) -> None:
+    """The trainer finished training the job and now scores its candidate."""
+    job = get_job(conn, job_id, lock=True)
+    if job.state != "running":
+        raise JobStateError(f"job {job_id} is {job.state}; only a running job goes on to evaluation")
+    _update(conn, job_id, state="evaluating")
+    add_event(conn, job_id, "evaluating", message)
+
+
 def set_priority(conn: sa.Connection, job_id: int, priority: str) -> JobInfo:
     """Move a job that is not yet running to another priority."""
     job = get_job(conn, job_id, lock=True)

@@ -386,6 +386,11 @@ class Store:
         with self._transaction(write=True) as conn:
             jobs.report_progress(conn, job_id, progress, trainer_pid)
 
+    def mark_job_evaluating(self, job_id: int, message: str) -> None:
+        """Move a running job on to the evaluation of its candidate."""
+        with self._transaction(write=True) as conn:
+            jobs.mark_evaluating(conn, job_id, message)
+
     def set_job_priority(self, job_id: int, priority: str) -> JobInfo:
         """Move a waiting job to another priority."""
         with self._transaction(write=True) as conn:

@@ -105,8 +105,17 @@ def resume_spec(workspace: Workspace, store, run_id: str):
     )
 
 
-def execute_run(spec, store, *, control=None, on_step=None, on_checkpoint=None):
-    """Carry out one attempt of ``spec`` and record its outcome, checkpoints and manifest."""
+def mark_learned(store, run_id: str, run_dir: Path, track: str, base_version: int) -> None:
+    """Remember the run's own (not replayed) records as learned by ``track`` on this
+    base, so later plans skip them and replay draws from them."""
+    plan = load_plan(run_dir)
+    store.mark_records_trained(run_id, track, base_version, (r["hash"] for r in plan.train if not r.get("replay")))
+
+
+def execute_run(spec, store, *, control=None, on_step=None, on_checkpoint=None, mark_trained=True):
+    """Carry out one attempt of ``spec`` and record its outcome, checkpoints and manifest.
+    With ``mark_trained`` (the one-shot path) a finished run's records count as learned
+    at once; the daemon marks them only when the run's adapter is deployed."""
     from honed.training.manifest import write_manifest
     from honed.training.trainer import RunOutcome, train_run
 
@@ -121,10 +130,8 @@ def execute_run(spec, store, *, control=None, on_step=None, on_checkpoint=None):
     store.finish_run(spec.run_id, status=outcome.status, final_metrics=outcome.final_metrics,
                      error=outcome.error, adapter_path=str(outcome.adapter_path) if outcome.adapter_path else None,
                      attempt=outcome.attempt)
-    plan = load_plan(spec.run_dir)
-    if outcome.status in ("succeeded", "stopped"):
-        store.mark_records_trained(spec.run_id, spec.track, spec.base_version,
-                                   (r["hash"] for r in plan.train if not r.get("replay")))
+    if mark_trained and outcome.status in ("succeeded", "stopped"):
+        mark_learned(store, spec.run_id, spec.run_dir, spec.track, spec.base_version)
     run = store.get_run(spec.run_id)
     datasets = [store.get_dataset(i) for i in run.dataset_ids]
     base = store.get_base(spec.base_version)
