@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -214,9 +215,11 @@ class _TrainingProgress:
         if self.console is not None:
             self.console.print(text, highlight=False)
 
-    def update(self, row: dict) -> None:
+    def update(self, row: dict, key: object = None) -> None:
         if self.progress is None:
             return
+        if key != getattr(self, "key", None):  # a new job gets its own bar
+            self.task, self.key = None, key
         if self.task is None:
             self.task = self.progress.add_task("train", total=row["total_steps"], completed=row["step"] - 1, info="")
         info = f"loss {row['loss']:.4f}  {row['tokens_per_s']:,.0f} tok/s"
@@ -264,6 +267,52 @@ def runs(workspace: WorkspaceOpt = None, limit: Annotated[int, typer.Option()] =
                       f"{loss:.4f}" if loss is not None else "", f"{val:.4f}" if val is not None else "",
                       str(r.started_at)[:19])
     console.print(table)
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Argument(help="A new directory for the demo's workspace.")] = Path("honed-demo"),
+) -> None:
+    """The whole loop in a few minutes on CPU: a workspace on the tiny base, data dropped in
+    the inbox, the daemon trains, evaluates, gates and deploys; a bad candidate is rejected."""
+    from honed.demo import DemoError, run_demo
+    from honed.workspace import WorkspaceError
+
+    if directory.exists() and any(directory.iterdir()):
+        raise _fail(f"{directory} exists and is not empty; the demo makes a fresh workspace")
+    started = time.monotonic()
+    with _TrainingProgress(console) as progress:
+        def on_progress(p: dict) -> None:
+            if p.get("phase") == "training" and "step" in p:
+                progress.update({"step": p["step"], "total_steps": p["total_steps"], "loss": p["loss"],
+                                 "tokens_per_s": p.get("tokens_per_s") or 0.0}, key=p["job"])
+
+        try:
+            result = run_demo(directory, say=progress.say, on_progress=on_progress)
+        except (DemoError, WorkspaceError) as exc:
+            raise _fail(f"{exc} (the daemon's log is in {directory / 'logs'})") from None
+    _print_demo_table(result, time.monotonic() - started)
+
+
+def _print_demo_table(result: dict, seconds: float) -> None:
+    deployed, rejected = result["deployed"], result["rejected"]
+    table = Table("model", "held-out exact match", "regression exact match", "verdict", title="before / after")
+    figures = deployed.evaluation
+    base_em = figures["baseline"]["heldout"]["exact_match"]
+    new_em = figures["candidate"]["heldout"]["exact_match"]
+    table.add_row(figures["baseline_name"] + " (before)", f"{base_em:.1%}", "", "")
+    table.add_row(f"adapter {deployed.id} (reversal)", f"{new_em:.1%}", "", "passed: deployed")
+    if rejected is not None and rejected.evaluation:
+        bad = rejected.evaluation
+        reg = bad["candidate"].get("regression", {}).get("exact_match")
+        live = bad["baseline"].get("regression", {}).get("exact_match")
+        table.add_row(f"adapter {rejected.id} (shuffled answers)", "",
+                      f"{reg:.1%} (live: {live:.1%})" if reg is not None and live is not None else "",
+                      "failed: rejected" if rejected.state == "rejected" else rejected.state)
+    console.print(table)
+    console.print(f"held-out exact match {base_em:.1%} -> {new_em:.1%} ({(new_em - base_em) * 100:+.1f} points); "
+                  f"the deployment {'stayed on' if result['deployment_unchanged'] else 'moved off'} adapter "
+                  f"{deployed.id} ({seconds / 60:.1f} min). Workspace: {result['workspace']}", highlight=False)
 
 
 @app.command()

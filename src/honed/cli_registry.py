@@ -186,3 +186,29 @@ def track_list(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None
     for t, a in rows:
         table.add_row(t.name, f"v{t.base_version}", f"{a.id} ({a.name})" if a else "bare base")
     console.print(table)
+
+
+@app.command()
+def consolidate(track: TrackOpt = None,
+                description: Annotated[str, typer.Option(help="What this base version is, for its lineage.")] = "",
+                workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Merge the track's deployed adapter into its base as the next base version (checked
+    to reproduce base + adapter first); the track then trains on the new base."""
+    from honed.registry.consolidation import ConsolidationError
+    from honed.registry.consolidation import consolidate as consolidate_track
+
+    if not description.strip():
+        raise fail("--description is required: say what this base version is (it is kept in its lineage)")
+    ws = workspace_from(workspace)
+    with open_store(ws) as store:
+        with console.status("merging and checking the merged model"):
+            try:
+                done = consolidate_track(ws, store, track or ws.settings.track, description)
+            except ConsolidationError as exc:
+                raise fail(str(exc)) from None
+    if as_json:
+        print(json.dumps({**done.__dict__, "path": str(done.path)}, indent=2))
+        return
+    console.print(f"base v{done.version} written to {done.path}: adapter {done.adapter_id} merged; "
+                  f"{done.same_answers}/{done.prompts_checked} greedy answers identical, largest logit "
+                  f"difference {done.max_logit_diff:.2g}", highlight=False, soft_wrap=True)

@@ -63,7 +63,8 @@ def test_stop_file_halts_the_running_job_and_removing_it_lets_the_job_continue(d
     wait_for(lambda: "halted" in (run_honed("status", "-w", str(ws.root), "--json").stdout), 30, "status to say halted")
     ws.stop_file.unlink()
     done = wait_for(lambda: (j := store.get_job(job_id)).state == "succeeded" and j, 240, "the job to finish")
-    assert [r["step"] for r in store.get_metrics(done.run_id)] == list(range(1, done.progress["total_steps"] + 1))
+    total = store.get_run(done.run_id).final_metrics["total_steps"]
+    assert [r["step"] for r in store.get_metrics(done.run_id)] == list(range(1, total + 1))
     store.close()
 
 

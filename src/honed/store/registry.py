@@ -121,6 +121,10 @@ def switch_deployment(conn: sa.Connection, track: str, adapter_id: int | None, *
         target = get_adapter(conn, adapter_id)
         if target.track != track:
             raise StoreError(f"adapter {adapter_id} belongs to track {target.track!r}, not {track!r}")
+        base_version = conn.scalar(sa.select(tracks.c.base_version).where(tracks.c.name == track))
+        if target.base_version != base_version:
+            raise JobStateError(f"adapter {adapter_id} was trained on base v{target.base_version}, but track "
+                                f"{track!r} is on base v{base_version} now (consolidated); it cannot be live there")
         if target.state not in allowed:
             raise JobStateError(f"adapter {adapter_id} is {target.state}; {action} takes one that is "
                                 f"{' or '.join(allowed)}")

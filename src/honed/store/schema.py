@@ -38,7 +38,7 @@ JOB_PRIORITIES = {"high": 0, "normal": 1, "low": 2}
 JOB_COMMANDS = ("pause", "resume", "stop", "skip", "cancel")
 COMMAND_STATES = ("pending", "taken", "done")
 ADAPTER_STATES = ("candidate", "awaiting_approval", "deployed", "rejected", "retired")
-DEPLOY_ACTIONS = ("deploy", "rollback", "approve", "undeploy")
+DEPLOY_ACTIONS = ("deploy", "rollback", "approve", "consolidate")
 DATASET_MODES = ("strict", "lenient")
 METRIC_KINDS = ("train", "eval")
 
