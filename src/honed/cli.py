@@ -291,10 +291,19 @@ def demo(
             result = run_demo(directory, say=progress.say, on_progress=on_progress)
         except (DemoError, WorkspaceError) as exc:
             raise _fail(f"{exc} (the daemon's log is in {directory / 'logs'})") from None
-    _print_demo_table(result, time.monotonic() - started)
+    gain = _print_demo_table(result, time.monotonic() - started)
+    shortfalls = []
+    if gain < 0.5:
+        shortfalls.append(f"the deployed adapter gained {gain * 100:.1f} points of held-out exact match (the demo "
+                          "promises at least 50)")
+    if result["rejected"] is None or result["rejected"].state != "rejected" or not result["deployment_unchanged"]:
+        shortfalls.append("the bad candidate was not rejected with the deployment left in place")
+    if shortfalls:
+        raise _fail("; ".join(shortfalls))
 
 
-def _print_demo_table(result: dict, seconds: float) -> None:
+def _print_demo_table(result: dict, seconds: float) -> float:
+    """Print the before/after table; return the held-out exact-match gain."""
     deployed, rejected = result["deployed"], result["rejected"]
     table = Table("model", "held-out exact match", "regression exact match", "verdict", title="before / after")
     figures = deployed.evaluation
@@ -313,6 +322,7 @@ def _print_demo_table(result: dict, seconds: float) -> None:
     console.print(f"held-out exact match {base_em:.1%} -> {new_em:.1%} ({(new_em - base_em) * 100:+.1f} points); "
                   f"the deployment {'stayed on' if result['deployment_unchanged'] else 'moved off'} adapter "
                   f"{deployed.id} ({seconds / 60:.1f} min). Workspace: {result['workspace']}", highlight=False)
+    return new_em - base_em
 
 
 @app.command()

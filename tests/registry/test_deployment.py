@@ -148,3 +148,43 @@ def test_track_add_and_list(ws):
     bad = run_honed("track", "add", "../x", "-w", str(ws.root), check=False)
     assert bad.returncode == 1 and "use 1-64 letters" in bad.stderr
     assert (ws.inbox / "support-bot").is_dir()
+
+
+def test_the_vllm_hook_loads_each_version_under_a_new_name(ws):
+    """A real HTTP server on loopback stands where vLLM would."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    calls = []
+
+    class FakeVllm(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            calls.append((self.path, body, self.headers.get("Authorization")))
+            self.send_response(200 if len(calls) < 3 else 500)
+            self.end_headers()
+            self.wfile.write(b"ok" if len(calls) < 3 else b"out of memory")
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), FakeVllm)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    os.environ["TEST_VLLM_KEY"] = "sekret"
+    try:
+        ws.settings.deploy.vllm_url = f"http://127.0.0.1:{server.server_port}"
+        ws.settings.deploy.vllm_api_key_env = "TEST_VLLM_KEY"
+        store = ws.open_store()
+        a, b, c = (passed(store, make_adapter(ws, store, n).id) for n in ("a", "b", "c"))
+        assert deploy(ws, store, a.id).hooks_ok and deploy(ws, store, b.id).hooks_ok
+        failing = deploy(ws, store, c.id)
+        assert not failing.hooks_ok and "HTTP 500 out of memory" in failing.hooks[0]["detail"]
+        assert store.deployed_adapter("main").id == c.id  # a failing hook does not undo the switch
+        assert [(p, body["lora_name"]) for p, body, _ in calls] == [
+            ("/v1/load_lora_adapter", f"main-a{a.id}"), ("/v1/load_lora_adapter", f"main-a{b.id}"),
+            ("/v1/load_lora_adapter", f"main-a{c.id}")]
+        assert calls[0][1]["lora_path"] == a.path and calls[0][2] == "Bearer sekret"
+        store.close()
+    finally:
+        server.shutdown()
+        del os.environ["TEST_VLLM_KEY"]

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from honed.data.datasets import file_sha256
 from honed.data.formats import record_hash
 from honed.data.plan import read_jsonl
 
@@ -41,14 +42,6 @@ class Check:
     name: str
     ok: bool
     detail: str
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _content_hashes(path: Path) -> tuple[list[str], list[str]]:
@@ -97,7 +90,7 @@ def _check_dataset(store, entry: dict) -> list[Check]:
         return [Check(name, False, "the store no longer holds this dataset with the manifest's file hash")]
     source = Path(dataset.source_path)
     if source.is_file():
-        actual = _sha256(source)
+        actual = file_sha256(source)
         out.append(Check(f"{name} source", actual == entry["file_hash"],
                          f"{source} hashes to {actual[:16]}…" + ("" if actual == entry["file_hash"]
                                                                else f", the manifest says {entry['file_hash'][:16]}…")))
