@@ -62,3 +62,27 @@ def test_commented_toml_documents_every_key_and_loads_back_to_the_same_settings(
         model = type(getattr(settings, section))
         for key, field in model.model_fields.items():
             assert f"# {field.description}\n{key} = " in text, f"{section}.{key} undocumented"
+
+
+def test_tracks_have_their_own_gates_and_eval_sets(tmp_path):
+    text = render_commented_toml(Settings())
+    (tmp_path / "honed.toml").write_text(text + """
+[tracks.support-bot.gates]
+require_approval = true
+rules = [{ set = "heldout", scorer = "exact_match", min = 0.5 }]
+
+[[tracks.support-bot.eval_sets]]
+name = "tickets"
+path = "evals/tickets.jsonl"
+scorers = ["json"]
+required_fields = ["priority"]
+""")
+    settings = load_settings(tmp_path)
+    own = settings.gates_for("support-bot")
+    assert own.require_approval and own.rules[0].min == 0.5
+    assert settings.gates_for("main") == settings.gates  # the workspace's defaults
+    assert [s.name for s in settings.eval_sets_for("support-bot")] == ["tickets"]
+    assert settings.eval_sets_for("main") == []
+    (tmp_path / "honed.toml").write_text(text + "\n[tracks.x.gates]\nrequire_aproval = true\n")
+    with pytest.raises(SettingsError, match="unknown key 'tracks.x.gates.require_aproval'"):
+        load_settings(tmp_path)

@@ -276,6 +276,15 @@ class DeploySettings(_Section):
     hook_timeout_s: float = Field(60.0, gt=0, description="Longest a hook may take, in seconds.")
 
 
+class TrackSettings(_Section):
+    """What one track does differently from the workspace's defaults."""
+
+    gates: GateSettings | None = Field(None, description="The track's gates (default: [gates]).")
+    eval_sets: list[EvalSetSettings] | None = Field(
+        None, description="The track's user-defined eval sets (default: [eval] sets).",
+    )
+
+
 class Settings(_Section):
     """Everything in honed.toml."""
 
@@ -293,6 +302,21 @@ class Settings(_Section):
     eval: EvalSettings = Field(default_factory=EvalSettings)
     gates: GateSettings = Field(default_factory=GateSettings)
     deploy: DeploySettings = Field(default_factory=DeploySettings)
+    tracks: dict[str, TrackSettings] = Field(
+        default_factory=dict,
+        description="Per-track settings, e.g. [tracks.support-bot.gates] with the keys of [gates], or "
+        "eval_sets under [tracks.support-bot].",
+    )
+
+    def gates_for(self, track: str) -> GateSettings:
+        """The gates of ``track``: its own, else the workspace's."""
+        own = self.tracks.get(track)
+        return own.gates if own is not None and own.gates is not None else self.gates
+
+    def eval_sets_for(self, track: str) -> list[EvalSetSettings]:
+        """The user-defined eval sets of ``track``: its own, else the workspace's."""
+        own = self.tracks.get(track)
+        return own.eval_sets if own is not None and own.eval_sets is not None else self.eval.sets
 
 
 class SettingsError(ValueError):
@@ -420,6 +444,11 @@ def render_commented_toml(settings: Settings) -> str:
         value = getattr(settings, name)
         if isinstance(value, BaseModel):
             sections.append((name, value))
+            continue
+        if isinstance(value, dict) and not value:  # tables of tables: shown as a commented example
+            out.append(f"# {field.description}")
+            out.append("# [tracks.support-bot.gates]\n# require_approval = true")
+            out.append("")
             continue
         out.append(f"# {field.description}")
         out.append(f"{name} = {_toml_value(value)}")

@@ -120,7 +120,7 @@ def evaluate_job(workspace, store, job, run, spec) -> None:
     evaluation = evaluate_candidate(workspace, store, track=job.track, base_path=spec.base,
                                     base_version=run.base_version, candidate_path=Path(run.adapter_path),
                                     run_dir=spec.run_dir, dataset_ids=run.dataset_ids)
-    gates = workspace.settings.gates
+    gates = workspace.settings.gates_for(job.track)
     verdict = decide(evaluation, gates.rules, gates.require_approval)
     state = "rejected" if not verdict["passed"] else ("awaiting_approval" if gates.require_approval else "candidate")
     store.record_evaluation(adapter.id, evaluation, verdict, state)

@@ -71,7 +71,7 @@ def build_eval_sets(workspace, store, *, track: str, run_dir: Path, dataset_ids:
         pool = [r for d in _regression_datasets(store, track, dataset_ids) for r in read_jsonl(Path(d.stored_path))]
         if pool:
             sets.append(EvalSet("regression", _sample(pool, cfg.regression_records), ["exact_match", "loss"]))
-    for user_set in cfg.sets:
+    for user_set in workspace.settings.eval_sets_for(track):
         path = Path(user_set.path)
         path = path if path.is_absolute() else workspace.root / path
         from honed.evaluation.exact_match import load_records
