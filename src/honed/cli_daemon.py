@@ -419,7 +419,9 @@ def _render_status(info: dict):
         parts.append(Text.from_markup("[bold red]STOP file present: training halts at the next step[/]"))
     if info["base"]:
         parts.append(Text(f"base       v{info['base']['version']} ({info['base']['source']})"))
-    parts.append(Text("tracks     " + ", ".join(f"{t['name']} (v{t['base_version']})" for t in info["tracks"])))
+    parts.append(Text("tracks     " + ", ".join(
+        f"{t['name']} (v{t['base_version']}, live: {t['deployed']['name'] if t['deployed'] else 'bare base'})"
+        for t in info["tracks"])))
     parts.append(Text(f"datasets   {info['datasets']}"))
     for job in info["running"]:
         parts.append(Text.from_markup(f"[bold]running[/]    job {job['job']} (track {job['track']}, run {job['run']}) "

@@ -64,7 +64,7 @@ def test_init_with_a_directory_that_is_no_model_is_refused(tmp_path):
 def test_status_reports_the_workspace(make_workspace, tiny_random_base):
     ws = make_workspace(tiny_random_base)
     info = json.loads(run_honed("status", "-w", str(ws.root), "--json").stdout)
-    assert info["base"]["version"] == 0 and info["tracks"] == [{"name": "main", "base_version": 0}]
+    assert info["base"]["version"] == 0 and info["tracks"] == [{"name": "main", "base_version": 0, "deployed": None}]
     assert info["datasets"] == 0 and info["runs"] == []
 
 

@@ -76,6 +76,9 @@ def test_better_deploys_worse_is_rejected_and_rollback_restores(make_workspace, 
     assert (ws.root / "deployments" / "main" / "current").resolve() == ws.root.joinpath(deployed.path).resolve()
     assert hooks.read_text().split("\n")[:-1] == [f"deploy {deployed.id}", f"deploy {newer.id}",
                                                    f"rollback {deployed.id}"]
+    status = json.loads(run_honed("status", "-w", str(ws.root), "--json").stdout)
+    assert status["tracks"] == [{"name": "main", "base_version": 0,
+                                 "deployed": {"adapter": deployed.id, "name": deployed.name}}]
     listed = run_honed("adapters", "list", "-w", str(ws.root)).stdout
     assert "rejected" in listed and "deployed" in listed and "retired" in listed
     shown = run_honed("adapters", "show", str(rejected.id), "-w", str(ws.root)).stdout

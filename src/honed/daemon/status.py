@@ -27,6 +27,12 @@ def job_summary(job) -> dict:
     return out
 
 
+def _track_summary(store, track) -> dict:
+    deployed = store.deployed_adapter(track.name)
+    return {"name": track.name, "base_version": track.base_version,
+            "deployed": {"adapter": deployed.id, "name": deployed.name} if deployed else None}
+
+
 def status_info(workspace, store) -> dict:
     """Everything ``honed status`` shows, as plain data."""
     up = daemon_running(workspace.root)
@@ -55,7 +61,7 @@ def status_info(workspace, store) -> dict:
         "running": running,
         "queue": waiting,
         "base": {"version": base.version, "source": base.source} if base else None,
-        "tracks": [{"name": t.name, "base_version": t.base_version} for t in store.list_tracks()],
+        "tracks": [_track_summary(store, t) for t in store.list_tracks()],
         "datasets": len(store.list_datasets()),
         "runs": [
             {"run": r.id, "status": r.status, "track": r.track,
