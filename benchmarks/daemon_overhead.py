@@ -45,21 +45,17 @@ try:
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from honed.config import update_config_file  # noqa: E402
 from honed.daemon.lock import daemon_running  # noqa: E402
 from honed.data.synthetic import write_synthetic  # noqa: E402
 from honed.store import Store  # noqa: E402
 
 
 def _configure(root: Path, warm: bool, batch_size: int) -> None:
-    import tomllib
-
-    import tomli_w
-
-    path = root / "honed.toml"
-    data = tomllib.loads(path.read_text())
-    data["train"].update(epochs=1.0, batch_size=batch_size, eval_every=0, checkpoint_every=10_000)
-    data["daemon"].update(warm_trainer=warm, poll_interval_s=0.5)
-    path.write_text(tomli_w.dumps(data))
+    update_config_file(root, {
+        "train": {"epochs": 1.0, "batch_size": batch_size, "eval_every": 0, "checkpoint_every": 10_000},
+        "daemon": {"warm_trainer": warm, "poll_interval_s": 0.5},
+    })
 
 
 def _first_step_time(run_dir: Path) -> float | None:

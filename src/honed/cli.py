@@ -5,8 +5,6 @@ so ``honed --help`` and ``honed status`` never import torch."""
 from __future__ import annotations
 
 import json
-import logging
-import os
 import signal
 import sys
 import time

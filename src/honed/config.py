@@ -394,6 +394,23 @@ def _merge(base: dict, extra: dict) -> dict:
     return merged
 
 
+def update_config_file(workspace: Path, changes: dict) -> None:
+    """Merge ``changes`` (e.g. ``{"train": {"lr": 1e-3}}``) into the workspace's
+    honed.toml. The result is validated first (SettingsError names what is wrong), then
+    written atomically; the file loses its comments."""
+    import tomli_w
+
+    from honed.atomic_files import write_bytes_atomically
+
+    path = Path(workspace) / CONFIG_FILE
+    merged = _merge(tomllib.loads(path.read_text(encoding="utf-8")), changes)
+    try:
+        Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise SettingsError(_describe_errors(exc, str(path))) from None
+    write_bytes_atomically(path, tomli_w.dumps(merged).encode())
+
+
 def load_settings(workspace: Path | None, overrides: dict | None = None) -> Settings:
     """Read honed.toml of ``workspace`` (if any), then HONED_* env, then ``overrides``."""
     data: dict = {}

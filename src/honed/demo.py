@@ -39,18 +39,6 @@ class DemoError(RuntimeError):
     """The demo could not go on; the message says where it stopped."""
 
 
-def _configure(root: Path) -> None:
-    import tomllib
-
-    import tomli_w
-
-    path = root / "honed.toml"
-    data = tomllib.loads(path.read_text())
-    for section, values in DEMO_SETTINGS.items():
-        data.setdefault(section, {}).update(values)
-    path.write_text(tomli_w.dumps(data))
-
-
 def _drop(workspace, name: str, records: list[dict]) -> None:
     """Write a file beside the inbox and rename it in, as a producer should."""
     staging = workspace.root / f".{name}.tmp"
@@ -74,12 +62,13 @@ def _wait_for_job(store, dataset_name: str, on_progress: Callable[[dict], None],
 
 def run_demo(directory: Path, *, say: Callable[[str], None], on_progress: Callable[[dict], None]) -> dict:
     """Run the demo in ``directory`` (made fresh); returns the figures of the table."""
+    from honed.config import update_config_file
     from honed.data.synthetic import generate
     from honed.workspace import init_workspace, open_workspace
 
     say(f"making a workspace in {directory} on the tiny base (built once, then cached)")
     init_workspace(directory, base="tiny")
-    _configure(directory)
+    update_config_file(directory, DEMO_SETTINGS)
     workspace = open_workspace(directory)
     log = open(workspace.logs_dir / "demo-daemon.out", "ab")
     daemon = subprocess.Popen([sys.executable, "-m", "honed.cli", "daemon", "-w", str(directory), "--quiet"],

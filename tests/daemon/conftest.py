@@ -4,19 +4,17 @@ process they left, whatever the test did to them."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
-import tomli_w
 
+from honed.config import update_config_file
 from honed.daemon.lock import daemon_running, read_info
 from honed.workspace import Workspace, open_workspace
 
@@ -34,13 +32,9 @@ FAST_SETTINGS = {
 
 def configure(ws: Workspace, extra: dict | None = None) -> Workspace:
     """Rewrite the workspace's honed.toml with the test settings (and ``extra``)."""
-    path = ws.root / "honed.toml"
-    data = tomllib.loads(path.read_text())
-    for section, values in {**FAST_SETTINGS}.items():
-        data.setdefault(section, {}).update(values)
-    for section, values in (extra or {}).items():
-        data.setdefault(section, {}).update(values)
-    path.write_text(tomli_w.dumps(data))
+    update_config_file(ws.root, FAST_SETTINGS)
+    if extra:
+        update_config_file(ws.root, extra)
     return open_workspace(ws.root)
 
 

@@ -89,13 +89,9 @@ def test_gates_and_approval_decide_what_deploys(ws):
 
 
 def test_a_failing_hook_is_reported_and_the_cli_exits_2(ws):
-    import tomllib
+    from honed.config import update_config_file
 
-    import tomli_w
-
-    settings = tomllib.loads((ws.root / "honed.toml").read_text())
-    settings["deploy"]["command"] = "echo vllm is down >&2; exit 3"
-    (ws.root / "honed.toml").write_text(tomli_w.dumps(settings))
+    update_config_file(ws.root, {"deploy": {"command": "echo vllm is down >&2; exit 3"}})
     store = ws.open_store()
     adapter = passed(store, make_adapter(ws, store, "h").id)
     store.close()

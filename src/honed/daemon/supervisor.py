@@ -397,13 +397,11 @@ class Supervisor:
     def is_ours_or_dead(self, worker_id: str | None) -> bool:
         """Whether a job's worker was a daemon of this workspace (it is dead: we hold the
         lock) or has stopped beating (a daemon elsewhere that is gone)."""
-        if worker_id is None:
+        worker = self.store.get_worker(worker_id) if worker_id is not None else None
+        if worker is None:
             return True
-        for worker in self.store.list_workers(limit=1000):
-            if worker.id == worker_id:
-                stale = (datetime.now(UTC) - worker.heartbeat_at).total_seconds() > 10 * WORKER_BEAT_S
-                return worker.workspace == str(self.ws.root) or worker.stopped_at is not None or stale
-        return True
+        stale = (datetime.now(UTC) - worker.heartbeat_at).total_seconds() > 10 * WORKER_BEAT_S
+        return worker.workspace == str(self.ws.root) or worker.stopped_at is not None or stale
 
     def wait_for_orphan(self, job: JobInfo) -> None:
         """Give a trainer that outlived its daemon time to checkpoint and exit."""

@@ -111,14 +111,20 @@ def write_plan(plan: Plan, run_dir: Path) -> dict:
     return plan_digests(plan)
 
 
+def hashes_digest(hashes: Iterable[str]) -> str:
+    """sha256 over record hashes in order, one per line: what a manifest records of a
+    split and what ``honed verify`` recomputes."""
+    h = hashlib.sha256()
+    for record_hash in hashes:
+        h.update(record_hash.encode() + b"\n")
+    return h.hexdigest()
+
+
 def plan_digests(plan: Plan) -> dict:
     """Counts and a digest of the record hashes of each split, in training order."""
     out = {}
     for name, records in (("train", plan.train), ("heldout", plan.heldout)):
-        h = hashlib.sha256()
-        for record in records:
-            h.update(record["hash"].encode() + b"\n")
-        out[name] = {"records": len(records), "record_hashes_sha256": h.hexdigest()}
+        out[name] = {"records": len(records), "record_hashes_sha256": hashes_digest(r["hash"] for r in records)}
     out["skipped_seen"] = plan.skipped_seen
     out["replay"] = plan.replay
     return out

@@ -15,13 +15,13 @@ Records are chat records, the shape honed ingests:
 from __future__ import annotations
 
 import json
-import os
 import random
 import string
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from honed.atomic_files import write_bytes_atomically
 
 __all__ = [
     "FAMILIES",
@@ -205,19 +205,4 @@ def write_synthetic(
 
 
 def _write_jsonl_atomically(records: list[dict], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_bytes_atomically(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())

@@ -10,6 +10,8 @@ import json
 import math
 from collections.abc import Callable
 
+from honed.data.tokenization import reference_answer
+
 LOWER_IS_BETTER = {"loss", "perplexity"}
 BUILTIN = ("exact_match", "contains", "json", "loss")
 
@@ -19,8 +21,8 @@ class ScorerError(ValueError):
 
 
 def reference(record: dict) -> str:
-    """The record's reference answer: its last (assistant) message, stripped."""
-    return record["messages"][-1]["content"].strip()
+    """The record's reference answer (its last assistant turn), stripped."""
+    return reference_answer(record).strip()
 
 
 def exact_match(outputs: list[str], records: list[dict]) -> dict[str, float]:

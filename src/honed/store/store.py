@@ -446,6 +446,11 @@ class Store:
         with self._transaction(write=True) as conn:
             jobs.beat_worker(conn, worker_id, state, stopped)
 
+    def get_worker(self, worker_id: str) -> WorkerInfo | None:
+        """The daemon recorded as ``worker_id``, or None."""
+        with self._transaction(write=False) as conn:
+            return jobs.get_worker(conn, worker_id)
+
     def list_workers(self, workspace: str | None = None, limit: int = 10) -> list[WorkerInfo]:
         """Daemons of this store (of one workspace), newest first."""
         with self._transaction(write=False) as conn:

@@ -20,7 +20,6 @@ Torch is not needed: safetensors files are read with numpy.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from honed.data.datasets import file_sha256
 from honed.data.formats import record_hash
-from honed.data.plan import read_jsonl
+from honed.data.plan import hashes_digest, read_jsonl
 
 _PLAN_KEYS = ("hash", "line", "replay")
 # Clocks of the writers (trainer, store) may disagree slightly with each other.
@@ -122,7 +121,7 @@ def _check_plan(run_dir: Path, manifest: dict, known: set[str]) -> list[Check]:
             out.append(Check(f"plan {split}", False, f"{path} is missing"))
             continue
         stated, computed = _content_hashes(path)
-        digest = hashlib.sha256(b"".join(h.encode() + b"\n" for h in computed)).hexdigest()
+        digest = hashes_digest(computed)
         claimed = plan[split]
         if stated != computed:
             out.append(Check(f"plan {split}", False, f"{path}: records do not hash to their stated hashes"))
