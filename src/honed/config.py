@@ -276,6 +276,36 @@ class DeploySettings(_Section):
     hook_timeout_s: float = Field(60.0, gt=0, description="Longest a hook may take, in seconds.")
 
 
+class ServerSettings(_Section):
+    """The HTTP API and web monitor (``honed serve``). It binds to 127.0.0.1; any other
+    address needs a token, and then every route checks it."""
+
+    host: str = Field("127.0.0.1", description="Address to bind; anything but loopback needs a token.")
+    port: int = Field(8321, ge=0, le=65535, description="TCP port (0 = any free port).")
+    token_env: str = Field(
+        "HONED_API_TOKEN",
+        description="Name of the environment variable holding the API token (sent as "
+        "'Authorization: Bearer TOKEN'); required when host is not loopback.",
+    )
+    upload_max_mb: float = Field(256.0, gt=0, description="Largest dataset upload, in MiB.")
+    live_poll_s: float = Field(
+        0.5, gt=0, description="How often the server reads new metrics and events for its live "
+        "streams, in seconds (one reader for all clients).",
+    )
+
+
+class TelemetrySettings(_Section):
+    """System, accelerator and energy figures, and per-layer LoRA change."""
+
+    layer_stats_every: int = Field(
+        10, ge=0, description="Log the norm of B·A per layer and module every N steps (0 = never).",
+    )
+    cpu_watts_per_core: float = Field(
+        12.0, gt=0, description="Power of one busy CPU core, in watts, for the energy estimate "
+        "used where nothing measures energy (no NVML, no readable RAPL).",
+    )
+
+
 class TrackSettings(_Section):
     """What one track does differently from the workspace's defaults."""
 
@@ -302,6 +332,8 @@ class Settings(_Section):
     eval: EvalSettings = Field(default_factory=EvalSettings)
     gates: GateSettings = Field(default_factory=GateSettings)
     deploy: DeploySettings = Field(default_factory=DeploySettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     tracks: dict[str, TrackSettings] = Field(
         default_factory=dict,
         description="Per-track settings, e.g. [tracks.support-bot.gates] with the keys of [gates], or "
