@@ -16,6 +16,7 @@ from rich.table import Table
 
 from honed.cli_common import JsonOpt, WorkspaceOpt, app, console, err_console, fail, open_store, workspace_from
 from honed.config import SettingsError, parse_assignments
+from honed.serialize import control_result, plain
 
 daemon_app = typer.Typer(help="Run the daemon that turns inbox files and queued jobs into training.",
                          invoke_without_command=True, no_args_is_help=False)
@@ -28,14 +29,6 @@ PriorityOpt = Annotated[str, typer.Option(help="high, normal or low (first in, f
 
 def _print_json(data) -> None:
     print(json.dumps(data, indent=2, default=str))
-
-
-def _job_dict(job) -> dict:
-    out = {k: v for k, v in job.__dict__.items()}
-    for key in ("not_before", "heartbeat_at", "created_at", "updated_at", "started_at", "ended_at"):
-        if out.get(key) is not None:
-            out[key] = out[key].isoformat(timespec="seconds")
-    return out
 
 
 # --- daemon ----------------------------------------------------------------------------
@@ -140,7 +133,7 @@ def queue_add(
     finally:
         store.close()
     if as_json:
-        _print_json(_job_dict(job))
+        _print_json(plain(job))
         return
     for result in added:
         console.print(result.describe(), highlight=False, soft_wrap=True)
@@ -221,7 +214,7 @@ def queue_show(job: Annotated[str, typer.Argument(help="Job id.")], workspace: W
         info = store.get_job(_job_id(job))
         events = store.job_events(info.id)
     if as_json:
-        _print_json({**_job_dict(info), "events": [_event_dict(e) for e in events]})
+        _print_json({**plain(info), "events": [plain(e) for e in events]})
         return
     for key in ("state", "track", "priority", "dataset_ids", "overrides", "source", "run_id", "failures",
                 "error", "created_at", "started_at", "ended_at"):
@@ -243,7 +236,7 @@ def queue_move(job: Annotated[str, typer.Argument(help="Job id.")],
     with open_store(ws) as store:
         info = store.set_job_priority(_job_id(job), _priority(priority))
     if as_json:
-        _print_json(_job_dict(info))
+        _print_json(plain(info))
     else:
         console.print(f"job {info.id} now has priority {info.priority}")
 
@@ -252,25 +245,21 @@ def queue_move(job: Annotated[str, typer.Argument(help="Job id.")],
 def queue_remove(job: Annotated[str, typer.Argument(help="Job id.")], workspace: WorkspaceOpt = None,
                  as_json: JsonOpt = False) -> None:
     """Take a job that is not running out of the queue (it is kept as cancelled)."""
+    from honed.daemon.control import ControlError, remove_job
+
     ws = workspace_from(workspace)
     with open_store(ws) as store:
-        info = store.get_job(_job_id(job))
-        if info.state in ("running", "evaluating"):
-            raise fail(f"job {info.id} is {info.state}; cancel it with 'honed cancel {info.id}'")
-        store.request_command(info.id, "cancel")
-        info = store.get_job(info.id)
+        try:
+            info = remove_job(store, _job_id(job))
+        except ControlError as exc:
+            raise fail(str(exc)) from None
     if as_json:
-        _print_json(_job_dict(info))
+        _print_json(plain(info))
     else:
         console.print(f"job {info.id} removed from the queue (kept as {info.state})")
 
 
 # --- events ----------------------------------------------------------------------------
-
-
-def _event_dict(event) -> dict:
-    return {"id": event.id, "at": event.at.isoformat(timespec="milliseconds"), "kind": event.kind,
-            "message": event.message, "data": event.data}
 
 
 def _event_line(event) -> str:
@@ -298,7 +287,7 @@ def events(
             for event in store.job_events(job_id, after_id=last):
                 last = event.id
                 if as_json:
-                    print(json.dumps(_event_dict(event), default=str), flush=True)
+                    print(json.dumps(plain(event), default=str), flush=True)
                 else:
                     console.print(_event_line(event), highlight=False, soft_wrap=True)
             if not follow or state in JOB_FINAL_STATES:
@@ -327,8 +316,7 @@ def _control(command: str, job: str | None, wait: float, workspace: Path | None,
     finally:
         store.close()
     if as_json:
-        _print_json({"job": _job_dict(result.job), "command": result.command.command,
-                     "command_state": result.command.state, "reached": result.reached, "message": result.message})
+        _print_json(control_result(result))
     else:
         console.print(result.message, highlight=False, soft_wrap=True)
     if not result.reached and result.command.state == "done":

@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from honed.cli_common import JsonOpt, WorkspaceOpt, app, console, err_console, fail, open_store, workspace_from
+from honed.serialize import deploy_result, plain
 
 adapters_app = typer.Typer(help="Adapters the runs produced, with their evaluation and verdict.",
                            no_args_is_help=True)
@@ -21,23 +22,9 @@ app.add_typer(track_app, name="track")
 TrackOpt = Annotated[str | None, typer.Option(help="Track (default: settings' track).")]
 
 
-def _adapter_dict(adapter) -> dict:
-    out = dict(adapter.__dict__)
-    out["created_at"] = adapter.created_at.isoformat(timespec="seconds")
-    out["updated_at"] = adapter.updated_at.isoformat(timespec="seconds")
-    return out
-
-
-def _result_dict(result) -> dict:
-    d = result.deployment
-    return {"track": d.track, "action": d.action, "adapter": result.adapter.id if result.adapter else None,
-            "name": result.adapter.name if result.adapter else None, "previous": d.previous_adapter_id,
-            "deployment": d.id, "pointer": str(result.pointer), "hooks": result.hooks, "hooks_ok": result.hooks_ok}
-
-
 def _report(result, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(_result_dict(result), indent=2))
+        print(json.dumps(deploy_result(result), indent=2))
     else:
         live = f"adapter {result.adapter.id} ({result.adapter.name})" if result.adapter else "the bare base"
         console.print(f"track {result.deployment.track}: {live} is live ({result.deployment.action}); "
@@ -70,7 +57,7 @@ def adapters_list(track: TrackOpt = None, workspace: WorkspaceOpt = None, as_jso
     with open_store(ws) as store:
         rows = store.list_adapters(track)
     if as_json:
-        print(json.dumps([_adapter_dict(a) for a in rows], indent=2, default=str))
+        print(json.dumps([plain(a) for a in rows], indent=2, default=str))
         return
     table = Table("adapter", "name", "track", "state", "run", "verdict")
     for a in rows:
@@ -90,7 +77,7 @@ def adapters_show(adapter: Annotated[int, typer.Argument(help="Adapter id.")], w
         info = store.get_adapter(adapter)
         history = [d for d in store.list_deployments(info.track) if adapter in (d.adapter_id, d.previous_adapter_id)]
     if as_json:
-        print(json.dumps({**_adapter_dict(info), "deployments": [d.__dict__ for d in history]}, indent=2, default=str))
+        print(json.dumps({**plain(info), "deployments": plain(history)}, indent=2, default=str))
         return
     for key in ("name", "track", "state", "run_id", "job_id", "base_version", "path"):
         console.print(f"{key:<13} {getattr(info, key)}", highlight=False)
@@ -130,7 +117,7 @@ def reject(adapter: Annotated[int, typer.Argument(help="Adapter id.")], workspac
     with open_store(ws) as store:
         info = store.reject_adapter(adapter)
     if as_json:
-        print(json.dumps(_adapter_dict(info), indent=2, default=str))
+        print(json.dumps(plain(info), indent=2, default=str))
     else:
         console.print(f"adapter {info.id}: {info.state}")
 
@@ -151,20 +138,14 @@ def track_add(name: Annotated[str, typer.Argument(help="Track name (letters, dig
               base: Annotated[int | None, typer.Option(help="Base version (default: the newest).")] = None,
               workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
     """Add a track: its own datasets (inbox/NAME/), jobs and deployment."""
-    import re
+    from honed.registry.tracks import TrackError, add_track
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", name) or name == "rejected":
-        raise fail(f"track name {name!r}: use 1-64 letters, digits, '-' or '_' (not 'rejected'); "
-                   "it becomes a folder name")
     ws = workspace_from(workspace)
     with open_store(ws) as store:
-        if store.get_track(name) is not None:
-            raise fail(f"track {name!r} already exists")
-        version = base if base is not None else store.get_base().version
-        if store.get_base(version) is None:
-            raise fail(f"no base version {version}; bases: {[b.version for b in store.list_bases()]}")
-        info = store.ensure_track(name, version)
-    (ws.inbox / name).mkdir(parents=True, exist_ok=True)
+        try:
+            info = add_track(ws, store, name, base)
+        except TrackError as exc:
+            raise fail(str(exc)) from None
     if as_json:
         print(json.dumps({"name": info.name, "base_version": info.base_version}))
     else:

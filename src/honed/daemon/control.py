@@ -67,6 +67,18 @@ def queue_job(workspace, store, datasets: list[str], *, track: str, priority: st
     return job, added
 
 
+def remove_job(store, job_id: int) -> JobInfo:
+    """Take a job that is not running out of the queue; it is kept as cancelled."""
+    info = store.get_job(job_id)
+    if info.state in ("running", "evaluating"):
+        raise ControlError(f"job {info.id} is {info.state}; cancel it instead (honed cancel {info.id})")
+    try:
+        store.request_command(info.id, "cancel")
+    except StoreError as exc:
+        raise ControlError(str(exc)) from None
+    return store.get_job(info.id)
+
+
 def default_job(store, command: str) -> int:
     """The job a command without a job id means: the running one; for resume, the one
     job that is paused or skipped."""

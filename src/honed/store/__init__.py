@@ -7,6 +7,7 @@ revisions shipped in ``migrations/`` whenever a store is opened.
 from honed.store.errors import (
     JobStateError,
     DuplicateDatasetError,
+    NotFoundError,
     StaleAttemptError,
     StoreError,
     StoreUnavailableError,
@@ -27,6 +28,7 @@ from honed.store.info import (
 from honed.store.store import Store
 
 __all__ = [
+    "NotFoundError",
     "AdapterInfo",
     "DeploymentInfo",
     "BaseInfo",

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from honed.store import schema
 from honed.store.bulk import dialect_insert, insert_records, insert_trained
-from honed.store.errors import DuplicateDatasetError, StoreError
+from honed.store.errors import DuplicateDatasetError, NotFoundError, StoreError
 from honed.store.info import BaseInfo, DatasetInfo, TrackInfo
 from honed.store.schema import (
     DATASET_MODES,
@@ -103,7 +103,7 @@ def require_track(conn: sa.Connection, name: str) -> TrackInfo:
     """The track called ``name``; a StoreError naming it when there is none."""
     track = get_track(conn, name)
     if track is None:
-        raise StoreError(f"unknown track {name!r}")
+        raise NotFoundError(f"unknown track {name!r}")
     return track
 
 

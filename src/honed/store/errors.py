@@ -29,3 +29,7 @@ class StaleAttemptError(StoreError):
 class JobStateError(StoreError):
     """A job cannot do what was asked in the state it is in (resume a finished job, move
     a running one); the message says which state it is in and what would apply."""
+
+
+class NotFoundError(StoreError):
+    """What was asked for by id or name (a job, an adapter, a run, a track) does not exist."""

@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from honed.store.catalog import get_dataset, require_track
-from honed.store.errors import JobStateError, StoreError
+from honed.store.errors import JobStateError, NotFoundError, StoreError
 from honed.store.info import CommandInfo, JobEvent, JobInfo, WorkerInfo
 from honed.store.schema import (
     JOB_COMMANDS,
@@ -104,7 +104,7 @@ def get_job(conn: sa.Connection, job_id: int, lock: bool = False) -> JobInfo:
         query = query.with_for_update()
     row = conn.execute(query).first()
     if row is None:
-        raise StoreError(f"no job {job_id}")
+        raise NotFoundError(f"no job {job_id}")
     return _job(row)
 
 
@@ -234,7 +234,7 @@ def get_command(conn: sa.Connection, command_id: int) -> CommandInfo:
     """The command with ``command_id``."""
     row = conn.execute(sa.select(job_commands).where(job_commands.c.id == command_id)).first()
     if row is None:
-        raise StoreError(f"no command {command_id}")
+        raise NotFoundError(f"no command {command_id}")
     return _command(row)
 
 
@@ -344,6 +344,25 @@ def job_events_after(conn: sa.Connection, job_id: int, after_id: int, limit: int
         query = query.limit(limit)
     return [JobEvent(id=r.id, job_id=r.job_id, at=r.at, kind=r.kind, message=r.message,
                      data=dict(r.data) if r.data else None) for r in conn.execute(query)]
+
+
+def events_after(conn: sa.Connection, after_id: int, limit: int) -> list[JobEvent]:
+    """Events of all jobs with id above ``after_id``, oldest first (the live stream)."""
+    query = sa.select(job_events).where(job_events.c.id > after_id).order_by(job_events.c.id).limit(limit)
+    return [JobEvent(id=r.id, job_id=r.job_id, at=r.at, kind=r.kind, message=r.message,
+                     data=dict(r.data) if r.data else None) for r in conn.execute(query)]
+
+
+def last_event_id(conn: sa.Connection) -> int:
+    """The id of the newest event of any job (0 when there is none)."""
+    return conn.execute(sa.select(sa.func.max(job_events.c.id))).scalar() or 0
+
+
+def job_counts(conn: sa.Connection) -> dict[str, dict[str, int]]:
+    """Per state: how many jobs, and how many attempts of theirs crashed."""
+    rows = conn.execute(sa.select(jobs.c.state, sa.func.count(), sa.func.coalesce(sa.func.sum(jobs.c.failures), 0))
+                        .group_by(jobs.c.state)).all()
+    return {state: {"jobs": int(n), "failed_attempts": int(failures)} for state, n, failures in rows}
 
 
 # --- workers -----------------------------------------------------------------------

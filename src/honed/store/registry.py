@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from honed.store.catalog import require_track
-from honed.store.errors import JobStateError, StoreError
+from honed.store.errors import JobStateError, NotFoundError, StoreError
 from honed.store.info import AdapterInfo, DeploymentInfo
 from honed.store.schema import adapters, deployments, encode_non_finite, tracks, utc_now
 
@@ -57,7 +57,7 @@ def get_adapter(conn: sa.Connection, adapter_id: int) -> AdapterInfo:
     """The adapter with this id; StoreError naming it otherwise."""
     row = conn.execute(sa.select(adapters).where(adapters.c.id == adapter_id)).first()
     if row is None:
-        raise StoreError(f"no adapter {adapter_id}")
+        raise NotFoundError(f"no adapter {adapter_id}")
     return _adapter(row)
 
 
@@ -166,7 +166,7 @@ def rollback_target(conn: sa.Connection, track: str) -> tuple[int | None, int | 
 def get_deployment(conn: sa.Connection, deployment_id: int) -> DeploymentInfo:
     row = conn.execute(sa.select(deployments).where(deployments.c.id == deployment_id)).first()
     if row is None:
-        raise StoreError(f"no deployment {deployment_id}")
+        raise NotFoundError(f"no deployment {deployment_id}")
     return _deployment(row)
 
 
@@ -176,6 +176,13 @@ def list_deployments(conn: sa.Connection, track: str, limit: int | None = None) 
     if limit:
         query = query.limit(limit)
     return [_deployment(r) for r in conn.execute(query)]
+
+
+def deployment_counts(conn: sa.Connection) -> dict[tuple[str, str], int]:
+    """How many switches of each action (deploy, approve, rollback, ...) per track."""
+    rows = conn.execute(sa.select(deployments.c.track, deployments.c.action, sa.func.count())
+                        .group_by(deployments.c.track, deployments.c.action)).all()
+    return {(track, action): int(n) for track, action, n in rows}
 
 
 def record_hooks(conn: sa.Connection, deployment_id: int, results: list[dict[str, Any]]) -> None:

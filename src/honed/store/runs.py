@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from honed.store.bulk import chunked, dialect_insert
 from honed.store.catalog import get_base, require_track
-from honed.store.errors import StaleAttemptError, StoreError
+from honed.store.errors import NotFoundError, StaleAttemptError, StoreError
 from honed.store.info import CheckpointInfo, RunInfo
 from honed.store.schema import (
     METRIC_KINDS,
@@ -61,7 +61,7 @@ def current_attempt(conn: sa.Connection, run_id: str, fence: int | None = None) 
         query = query.with_for_update()
     attempt = conn.scalar(query)
     if attempt is None:
-        raise StoreError(f"unknown run id {run_id!r}")
+        raise NotFoundError(f"unknown run id {run_id!r}")
     if fence is not None and fence != attempt:
         raise StaleAttemptError(
             f"run {run_id!r} is at attempt {attempt}; a writer of attempt {fence} was refused"
@@ -118,7 +118,7 @@ def start_attempt(conn: sa.Connection, run_id: str) -> int:
         .returning(runs.c.attempt)
     ).scalar()
     if attempt is None:
-        raise StoreError(f"unknown run id {run_id!r}")
+        raise NotFoundError(f"unknown run id {run_id!r}")
     return attempt
 
 
@@ -238,7 +238,8 @@ def append_metrics(
 
 
 def get_metrics(
-    conn: sa.Connection, run_id: str, kind: str, latest_attempt_only: bool
+    conn: sa.Connection, run_id: str, kind: str, latest_attempt_only: bool,
+    after_step: int | None = None, limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """Metrics rows of a run as ``{"step", "attempt", **values}``, by step.
 
@@ -246,13 +247,15 @@ def get_metrics(
     resumed from a checkpoint supersedes every row an earlier attempt logged at or
     after the resumed attempt's first step (of any kind). So a step logged by several
     attempts keeps the row of the highest one, and an earlier attempt's steps past the
-    resume point (redone, or about to be) disappear too.
+    resume point (redone, or about to be) disappear too. ``after_step`` and ``limit``
+    page through the curve (rows with a step above ``after_step``, at most ``limit``).
     """
     _check_kind(kind)
     current_attempt(conn, run_id)
     rows = conn.execute(
         sa.select(metrics.c.step, metrics.c.attempt, metrics.c["values"])
-        .where(metrics.c.run_id == run_id, metrics.c.kind == kind)
+        .where(metrics.c.run_id == run_id, metrics.c.kind == kind,
+               metrics.c.step > (after_step if after_step is not None else -1))
         .order_by(metrics.c.step, metrics.c.attempt)
     ).all()
     if latest_attempt_only and rows:
@@ -272,6 +275,8 @@ def get_metrics(
             cutoff[attempt] = later_min
             later_min = min(later_min, first_step[attempt])
         rows = [r for r in rows if r.step < cutoff[r.attempt]]
+    if limit is not None:
+        rows = rows[:limit]
     return [
         {**decode_non_finite(values), "step": step, "attempt": attempt}
         for step, attempt, values in rows

@@ -331,13 +331,15 @@ class Store:
             runs.append_metrics(conn, run_id, rows, attempt, kind)
 
     def get_metrics(
-        self, run_id: str, kind: str = "train", latest_attempt_only: bool = True
+        self, run_id: str, kind: str = "train", latest_attempt_only: bool = True,
+        after_step: int | None = None, limit: int | None = None,
     ) -> list[dict[str, Any]]:
         """Metrics rows as ``{"step", "attempt", **values}`` by step. With
         ``latest_attempt_only``, rows superseded by a resumed attempt are left out: a
-        step logged by several attempts keeps the highest attempt's row."""
+        step logged by several attempts keeps the highest attempt's row. ``after_step``
+        and ``limit`` page through it."""
         with self._transaction(write=False) as conn:
-            return runs.get_metrics(conn, run_id, kind, latest_attempt_only)
+            return runs.get_metrics(conn, run_id, kind, latest_attempt_only, after_step, limit)
 
     # --- trained records ------------------------------------------------------------
 
@@ -411,6 +413,21 @@ class Store:
         """A job's events after ``after_id``, oldest first."""
         with self._transaction(write=False) as conn:
             return jobs.job_events_after(conn, job_id, after_id, limit)
+
+    def events_after(self, after_id: int = 0, limit: int = 500) -> list[JobEvent]:
+        """Events of all jobs after ``after_id``, oldest first."""
+        with self._transaction(write=False) as conn:
+            return jobs.events_after(conn, after_id, limit)
+
+    def last_event_id(self) -> int:
+        """The newest event id of any job (0 when there is none)."""
+        with self._transaction(write=False) as conn:
+            return jobs.last_event_id(conn)
+
+    def job_counts(self) -> dict[str, dict[str, int]]:
+        """Per job state: ``{"jobs": n, "failed_attempts": n}``."""
+        with self._transaction(write=False) as conn:
+            return jobs.job_counts(conn)
 
     def request_command(self, job_id: int, command: str) -> CommandInfo:
         """pause, resume, stop, skip or cancel a job (JobStateError when it cannot)."""
@@ -513,6 +530,11 @@ class Store:
         """The track's deployment history, newest first."""
         with self._transaction(write=False) as conn:
             return registry.list_deployments(conn, track, limit)
+
+    def deployment_counts(self) -> dict[tuple[str, str], int]:
+        """``{(track, action): switches}`` over the whole history."""
+        with self._transaction(write=False) as conn:
+            return registry.deployment_counts(conn)
 
     def record_hooks(self, deployment_id: int, results: list[dict[str, Any]]) -> None:
         """Keep what the deploy hooks of a deployment reported."""

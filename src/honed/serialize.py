@@ -1,0 +1,40 @@
+"""Store views as JSON-ready data, shared by ``--json`` on the CLI, the HTTP API and the
+MCP tools, so a job or an adapter looks the same wherever a program reads it."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from datetime import datetime
+from typing import Any
+
+
+def plain(value: Any) -> Any:
+    """``value`` with dataclasses turned into dicts, datetimes into ISO 8601 strings and
+    non-finite floats into the strings "nan", "inf" and "-inf" (JSON has no NaN)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="milliseconds")
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def deploy_result(result) -> dict:
+    """What a deploy, approve or rollback did (a registry DeployResult)."""
+    d = result.deployment
+    return {"track": d.track, "action": d.action, "adapter": result.adapter.id if result.adapter else None,
+            "name": result.adapter.name if result.adapter else None, "previous": d.previous_adapter_id,
+            "deployment": d.id, "pointer": str(result.pointer), "hooks": result.hooks, "hooks_ok": result.hooks_ok}
+
+
+def control_result(result) -> dict:
+    """The answer to a control command (a daemon.control ControlResult)."""
+    return {"job": plain(result.job), "command": result.command.command, "reached": result.reached,
+            "command_state": result.command.state, "taken_step": result.command.taken_step,
+            "message": result.message}

@@ -1,0 +1,104 @@
+"""Status, the job queue and control: ``/api/status``, ``/api/jobs...``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
+
+from honed.daemon.control import ControlError, control_job, queue_job, remove_job
+from honed.daemon.status import status_info
+from honed.serialize import control_result, plain
+from honed.server.deps import StoreDep, WorkspaceDep
+from honed.store.schema import JOB_STATES
+
+router = APIRouter(prefix="/api", tags=["jobs"])
+
+Priority = Literal["high", "normal", "low"]
+Command = Literal["pause", "resume", "stop", "skip", "cancel"]
+
+
+@router.get("/status")
+def get_status(workspace: WorkspaceDep, store: StoreDep) -> dict:
+    """The daemon (up or down), the running job with its progress, the queue, tracks."""
+    return plain(status_info(workspace, store))
+
+
+@router.get("/jobs")
+def list_jobs(store: StoreDep, state: list[str] | None = Query(None, description="Only jobs in these states."),
+              limit: int = Query(100, ge=1, le=1000)) -> list[dict]:
+    """Jobs, newest first."""
+    for s in state or ():
+        if s not in JOB_STATES:
+            raise HTTPException(400, f"state {s!r}: allowed: {', '.join(JOB_STATES)}")
+    jobs = store.list_jobs(states=tuple(state) if state else None)
+    jobs.sort(key=lambda j: j.id, reverse=True)
+    return plain(jobs[:limit])
+
+
+class NewJob(BaseModel):
+    """A job to queue: datasets already added (ids), the track, priority and overrides."""
+
+    datasets: list[int] = Field(min_length=1, description="Dataset ids ('GET /api/datasets' lists them).")
+    track: str | None = Field(None, description="Track to train (default: the workspace's track).")
+    priority: Priority = "normal"
+    overrides: dict = Field(default_factory=dict, description='Settings for this job, e.g. {"train": {"lr": 1e-3}}.')
+
+
+@router.post("/jobs", status_code=201)
+def create_job(new: NewJob, workspace: WorkspaceDep, store: StoreDep) -> dict:
+    """Queue a job; the daemon picks it up by priority, then age."""
+    try:
+        job, _ = queue_job(workspace, store, [str(d) for d in new.datasets],
+                           track=new.track or workspace.settings.track, priority=new.priority,
+                           overrides=new.overrides, source="api")
+    except ControlError as exc:
+        raise HTTPException(400, str(exc)) from None
+    return plain(job)
+
+
+@router.get("/jobs/{job_id}")
+def get_job(job_id: int, store: StoreDep) -> dict:
+    """One job in full, with its run's checkpoints and the adapter it produced."""
+    job = store.get_job(job_id)
+    out = plain(job)
+    out["checkpoints"] = plain(store.list_checkpoints(job.run_id)) if job.run_id else []
+    out["adapters"] = [plain(a) for a in store.list_adapters(job.track) if a.job_id == job.id]
+    return out
+
+
+@router.get("/jobs/{job_id}/events")
+def job_events(job_id: int, store: StoreDep, after: int = Query(0, ge=0, description="Only events after this id."),
+               limit: int = Query(500, ge=1, le=5000)) -> list[dict]:
+    """A job's event log, oldest first; page with ``after`` = the last id you have."""
+    store.get_job(job_id)
+    return plain(store.job_events(job_id, after_id=after, limit=limit))
+
+
+class PriorityChange(BaseModel):
+    priority: Priority
+
+
+@router.patch("/jobs/{job_id}")
+def move_job(job_id: int, change: PriorityChange, store: StoreDep) -> dict:
+    """Change a waiting job's priority."""
+    return plain(store.set_job_priority(job_id, change.priority))
+
+
+@router.delete("/jobs/{job_id}")
+def delete_job(job_id: int, store: StoreDep) -> dict:
+    """Take a job that is not running out of the queue (it is kept as cancelled)."""
+    return plain(remove_job(store, job_id))
+
+
+@router.post("/jobs/{job_id}/{command}")
+async def control(job_id: int, command: Command, workspace: WorkspaceDep, store: StoreDep, response: Response,
+                  wait_s: float = Query(30.0, ge=0, le=600, description="How long to wait for the new state.")) -> dict:
+    """pause, resume, stop, skip or cancel a job. Answers once the job reached its new
+    state (200), or with 202 when it has not yet (the command stays recorded)."""
+    result = await run_in_threadpool(control_job, workspace, store, command, job_id, wait_s=wait_s)
+    if not result.reached:
+        response.status_code = 202 if result.command.state != "done" else 409
+    return control_result(result)

@@ -1,0 +1,105 @@
+"""``create_app(workspace)``: the FastAPI app of one workspace.
+
+Routes are thin: they check what a client sent, call the same library functions as the
+CLI (daemon.control, registry.deployment, data.datasets, ...) and return plain JSON.
+Errors are JSON too, ``{"error": "what is wrong and what to do"}``, with the status code
+that fits: 400 bad input, 401 no token, 404 unknown id, 409 wrong state, 413 too big,
+503 store unreachable.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from honed import __version__
+from honed.daemon.control import ControlError
+from honed.registry.deployment import DeployError
+from honed.registry.tracks import TrackError
+from honed.server import api_data, api_jobs, api_registry, live, pages, prometheus
+from honed.server.live import LiveFeed
+from honed.server.security import require_token, server_token
+from honed.store import JobStateError, NotFoundError, StoreError, StoreUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+def create_app(workspace, *, host: str | None = None) -> FastAPI:
+    """The app for ``workspace`` (a :class:`honed.workspace.Workspace`). ``host`` is the
+    address it will be bound to (default ``[server] host``): anything but loopback
+    needs a token, else :class:`ServerConfigError`."""
+    settings = workspace.settings.server
+    token = server_token(settings, host or settings.host)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.store = workspace.open_store(busy_timeout_s=5.0)
+        app.state.live = LiveFeed(workspace, app.state.store, settings.live_poll_s)
+        try:
+            yield
+        finally:
+            await app.state.live.close()
+            app.state.store.close()
+
+    app = FastAPI(
+        title="honed", version=__version__, lifespan=lifespan,
+        description="Steer and watch honed: jobs, datasets, runs, adapters, deployments.",
+        dependencies=[Depends(require_token)],
+    )
+    app.state.workspace = workspace
+    app.state.token = token
+    for module in (api_jobs, api_data, api_registry, live, prometheus):
+        app.include_router(module.router)
+    pages.mount(app)
+    _error_handlers(app)
+    return app
+
+
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(part) for part in err.get("loc", ()) if part != "body") or "request"
+            problems.append(f"{where}: {err.get('msg')}")
+        return _error(400, "; ".join(problems))
+
+    @app.exception_handler(NotFoundError)
+    async def not_found(request: Request, exc: NotFoundError):
+        return _error(404, str(exc))
+
+    @app.exception_handler(StoreUnavailableError)
+    async def unavailable(request: Request, exc: StoreUnavailableError):
+        return _error(503, str(exc), {"Retry-After": "5"})
+
+    @app.exception_handler(JobStateError)
+    async def wrong_state(request: Request, exc: JobStateError):
+        return _error(409, str(exc))
+
+    @app.exception_handler(StoreError)
+    async def store_error(request: Request, exc: StoreError):
+        return _error(400, str(exc))
+
+    @app.exception_handler(ControlError)
+    async def control_error(request: Request, exc: ControlError):
+        return _error(409, str(exc))
+
+    @app.exception_handler(DeployError)
+    async def deploy_error(request: Request, exc: DeployError):
+        return _error(409, str(exc))
+
+    @app.exception_handler(TrackError)
+    async def track_error(request: Request, exc: TrackError):
+        return _error(400, str(exc))
