@@ -402,12 +402,12 @@ async function jobPage(view, jobId) {
 
   async function refresh() {
     const job = await api(`/api/jobs/${jobId}`);
-    head.replaceChildren(
+    head.replaceChildren(...[
       h("h1", {}, `Job #${job.id} `, stateBadge(job.state)),
       h("p", {}, `track ${job.track} · priority ${job.priority} · datasets ${job.dataset_ids.join(", ")} · run ${job.run_id || "not started"} · ${job.failures} failed attempts · from ${job.source}`),
       job.error ? h("pre", {class: "error"}, job.error) : null,
       progress && ["running", "evaluating"].includes(job.state) ? progressBlock(progress) : null,
-      jobControls(job));
+      jobControls(job)].filter(Boolean));
     checkpointsBox.replaceChildren(job.checkpoints.length
       ? table(["step", "complete", "written"], job.checkpoints.map(c => h("tr", {}, h("td", {}, c.step), h("td", {}, c.complete ? "yes" : "no"), h("td", {}, when(c.created_at)))))
       : h("p", {class: "muted"}, "No checkpoints yet."));
