@@ -163,6 +163,9 @@ def test_sigkilled_run_resumes_with_the_same_loss_at_every_later_step(make_works
     assert attempts == {1, 2}
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "succeeded" and manifest["attempts"] == 2 and manifest["steps"] == 16
+    # The killed attempt wrote no energy reading; the manifest says so rather than guess.
+    assert [a["attempt"] for a in manifest["energy"]["attempts"]] == [2]
+    assert manifest["energy"]["attempts_without_reading"] == [1]
 
 
 def test_pause_writes_a_checkpoint_and_resume_finishes_the_run(make_workspace, tiny_random_base, reversal_data):

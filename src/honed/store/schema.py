@@ -40,7 +40,9 @@ COMMAND_STATES = ("pending", "taken", "done")
 ADAPTER_STATES = ("candidate", "awaiting_approval", "deployed", "rejected", "retired")
 DEPLOY_ACTIONS = ("deploy", "rollback", "approve", "consolidate")
 DATASET_MODES = ("strict", "lenient")
-METRIC_KINDS = ("train", "eval")
+# "layers": per-layer LoRA delta norms ({"layer.3.q_proj": 0.012, ...}) every
+# telemetry.layer_stats_every steps.
+METRIC_KINDS = ("train", "eval", "layers")
 
 # JSON cannot carry NaN or infinity, and PostgreSQL rejects them; a diverging loss is
 # exactly what the metrics must keep, so non-finite floats travel as these strings.

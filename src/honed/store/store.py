@@ -326,7 +326,8 @@ class Store:
         self, run_id: str, rows: list[dict[str, Any]], attempt: int, kind: str = "train"
     ) -> None:
         """Store metrics rows (each ``{"step": n, "loss": ..., ...}``) logged by
-        ``attempt``; ``kind`` is ``train`` or ``eval``. NaN and infinities are kept."""
+        ``attempt``; ``kind`` is one of ``METRIC_KINDS`` (``train``, ``eval``, ``layers``).
+        NaN and infinities are kept."""
         with self._transaction(write=True) as conn:
             runs.append_metrics(conn, run_id, rows, attempt, kind)
 

@@ -1,7 +1,9 @@
 """``manifest.json``: what a run trained on, with what, where, and what came of it.
 
 Written at the end of every attempt (so a paused run has one too), atomically. Secrets
-never appear: the store URL is recorded with its password masked.
+never appear: the store URL is recorded with its password masked. ``energy`` is the sum
+over the run's attempts so far (see :mod:`honed.telemetry.energy_log`), saying whether
+it was measured or estimated and what it covers.
 """
 
 from __future__ import annotations
@@ -45,8 +47,9 @@ def host_info() -> dict:
 
 
 def write_manifest(run_dir: Path, *, run, datasets: list, plan_info: dict, outcome, checkpoints: list,
-                   base: dict, store_url: str, metrics_path: Path) -> Path:
-    """Write ``run_dir/manifest.json`` for the attempt that just ended."""
+                   base: dict, store_url: str, metrics_path: Path, energy: dict | None = None) -> Path:
+    """Write ``run_dir/manifest.json`` for the attempt that just ended; ``energy`` is
+    :func:`honed.telemetry.energy_log.run_energy` of the run."""
     manifest = {
         "run_id": run.id,
         "track": run.track,
@@ -73,7 +76,8 @@ def write_manifest(run_dir: Path, *, run, datasets: list, plan_info: dict, outco
         "packages": package_versions(),
         "host": host_info(),
         "store": store_url,
-        "energy": {"measured": False, "note": "energy metering is not implemented yet"},
+        "energy": energy if energy is not None else {"measured": False, "method": "none",
+                                                     "basis": "no energy reading was recorded"},
     }
     path = run_dir / "manifest.json"
     write_json_atomically(path, manifest)

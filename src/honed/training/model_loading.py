@@ -32,6 +32,19 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def nvml_uuid(device: torch.device) -> str | None:
+    """The NVML uuid (``GPU-...``) of a CUDA ``device``, None for any other device.
+
+    By uuid rather than index: CUDA_VISIBLE_DEVICES renumbers CUDA's devices, NVML's not."""
+    if device.type != "cuda":
+        return None
+    try:
+        uuid = str(torch.cuda.get_device_properties(device).uuid)
+    except (AttributeError, RuntimeError, AssertionError):
+        return None
+    return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+
+
 # Loaded ahead by a warm trainer process (see preload); each is handed out once.
 _preloaded: dict[tuple[str, str], object] = {}
 

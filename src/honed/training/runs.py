@@ -101,7 +101,7 @@ def resume_spec(workspace: Workspace, store, run_id: str):
     return RunSpec(
         run_id=run_id, run_dir=run_dir, base=run.config["base"], base_version=run.base_version,
         track=run.track, lora=LoraSettings(**run.config["lora"]), train=TrainSettings(**run.config["train"]),
-        adapter_out=Path(run.config["adapter_out"]),
+        adapter_out=Path(run.config["adapter_out"]), telemetry=workspace.settings.telemetry,
     )
 
 
@@ -113,20 +113,30 @@ def mark_learned(store, run_id: str, run_dir: Path, track: str, base_version: in
 
 
 def execute_run(spec, store, *, control=None, on_step=None, on_checkpoint=None, mark_trained=True):
-    """Carry out one attempt of ``spec`` and record its outcome, checkpoints and manifest.
-    With ``mark_trained`` (the one-shot path) a finished run's records count as learned
-    at once; the daemon marks them only when the run's adapter is deployed."""
+    """Carry out one attempt of ``spec`` and record its outcome, energy, checkpoints and
+    manifest. With ``mark_trained`` (the one-shot path) a finished run's records count as
+    learned at once; the daemon marks them only when the run's adapter is deployed."""
+    from honed.telemetry.energy_log import record_attempt_energy, run_energy
     from honed.training.manifest import write_manifest
     from honed.training.trainer import RunOutcome, train_run
 
+    meter = start_energy_meter(spec)
+
+    def step_and_meter(row: dict) -> None:
+        meter.poll()
+        if on_step:
+            on_step(row)
+
     try:
-        outcome = train_run(spec, store, control=control, on_step=on_step, on_checkpoint=on_checkpoint)
+        outcome = train_run(spec, store, control=control, on_step=step_and_meter, on_checkpoint=on_checkpoint)
     except Exception as exc:  # an attempt that crashes is recorded, then re-raised
         run = store.get_run(spec.run_id)
         outcome = RunOutcome("failed", 0, 0, run.attempt if run else 0, error=f"{type(exc).__name__}: {exc}")
+        record_attempt_energy(spec.run_dir, attempt=outcome.attempt, status="crashed", reading=meter.read())
         store.finish_run(spec.run_id, status="failed", error=outcome.error + "\n" + traceback.format_exc(),
                          attempt=outcome.attempt or None)
         raise
+    record_attempt_energy(spec.run_dir, attempt=outcome.attempt, status=outcome.status, reading=meter.read())
     store.finish_run(spec.run_id, status=outcome.status, final_metrics=outcome.final_metrics,
                      error=outcome.error, adapter_path=str(outcome.adapter_path) if outcome.adapter_path else None,
                      attempt=outcome.attempt)
@@ -140,5 +150,16 @@ def execute_run(spec, store, *, control=None, on_step=None, on_checkpoint=None, 
         checkpoints=[{"step": c.step, "path": c.path} for c in store.list_checkpoints(spec.run_id)],
         base={"version": base.version, "source": base.source, "loaded_from": spec.base},
         store_url=store.display_url, metrics_path=spec.run_dir / "metrics.jsonl",
+        energy=run_energy(spec.run_dir, run.attempt),
     )
     return outcome
+
+
+def start_energy_meter(spec):
+    """An :class:`EnergyMeter` for one attempt of ``spec``, started: on the GPU the
+    attempt trains on, if any, with the workspace's watts per core for the estimate."""
+    from honed.telemetry.energy import EnergyMeter
+    from honed.training.model_loading import nvml_uuid, pick_device
+
+    gpu = nvml_uuid(pick_device())
+    return EnergyMeter(spec.telemetry.cpu_watts_per_core, gpu_uuids=[gpu] if gpu else []).start()

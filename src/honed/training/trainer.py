@@ -28,12 +28,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from honed.config import LoraSettings, TrainSettings
+from honed.config import LoraSettings, TelemetrySettings, TrainSettings
 from honed.data.packing import PackedBatch, pack_batch
 from honed.data.plan import load_plan
 from honed.data.tokenization import IGNORE, Example, TokenizationError, TokenizedRecords
+from honed.telemetry.system import training_step_stats
 from honed.training import checkpoints as ckpt
-from honed.training.model_loading import attach_lora, load_base_model, load_tokenizer, pick_device
+from honed.training.layer_stats import lora_delta_norms
+from honed.training.model_loading import attach_lora, load_base_model, load_tokenizer, nvml_uuid, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,8 @@ class RunSpec:
     lora: LoraSettings
     train: TrainSettings
     adapter_out: Path
+    # What to observe, not what to train: taken from the workspace at each attempt.
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
 
 @dataclass
@@ -270,6 +274,9 @@ def train_run(spec: RunSpec, store, *, control: Control | None = None, on_step: 
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = total_steps(len(train_examples), cfg)
     spe = steps_per_epoch(len(train_examples), cfg)
+    gpu = nvml_uuid(device)
+    layer_stats_every = spec.telemetry.layer_stats_every
+    training_step_stats(gpu)  # CPU shares are measured between calls: start the clock now
 
     checkpoints_dir = spec.run_dir / "checkpoints"
     checkpoints_dir.mkdir(exist_ok=True)
@@ -347,6 +354,7 @@ def train_run(spec: RunSpec, store, *, control: Control | None = None, on_step: 
                 "lr": lr, "grad_norm": result["grad_norm"], "tokens": result["tokens"],
                 "tokens_per_s": result["tokens"] / elapsed if elapsed > 0 else 0.0,
                 "peak_rss_mb": round(_peak_rss_mb(), 1), "time": datetime.now(UTC).isoformat(),
+                **training_step_stats(gpu),
             }
             if device.type == "cuda":
                 row["peak_accel_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -365,6 +373,8 @@ def train_run(spec: RunSpec, store, *, control: Control | None = None, on_step: 
                 state.bad_in_a_row = 0
             _log_metrics([row])
             last_row = row
+            if layer_stats_every and (state.step % layer_stats_every == 0 or state.step == total):
+                _log_metrics([{"step": state.step, **lora_delta_norms(model)}], "layers")
             if on_step:
                 on_step({**row, "total_steps": total, "attempt": attempt})
             if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < total:
