@@ -161,6 +161,10 @@ class DaemonSettings(_Section):
         300.0, gt=0, description="How long a stopping daemon waits for its trainer to "
         "checkpoint and exit before killing it, in seconds.",
     )
+    trainer_nice: int = Field(
+        10, ge=0, le=19, description="Niceness of trainer processes (0 = as the daemon): training is "
+        "batch work, so the API, the monitor and whatever else runs on the machine answer first.",
+    )
     warm_trainer: bool = Field(
         True, description="Keep the next trainer process started, with torch imported, so a "
         "job begins training without the import delay.",
@@ -288,6 +292,10 @@ class ServerSettings(_Section):
         "'Authorization: Bearer TOKEN'); required when host is not loopback.",
     )
     upload_max_mb: float = Field(256.0, gt=0, description="Largest dataset upload, in MiB.")
+    status_cache_s: float = Field(
+        0.25, ge=0, description="Longest a status answer may be reused for other clients, in seconds "
+        "(0 = compute it for every request); changes made through the server show at once.",
+    )
     live_poll_s: float = Field(
         0.5, gt=0, description="How often the server reads new metrics and events for its live "
         "streams, in seconds (one reader for all clients).",

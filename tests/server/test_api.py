@@ -49,8 +49,13 @@ def test_upload_queue_and_control_a_job(client, tmp_path):
 
     moved = client.patch(f"/api/jobs/{job['id']}", json={"priority": "high"}).json()
     assert moved["priority"] == "high"
+    def queue_states():
+        return {j["job"]: j["state"] for j in client.get("/api/status").json()["queue"]}
+
+    assert queue_states()[job["id"]] == "queued"
     paused = client.post(f"/api/jobs/{job['id']}/pause")
     assert paused.status_code == 200 and paused.json()["reached"] and paused.json()["job"]["state"] == "paused"
+    assert queue_states()[job["id"]] == "paused"  # a change made through the server shows at once
     resumed = client.post(f"/api/jobs/{job['id']}/resume").json()
     assert resumed["job"]["state"] == "queued"
     removed = client.delete(f"/api/jobs/{job['id']}").json()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from honed.config import SettingsError, load_settings
 from honed.daemon.lock import daemon_running
-from honed.store import CommandInfo, JobInfo, StoreError
+from honed.store import CommandInfo, JobInfo, NotFoundError, StoreError
 
 
 class ControlError(Exception):
@@ -101,6 +101,8 @@ def control_job(workspace, store, command: str, job_id: int | None = None, *,
     job_id = default_job(store, command) if job_id is None else job_id
     try:
         command_info = store.request_command(job_id, command)
+    except NotFoundError:
+        raise
     except StoreError as exc:
         raise ControlError(str(exc)) from None
     deadline = time.monotonic() + wait_s

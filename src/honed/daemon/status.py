@@ -62,7 +62,7 @@ def status_info(workspace, store) -> dict:
         "queue": waiting,
         "base": {"version": base.version, "source": base.source} if base else None,
         "tracks": [_track_summary(store, t) for t in store.list_tracks()],
-        "datasets": len(store.list_datasets()),
+        "datasets": store.count_datasets(),
         "runs": [
             {"run": r.id, "status": r.status, "track": r.track,
              "step": (r.final_metrics or {}).get("step"), "started_at": str(r.started_at)}

@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_libraries()
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    _lower_priority(args.workspace)
     job_id = args.job
     if args.warm:
         # While waiting, a SIGTERM from the daemon simply ends the spare.
@@ -238,6 +239,18 @@ def main(argv: list[str] | None = None) -> int:
         if log_path:
             _redirect_output(Path(log_path))
     return run_attempt(args.workspace, job_id, args.parent)
+
+
+def _lower_priority(root: Path) -> None:
+    """Run at ``daemon.trainer_nice``: on a busy machine, interactive work answers first."""
+    from honed.config import SettingsError, load_settings
+
+    try:
+        nice = load_settings(root).daemon.trainer_nice
+    except SettingsError:
+        return  # the attempt itself reports the bad setting
+    if nice:
+        os.nice(nice)
 
 
 def _redirect_output(path: Path) -> None:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from honed.daemon.control import ControlError, control_job, queue_job, remove_job
-from honed.daemon.status import status_info
 from honed.serialize import control_result, plain
 from honed.server.deps import StoreDep, WorkspaceDep
 from honed.store.schema import JOB_STATES
@@ -21,9 +20,11 @@ Command = Literal["pause", "resume", "stop", "skip", "cancel"]
 
 
 @router.get("/status")
-def get_status(workspace: WorkspaceDep, store: StoreDep) -> dict:
-    """The daemon (up or down), the running job with its progress, the queue, tracks."""
-    return plain(status_info(workspace, store))
+async def get_status(request: Request) -> dict:
+    """The daemon (up or down), the running job with its progress, the queue, tracks (at
+    most ``server.status_cache_s`` old; a change made through this server shows at once)."""
+    cache = request.app.state.status_cache
+    return cache.fresh() or await run_in_threadpool(cache.get)
 
 
 @router.get("/jobs")

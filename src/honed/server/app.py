@@ -23,6 +23,7 @@ from honed.registry.tracks import TrackError
 from honed.server import api_data, api_jobs, api_registry, live, pages, prometheus
 from honed.server.live import LiveFeed
 from honed.server.security import require_token, server_token
+from honed.server.status_cache import InvalidateOnChange, StatusCache
 from honed.store import JobStateError, NotFoundError, StoreError, StoreUnavailableError
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,8 @@ def create_app(workspace, *, host: str | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.store = workspace.open_store(busy_timeout_s=5.0)
-        app.state.live = LiveFeed(workspace, app.state.store, settings.live_poll_s)
+        app.state.status_cache = StatusCache(workspace, app.state.store, settings.status_cache_s)
+        app.state.live = LiveFeed(workspace, app.state.store, app.state.status_cache, settings.live_poll_s)
         try:
             yield
         finally:
@@ -55,6 +57,7 @@ def create_app(workspace, *, host: str | None = None) -> FastAPI:
     for module in (api_jobs, api_data, api_registry, live, prometheus):
         app.include_router(module.router)
     pages.mount(app)
+    app.add_middleware(InvalidateOnChange)
     _error_handlers(app)
     return app
 

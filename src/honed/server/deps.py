@@ -10,11 +10,11 @@ from honed.store import Store
 from honed.workspace import Workspace
 
 
-def _store(request: Request) -> Store:
+async def _store(request: Request) -> Store:
     return request.app.state.store
 
 
-def _workspace(request: Request) -> Workspace:
+async def _workspace(request: Request) -> Workspace:
     return request.app.state.workspace
 
 

@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from honed.daemon.status import status_info
 from honed.serialize import plain
 from honed.store import StoreError
 from honed.store.schema import METRIC_KINDS
@@ -34,8 +33,8 @@ SYSTEM_EVERY_S = 2.0
 class LiveFeed:
     """Reads what changed in the store and hands it to every subscriber's queue."""
 
-    def __init__(self, workspace, store, poll_s: float) -> None:
-        self.workspace, self.store, self.poll_s = workspace, store, poll_s
+    def __init__(self, workspace, store, status_cache, poll_s: float) -> None:
+        self.workspace, self.store, self.status_cache, self.poll_s = workspace, store, status_cache, poll_s
         self.subscribers: set[asyncio.Queue] = set()
         self.task: asyncio.Task | None = None
         self.last_event = 0
@@ -88,7 +87,7 @@ class LiveFeed:
         for event in self.store.events_after(self.last_event):
             self.last_event = event.id
             out.append(("event", plain(event)))
-        status = plain(status_info(self.workspace, self.store))
+        status = self.status_cache.get()
         text = json.dumps(status, sort_keys=True, default=str)
         if text != self.last_status:
             self.last_status = text

@@ -62,7 +62,7 @@ def presented_token(request: Request) -> str | None:
     return None
 
 
-def require_token(request: Request) -> None:
+async def require_token(request: Request) -> None:
     """FastAPI dependency on every route: 401 unless the request carries the token."""
     expected = request.app.state.token
     if expected is None:

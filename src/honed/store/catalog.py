@@ -226,6 +226,11 @@ def list_datasets(conn: sa.Connection, track: str | None) -> list[DatasetInfo]:
     return [_dataset(r) for r in conn.execute(query)]
 
 
+def count_datasets(conn: sa.Connection) -> int:
+    """How many datasets the store holds."""
+    return conn.execute(sa.select(sa.func.count()).select_from(datasets)).scalar_one()
+
+
 def dataset_record_hashes(conn: sa.Connection, dataset_id: int) -> list[tuple[int, str]]:
     """``(line_no, record_hash)`` of every record of a dataset, in line order."""
     if get_dataset(conn, dataset_id) is None:

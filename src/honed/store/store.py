@@ -225,6 +225,11 @@ class Store:
                 records_=records,
             )
 
+    def count_datasets(self) -> int:
+        """How many datasets the store holds (all tracks)."""
+        with self._transaction(write=False) as conn:
+            return catalog.count_datasets(conn)
+
     def list_datasets(self, track: str | None = None) -> list[DatasetInfo]:
         """Datasets of one track (all tracks when None), oldest first."""
         with self._transaction(write=False) as conn:
