@@ -39,6 +39,8 @@ def daemon(
     ctx: typer.Context,
     detach: Annotated[bool, typer.Option("--detach", help="Run in the background; logs go to logs/.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", hidden=True, help="Log to logs/ only.")] = False,
+    serve: Annotated[bool, typer.Option("--serve", help="Also serve the HTTP API and web monitor "
+                                        "(server.host and server.port), as 'honed serve' does.")] = False,
     workspace: WorkspaceOpt = None,
 ) -> None:
     """Run the daemon in the foreground (Ctrl-C stops it gracefully); 'honed daemon stop' stops it."""
@@ -50,7 +52,7 @@ def daemon(
 
     if detach:
         try:
-            pid = start_detached(ws.root)
+            pid = start_detached(ws.root, ["--serve"] if serve else [])
         except RuntimeError as exc:
             raise fail(str(exc)) from None
         console.print(f"daemon started (pid {pid}); logs in {ws.logs_dir}; stop it with 'honed daemon stop'",
@@ -62,10 +64,29 @@ def daemon(
     if not quiet:
         err_console.print(f"honed daemon for {ws.root} (Ctrl-C stops it; the running job checkpoints first)",
                           highlight=False)
+    server = _start_server(ws) if serve else None
     try:
         run_daemon(ws)
     except DaemonAlreadyRunning as exc:
         raise fail(str(exc)) from None
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _start_server(ws):
+    """The API and monitor on a thread of the daemon's process; refused settings end the
+    command before the daemon starts."""
+    from honed.server import ServerConfigError, create_app
+    from honed.server.background import BackgroundServer
+
+    settings = ws.settings.server
+    try:
+        server = BackgroundServer(create_app(ws), settings.host, settings.port).start()
+    except (ServerConfigError, OSError, RuntimeError) as exc:
+        raise fail(f"cannot serve the API: {exc}") from None
+    err_console.print(f"monitor and API at {server.url}/", highlight=False)
+    return server
 
 
 @daemon_app.command("stop")

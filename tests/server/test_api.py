@@ -7,7 +7,6 @@ import json
 import threading
 
 import httpx
-import pytest
 
 from honed.config import update_config_file
 from honed.workspace import open_workspace

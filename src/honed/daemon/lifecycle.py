@@ -67,15 +67,16 @@ def setup_daemon_logging(logs_dir: Path, to_console: bool, verbose: bool = False
     return handler
 
 
-def start_detached(root: Path, timeout_s: float = 60.0) -> int:
-    """Start the daemon for ``root`` in the background, wait until it holds the
-    workspace's lock, and return its pid. RuntimeError with its output if it fails."""
+def start_detached(root: Path, extra_args: list[str] | None = None, timeout_s: float = 60.0) -> int:
+    """Start the daemon for ``root`` in the background (with ``extra_args`` for ``honed
+    daemon``), wait until it holds the workspace's lock, and return its pid.
+    RuntimeError with its output if it fails."""
     out_path = Path(root) / "logs" / "daemon.out"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with open(out_path, "ab") as out:
         start = out.tell()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "honed.cli", "daemon", "--workspace", str(root), "--quiet"],
+            [sys.executable, "-m", "honed.cli", "daemon", "--workspace", str(root), "--quiet", *(extra_args or [])],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, cwd=root,
         )
     deadline = time.monotonic() + timeout_s
