@@ -65,3 +65,24 @@ def test_the_store_password_is_never_returned(make_workspace, tiny_random_base, 
     with httpx.Client(base_url=server.url, timeout=30) as client:
         for path in ("/api/status", "/metrics", "/api/runs", "/api/tracks", "/openapi.json"):
             assert "hunter2" not in client.get(path).text, path
+
+
+def test_the_server_does_not_import_torch(sqlite_ws):
+    """The monitor starts fast and light: serving it never loads the training stack."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from fastapi.testclient import TestClient\n"
+        "from honed.server import create_app\n"
+        "from honed.workspace import open_workspace\n"
+        "with TestClient(create_app(open_workspace(sys.argv[1]))) as client:\n"
+        "    for path in ('/', '/api/status', '/api/system', '/metrics', '/api/jobs', '/api/adapters', '/api/runs'):\n"
+        "        assert client.get(path).status_code == 200, path\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(sqlite_ws.root)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -79,30 +79,19 @@ def _error_handlers(app: FastAPI) -> None:
             problems.append(f"{where}: {err.get('msg')}")
         return _error(400, "; ".join(problems))
 
-    @app.exception_handler(NotFoundError)
-    async def not_found(request: Request, exc: NotFoundError):
-        return _error(404, str(exc))
+    for error_type, status in ERROR_STATUS.items():
+        app.add_exception_handler(error_type, _reply_with(status))
 
-    @app.exception_handler(StoreUnavailableError)
-    async def unavailable(request: Request, exc: StoreUnavailableError):
-        return _error(503, str(exc), {"Retry-After": "5"})
 
-    @app.exception_handler(JobStateError)
-    async def wrong_state(request: Request, exc: JobStateError):
-        return _error(409, str(exc))
+# The status each library error answers with; the most specific class that matches wins.
+ERROR_STATUS = {
+    NotFoundError: 404, StoreUnavailableError: 503, JobStateError: 409, StoreError: 400,
+    ControlError: 409, DeployError: 409, TrackError: 400,
+}
 
-    @app.exception_handler(StoreError)
-    async def store_error(request: Request, exc: StoreError):
-        return _error(400, str(exc))
 
-    @app.exception_handler(ControlError)
-    async def control_error(request: Request, exc: ControlError):
-        return _error(409, str(exc))
+def _reply_with(status: int):
+    async def handler(request: Request, exc: Exception) -> JSONResponse:
+        return _error(status, str(exc), {"Retry-After": "5"} if status == 503 else None)
 
-    @app.exception_handler(DeployError)
-    async def deploy_error(request: Request, exc: DeployError):
-        return _error(409, str(exc))
-
-    @app.exception_handler(TrackError)
-    async def track_error(request: Request, exc: TrackError):
-        return _error(400, str(exc))
+    return handler
