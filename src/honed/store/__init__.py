@@ -15,6 +15,7 @@ from honed.store.errors import (
 from honed.store.info import (
     AdapterInfo,
     DeploymentInfo,
+    ExperienceInfo,
     BaseInfo,
     CheckpointInfo,
     CommandInfo,
@@ -28,6 +29,7 @@ from honed.store.info import (
 from honed.store.store import Store
 
 __all__ = [
+    "ExperienceInfo",
     "NotFoundError",
     "AdapterInfo",
     "DeploymentInfo",

@@ -177,3 +177,28 @@ class DeploymentInfo:
     reason: str
     at: datetime
     hooks: list[dict[str, Any]] | None
+
+
+@dataclass(frozen=True)
+class ExperienceInfo:
+    """One interaction with a track's model and what was said of it afterwards.
+    ``adapter_id`` None means the bare base answered; ``source`` is ``served`` (by
+    honed) or ``logged`` (served elsewhere, reported by the application)."""
+
+    id: int
+    track: str
+    base_version: int
+    adapter_id: int | None
+    source: str
+    messages: list[dict[str, Any]]
+    output: str
+    latency_ms: float | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    meta: dict[str, Any] | None
+    score: float | None
+    thumbs: str | None
+    corrected_output: str | None
+    feedback_at: datetime | None
+    trained_run_id: str | None
+    created_at: datetime

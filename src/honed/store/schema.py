@@ -327,3 +327,33 @@ deployments = sa.Table(
     sa.Index(None, "track", "id"),
     sqlite_autoincrement=True,
 )
+
+# One interaction of an application with a track's model: what it asked (messages), what
+# the model answered (output) and with which adapter, and what people or scorers said of
+# it afterwards (score 0..1, thumbs up/down, a corrected output). ``trained_run_id`` is
+# set once a run that trained on it succeeded.
+EXPERIENCE_SOURCES = ("served", "logged")
+THUMBS = ("up", "down")
+experiences = sa.Table(
+    "experiences",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("track", NAME, sa.ForeignKey("tracks.name"), nullable=False),
+    sa.Column("base_version", sa.Integer, sa.ForeignKey("bases.version"), nullable=False),
+    sa.Column("adapter_id", sa.Integer, sa.ForeignKey("adapters.id"), nullable=True),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("messages", json_type(), nullable=False),
+    sa.Column("output", sa.Text, nullable=False),
+    sa.Column("latency_ms", sa.Float, nullable=True),
+    sa.Column("prompt_tokens", sa.Integer, nullable=True),
+    sa.Column("completion_tokens", sa.Integer, nullable=True),
+    sa.Column("meta", json_type(), nullable=True),
+    sa.Column("score", sa.Float, nullable=True),
+    sa.Column("thumbs", sa.String(8), nullable=True),
+    sa.Column("corrected_output", sa.Text, nullable=True),
+    sa.Column("feedback_at", UTCDateTime, nullable=True),
+    sa.Column("trained_run_id", sa.String(64), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index(None, "track", "id"),
+    sqlite_autoincrement=True,
+)

@@ -16,10 +16,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from honed.store import catalog, jobs, migrate, registry, runs
+from honed.store import catalog, experiences, jobs, migrate, registry, runs
 from honed.store.engine import WRITE_OPTION, create_engine, display, parse_url, sqlite_file
 from honed.store.errors import StoreError, StoreUnavailableError
 from honed.store.info import (
+    ExperienceInfo,
     AdapterInfo,
     DeploymentInfo,
     BaseInfo,
@@ -546,3 +547,35 @@ class Store:
         """Keep what the deploy hooks of a deployment reported."""
         with self._transaction(write=True) as conn:
             registry.record_hooks(conn, deployment_id, results)
+
+    # --- experiences -----------------------------------------------------------------
+
+    def add_experience(self, *, track: str, messages: list[dict[str, Any]], output: str,
+                       adapter_id: int | None = None, base_version: int | None = None, source: str = "served",
+                       latency_ms: float | None = None, prompt_tokens: int | None = None,
+                       completion_tokens: int | None = None, meta: dict[str, Any] | None = None) -> ExperienceInfo:
+        """Record one interaction with ``track``'s model (``adapter_id`` None: the bare base)."""
+        with self._transaction(write=True) as conn:
+            return experiences.add_experience(
+                conn, track=track, messages=messages, output=output, adapter_id=adapter_id,
+                base_version=base_version, source=source, latency_ms=latency_ms, prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens, meta=meta)
+
+    def get_experience(self, experience_id: int) -> ExperienceInfo:
+        """The experience with this id (NotFoundError when there is none)."""
+        with self._transaction(write=False) as conn:
+            return experiences.get_experience(conn, experience_id)
+
+    def add_feedback(self, experience_id: int, *, score: float | None = None, thumbs: str | None = None,
+                     corrected_output: str | None = None) -> ExperienceInfo:
+        """Attach a score (0..1), thumbs (up/down) and/or a corrected output."""
+        with self._transaction(write=True) as conn:
+            return experiences.add_feedback(conn, experience_id, score=score, thumbs=thumbs,
+                                            corrected_output=corrected_output)
+
+    def list_experiences(self, track: str | None = None, *, untrained_only: bool = False, limit: int = 100,
+                         before_id: int | None = None) -> list[ExperienceInfo]:
+        """Experiences, newest first (``before_id`` pages back)."""
+        with self._transaction(write=False) as conn:
+            return experiences.list_experiences(conn, track, untrained_only=untrained_only, limit=limit,
+                                                before_id=before_id)
