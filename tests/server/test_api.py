@@ -193,3 +193,26 @@ def test_live_stream_carries_events_and_status(client, api_ws, tmp_path):
     events = [d for n, d in received if n == "event"]
     assert any(e["job_id"] == job["id"] and e["kind"] == "queued" for e in events)
     assert received[0][0] == "hello"
+
+
+def test_experiences_logged_and_given_feedback(client):
+    messages = [{"role": "user", "content": "reverse: abc"}]
+    logged = client.post("/v1/experiences", json={"messages": messages, "output": "abc", "latency_ms": 40,
+                                                  "metadata": {"app": "tests"}})
+    assert logged.status_code == 201, logged.text
+    experience = logged.json()
+    assert (experience["source"], experience["track"], experience["adapter_id"]) == ("logged", "main", None)
+    rated = client.post(f"/v1/experiences/{experience['id']}/feedback",
+                        json={"thumbs": "down", "corrected_output": "cba"}).json()
+    assert (rated["thumbs"], rated["corrected_output"]) == ("down", "cba")
+    assert client.get(f"/v1/experiences/{experience['id']}").json()["feedback_at"] == rated["feedback_at"]
+    assert [e["id"] for e in client.get("/api/experiences", params={"untrained": True}).json()] == [experience["id"]]
+
+    bad_score = client.post(f"/v1/experiences/{experience['id']}/feedback", json={"score": 2})
+    assert bad_score.status_code == 400 and "score" in bad_score.json()["error"]
+    nothing = client.post(f"/v1/experiences/{experience['id']}/feedback", json={})
+    assert nothing.status_code == 400 and "needs a score" in nothing.json()["error"]
+    assert client.post("/v1/experiences/999/feedback", json={"thumbs": "up"}).status_code == 404
+    bad_role = client.post("/v1/experiences", json={"messages": [{"role": "robot", "content": "x"}], "output": ""})
+    assert bad_role.status_code == 400 and "role" in bad_role.json()["error"]
+    assert client.post("/v1/experiences", json={"track": "nope", "messages": messages, "output": ""}).status_code == 404

@@ -20,7 +20,7 @@ from honed import __version__
 from honed.daemon.control import ControlError
 from honed.registry.deployment import DeployError
 from honed.registry.tracks import TrackError
-from honed.server import api_data, api_jobs, api_registry, live, pages, prometheus
+from honed.server import api_data, api_experiences, api_jobs, api_registry, live, pages, prometheus
 from honed.server.live import LiveFeed
 from honed.server.security import require_token, server_token
 from honed.server.status_cache import InvalidateOnChange, StatusCache
@@ -54,7 +54,7 @@ def create_app(workspace, *, host: str | None = None) -> FastAPI:
     )
     app.state.workspace = workspace
     app.state.token = token
-    for module in (api_jobs, api_data, api_registry, live, prometheus):
+    for module in (api_jobs, api_data, api_registry, api_experiences, live, prometheus):
         app.include_router(module.router)
     pages.mount(app)
     app.add_middleware(InvalidateOnChange)
