@@ -26,7 +26,7 @@ def api_ws(request, make_workspace, tiny_random_base) -> Workspace:
 @pytest.fixture
 def serve():
     """Start servers for workspaces; all stop at teardown."""
-    started: list[ServerThread] = []
+    started: list[BackgroundServer] = []
 
     def start(workspace: Workspace, host: str = "127.0.0.1") -> BackgroundServer:
         server = BackgroundServer(create_app(workspace, host=host)).start()

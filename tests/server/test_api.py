@@ -209,10 +209,10 @@ def test_experiences_logged_and_given_feedback(client):
     assert [e["id"] for e in client.get("/api/experiences", params={"untrained": True}).json()] == [experience["id"]]
 
     bad_score = client.post(f"/v1/experiences/{experience['id']}/feedback", json={"score": 2})
-    assert bad_score.status_code == 400 and "score" in bad_score.json()["error"]
+    assert bad_score.status_code == 400 and "score" in bad_score.json()["error"]["message"]  # OpenAI's shape
     nothing = client.post(f"/v1/experiences/{experience['id']}/feedback", json={})
-    assert nothing.status_code == 400 and "needs a score" in nothing.json()["error"]
+    assert nothing.status_code == 400 and "needs a score" in nothing.json()["error"]["message"]
     assert client.post("/v1/experiences/999/feedback", json={"thumbs": "up"}).status_code == 404
     bad_role = client.post("/v1/experiences", json={"messages": [{"role": "robot", "content": "x"}], "output": ""})
-    assert bad_role.status_code == 400 and "role" in bad_role.json()["error"]
+    assert bad_role.status_code == 400 and "role" in bad_role.json()["error"]["message"]
     assert client.post("/v1/experiences", json={"track": "nope", "messages": messages, "output": ""}).status_code == 404

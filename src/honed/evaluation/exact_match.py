@@ -33,7 +33,7 @@ def load_records(path: Path) -> list[dict]:
     return records
 
 
-def _stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
+def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
     """End-of-turn ids: the tokenizer's eos plus whatever the generation config names."""
     ids = {tokenizer.eos_token_id}
     config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -67,7 +67,7 @@ def generate_answers(
         tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         for messages in prompts
     ]
-    stop_ids = _stop_token_ids(model, tokenizer)
+    stop_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     # Batching prompts of similar length together keeps left padding (wasted work) small.
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -96,14 +96,14 @@ def generate_answers(
                 )
                 new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
                 for i, tokens in zip(chunk, new_tokens):
-                    answers[i] = _decode_until_stop(tokenizer, tokens, stop_ids)
+                    answers[i] = decode_until_stop(tokenizer, tokens, stop_ids)
     finally:
         tokenizer.padding_side = padding_side
         model.train(was_training)
     return answers
 
 
-def _decode_until_stop(tokenizer: Any, tokens: list[int], stop_ids: list[int]) -> str:
+def decode_until_stop(tokenizer: Any, tokens: list[int], stop_ids: list[int]) -> str:
     cut = next((k for k, token in enumerate(tokens) if token in stop_ids), len(tokens))
     return tokenizer.decode(tokens[:cut], skip_special_tokens=True).strip()
 

@@ -20,7 +20,7 @@ from honed import __version__
 from honed.daemon.control import ControlError
 from honed.registry.deployment import DeployError
 from honed.registry.tracks import TrackError
-from honed.server import api_data, api_experiences, api_jobs, api_registry, live, pages, prometheus
+from honed.server import api_data, api_experiences, api_jobs, api_openai, api_registry, live, pages, prometheus
 from honed.server.live import LiveFeed
 from honed.server.security import require_token, server_token
 from honed.server.status_cache import InvalidateOnChange, StatusCache
@@ -54,7 +54,7 @@ def create_app(workspace, *, host: str | None = None) -> FastAPI:
     )
     app.state.workspace = workspace
     app.state.token = token
-    for module in (api_jobs, api_data, api_registry, api_experiences, live, prometheus):
+    for module in (api_jobs, api_data, api_registry, api_experiences, api_openai, live, prometheus):
         app.include_router(module.router)
     pages.mount(app)
     app.add_middleware(InvalidateOnChange)
@@ -62,14 +62,20 @@ def create_app(workspace, *, host: str | None = None) -> FastAPI:
     return app
 
 
-def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+def _error(request: Request, status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    """``{"error": message}``; under /v1/ in OpenAI's shape, which its SDKs read."""
+    if request.url.path.startswith("/v1/"):
+        kind = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error"}.get(status, "api_error")
+        body = {"error": {"message": message, "type": kind, "code": status}}
+    else:
+        body = {"error": message}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
-        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+        return _error(request, exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -77,7 +83,7 @@ def _error_handlers(app: FastAPI) -> None:
         for err in exc.errors():
             where = ".".join(str(part) for part in err.get("loc", ()) if part != "body") or "request"
             problems.append(f"{where}: {err.get('msg')}")
-        return _error(400, "; ".join(problems))
+        return _error(request, 400, "; ".join(problems))
 
     for error_type, status in ERROR_STATUS.items():
         app.add_exception_handler(error_type, _reply_with(status))
@@ -92,6 +98,6 @@ ERROR_STATUS = {
 
 def _reply_with(status: int):
     async def handler(request: Request, exc: Exception) -> JSONResponse:
-        return _error(status, str(exc), {"Retry-After": "5"} if status == 503 else None)
+        return _error(request, status, str(exc), {"Retry-After": "5"} if status == 503 else None)
 
     return handler

@@ -1,0 +1,159 @@
+"""OpenAI-compatible serving: ``/v1/chat/completions`` (with streaming) and ``/v1/models``.
+
+``model`` is a track (its deployed adapter), ``TRACK@ADAPTER``, ``TRACK@base`` or
+``base``. Every answer is stored as an experience; its id comes back in the answer's
+``honed`` field (and the ``X-Honed-Experience-Id`` header), so feedback can be attached
+later with ``POST /v1/experiences/{id}/feedback``. The official ``openai`` SDK works
+unchanged (``completion.model_extra["honed"]["experience_id"]``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from typing import Literal
+
+import anyio
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from honed.server.api_experiences import ChatMessage
+from honed.server.deps import StoreDep, WorkspaceDep
+from honed.server.serving import DeltaStreamer, ModelNameError, ModelPool, check_messages, generate, resolve
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+class ChatRequest(BaseModel):
+    """The parts of OpenAI's chat completion request honed uses; sampling parameters are
+    accepted and ignored (decoding is greedy)."""
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1, le=8192)
+    max_completion_tokens: int | None = Field(None, ge=1, le=8192)
+    stream: bool = False
+    n: Literal[1] = 1
+    temperature: float | None = None
+    top_p: float | None = None
+    user: str | None = None
+    metadata: dict | None = None
+
+
+def _pool(request: Request) -> ModelPool:
+    state = request.app.state
+    if getattr(state, "model_pool", None) is None:
+        state.model_pool = ModelPool(state.workspace, state.store)
+    return state.model_pool
+
+
+@router.get("/models")
+def list_models(store: StoreDep) -> dict:
+    """Tracks (their live model), each adapter that could serve as ``TRACK@ADAPTER``, and the bare bases."""
+    data = []
+    for track in store.list_tracks():
+        data.append({"id": track.name, "object": "model", "owned_by": "honed", "created": 0})
+        data.append({"id": f"{track.name}@base", "object": "model", "owned_by": "honed", "created": 0})
+        for adapter in store.list_adapters(track.name):
+            if adapter.base_version == track.base_version and adapter.state != "rejected":
+                data.append({"id": f"{track.name}@{adapter.name}", "object": "model", "owned_by": "honed",
+                             "created": int(adapter.created_at.timestamp())})
+    return {"object": "list", "data": data}
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatRequest, request: Request, workspace: WorkspaceDep, store: StoreDep):
+    """Answer with the track's live model, record the interaction as an experience."""
+    messages = [m.model_dump() for m in body.messages]
+    check_messages(messages)
+    try:
+        target = resolve(store, body.model, workspace.settings.track)
+    except ModelNameError as exc:
+        raise HTTPException(404, str(exc)) from None
+    pool = _pool(request)
+    is_default = "@" not in body.model and body.model != "base"
+    max_tokens = body.max_completion_tokens or body.max_tokens or workspace.settings.eval.max_new_tokens
+    completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    created = int(time.time())
+
+    def record(text: str, answer, started: float):
+        return store.add_experience(
+            track=target.track, messages=messages, output=text, adapter_id=target.adapter.id if target.adapter else None,
+            base_version=target.base_version, source="served", latency_ms=(time.perf_counter() - started) * 1000,
+            prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
+            meta={"user": body.user, **(body.metadata or {})} if (body.user or body.metadata) else None)
+
+    def honed_field(experience) -> dict:
+        return {"experience_id": experience.id, "track": target.track,
+                "adapter": target.adapter.id if target.adapter else None, "served_by": target.label}
+
+    if not body.stream:
+        def answer_now():
+            started = time.perf_counter()
+            with pool.lease(target, is_default=is_default) as loaded:
+                answer = generate(loaded, messages, max_tokens)
+            return answer, record(answer.text, answer, started)
+
+        answer, experience = await run_in_threadpool(answer_now)
+        usage = {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+                 "total_tokens": answer.prompt_tokens + answer.completion_tokens}
+        return JSONResponse({
+            "id": completion_id, "object": "chat.completion", "created": created, "model": target.label,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
+                         "finish_reason": answer.finish_reason, "logprobs": None}],
+            "usage": usage, "honed": honed_field(experience)},
+            headers={"X-Honed-Experience-Id": str(experience.id)})
+
+    outcome: dict = {}
+    streamer_box: dict = {}
+    ready = threading.Event()
+
+    def generate_streaming():
+        started = time.perf_counter()
+        try:
+            with pool.lease(target, is_default=is_default) as loaded:
+                streamer = DeltaStreamer(loaded.tokenizer, loaded.stop_ids)
+                streamer_box["s"] = streamer
+                ready.set()
+                outcome["answer"] = generate(loaded, messages, max_tokens, streamer=streamer)
+            outcome["started"] = started
+        except Exception as exc:  # noqa: BLE001 - reported to the client in the stream
+            outcome["error"] = exc
+            ready.set()
+            if "s" in streamer_box:
+                streamer_box["s"].end()
+
+    def chunk(delta: dict, finish: str | None = None, **extra) -> str:
+        payload = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": target.label,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
+        return f"data: {json.dumps(payload)}\n\n"
+
+    async def events():
+        worker = threading.Thread(target=generate_streaming, name="honed-generate", daemon=True)
+        worker.start()
+        await anyio.to_thread.run_sync(ready.wait)
+        if "error" in outcome:
+            yield f"data: {json.dumps({'error': {'message': str(outcome['error'])}})}\n\n"
+            return
+        streamer = streamer_box["s"]
+        yield chunk({"role": "assistant", "content": ""})
+        pieces = []
+        while (delta := await anyio.to_thread.run_sync(streamer.deltas.get)) is not None:
+            pieces.append(delta)
+            yield chunk({"content": delta})
+        await anyio.to_thread.run_sync(worker.join)
+        if "error" in outcome:
+            yield f"data: {json.dumps({'error': {'message': str(outcome['error'])}})}\n\n"
+            return
+        answer = outcome["answer"]
+        experience = await run_in_threadpool(record, "".join(pieces), answer, outcome["started"])
+        usage = {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+                 "total_tokens": answer.prompt_tokens + answer.completion_tokens}
+        yield chunk({}, answer.finish_reason, usage=usage, honed=honed_field(experience))
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})

@@ -1,0 +1,225 @@
+"""The models behind ``/v1/chat/completions``: each track's deployed adapter on its base.
+
+A request leases the model that is live for its track *now* (one store read), so a
+deploy or a rollback switches what new requests get without a restart, while requests
+already generating finish on the version they started with; a version nobody uses and
+no track serves any more is dropped. Loading and generating happen in worker threads;
+generation on one model is serialised (its lock), different versions run side by side.
+Decoding is greedy: answers are reproducible, which is what evaluation and the gates
+measure too.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from honed.store import AdapterInfo, NotFoundError, StoreError
+
+log = logging.getLogger(__name__)
+
+
+class ModelNameError(ValueError):
+    """A ``model`` that names no track, adapter or base; the message lists what exists."""
+
+
+@dataclass
+class Target:
+    """What a ``model`` name resolves to: a track, its base version, and the adapter
+    (None: the bare base)."""
+
+    track: str
+    base_version: int
+    adapter: AdapterInfo | None
+
+    @property
+    def key(self) -> tuple[int, int | None]:
+        return self.base_version, self.adapter.id if self.adapter else None
+
+    @property
+    def label(self) -> str:
+        return f"{self.track}@{self.adapter.name if self.adapter else f'base-v{self.base_version}'}"
+
+
+@dataclass
+class LoadedModel:
+    """One base (+ adapter) in memory, with the requests using it now."""
+
+    target: Target
+    model: Any
+    tokenizer: Any
+    stop_ids: list[int]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    users: int = 0
+
+
+@dataclass
+class Answer:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+def resolve(store, model: str, default_track: str) -> Target:
+    """``track`` (its deployed adapter), ``track@ADAPTER`` (name like ``main-a3`` or id),
+    ``track@base`` or ``base`` (the default track's bare base)."""
+    track_name, _, pick = model.partition("@")
+    if track_name == "base" and not pick:
+        track_name, pick = default_track, "base"
+    track = store.get_track(track_name)
+    if track is None:
+        known = ", ".join(t.name for t in store.list_tracks())
+        raise ModelNameError(f"model {model!r}: no track {track_name!r}; use a track ({known}), "
+                             "TRACK@ADAPTER, TRACK@base or base")
+    if not pick:
+        return Target(track.name, track.base_version, store.deployed_adapter(track.name))
+    if pick == "base":
+        return Target(track.name, track.base_version, None)
+    digits = pick.removeprefix(f"{track.name}-a")
+    try:
+        adapter = store.get_adapter(int(digits)) if digits.isdigit() else None
+    except NotFoundError:
+        adapter = None
+    if adapter is None or adapter.track != track.name:
+        raise ModelNameError(f"model {model!r}: track {track.name} has no adapter {pick!r} (GET /v1/models lists them)")
+    if adapter.base_version != track.base_version:
+        raise ModelNameError(f"model {model!r}: {adapter.name} was trained on base v{adapter.base_version}; "
+                             f"track {track.name} is on v{track.base_version}")
+    return Target(track.name, track.base_version, adapter)
+
+
+class ModelPool:
+    """The loaded models, shared by all requests."""
+
+    def __init__(self, workspace, store) -> None:
+        self.workspace, self.store = workspace, store
+        self._lock = threading.Lock()
+        self._models: dict[tuple[int, int | None], LoadedModel] = {}
+        self._loading: dict[tuple[int, int | None], threading.Lock] = {}
+        self._serving: dict[str, tuple[int, int | None]] = {}  # track -> key its default model name means now
+
+    @contextmanager
+    def lease(self, target: Target, *, is_default: bool) -> Iterator[LoadedModel]:
+        """The loaded model for ``target``, kept in memory until the ``with`` ends."""
+        with self._lock:
+            if is_default:
+                self._serving[target.track] = target.key
+            loaded = self._models.get(target.key)
+            if loaded is not None:
+                loaded.users += 1
+            loading = self._loading.setdefault(target.key, threading.Lock())
+        if loaded is None:
+            with loading:  # one load per version, however many requests wait for it
+                with self._lock:
+                    loaded = self._models.get(target.key)
+                    if loaded is not None:
+                        loaded.users += 1
+                if loaded is None:
+                    fresh = self._load(target)
+                    with self._lock:
+                        loaded = self._models.setdefault(target.key, fresh)
+                        loaded.users += 1
+        try:
+            yield loaded
+        finally:
+            with self._lock:
+                loaded.users -= 1
+                self._drop_unused()
+
+    def loaded(self) -> list[str]:
+        """Labels of the versions in memory (for the health endpoint)."""
+        with self._lock:
+            return sorted(m.target.label for m in self._models.values())
+
+    def _drop_unused(self) -> None:
+        serving = set(self._serving.values())
+        for key in [k for k, m in self._models.items() if m.users == 0 and k not in serving]:
+            log.info("serving: %s unloaded (no longer live, no request uses it)", self._models[key].target.label)
+            del self._models[key]
+
+    def _load(self, target: Target) -> LoadedModel:
+        from honed.evaluation.exact_match import stop_token_ids
+        from honed.training.model_loading import load_base_model, load_tokenizer, pick_device
+
+        started = time.perf_counter()
+        base_path = self.workspace.resolve_base_path(self.store, target.base_version)
+        model = load_base_model(base_path, pick_device())
+        if target.adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, target.adapter.path)
+        model.eval()
+        tokenizer = load_tokenizer(base_path)
+        log.info("serving: %s loaded in %.1fs", target.label, time.perf_counter() - started)
+        return LoadedModel(target, model, tokenizer, stop_token_ids(model, tokenizer))
+
+
+def generate(loaded: LoadedModel, messages: list[dict], max_tokens: int, streamer=None) -> Answer:
+    """Greedy answer to ``messages``; with ``streamer`` (a transformers streamer) the
+    text is also handed out piece by piece as it is generated."""
+    import torch
+
+    from honed.evaluation.exact_match import decode_until_stop
+
+    tokenizer = loaded.tokenizer
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    batch = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(loaded.model.device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else loaded.stop_ids[0]
+    with loaded.lock, torch.inference_mode():
+        output = loaded.model.generate(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=max_tokens,
+            do_sample=False, eos_token_id=loaded.stop_ids, pad_token_id=pad_id, use_cache=True, streamer=streamer)
+    new = output[0, batch["input_ids"].shape[1]:].tolist()
+    stopped = any(token in loaded.stop_ids for token in new)
+    cut = next((k for k, token in enumerate(new) if token in loaded.stop_ids), len(new))
+    return Answer(decode_until_stop(tokenizer, new, loaded.stop_ids), int(batch["input_ids"].shape[1]), cut,
+                  "stop" if stopped else "length")
+
+
+class DeltaStreamer:
+    """A transformers streamer that turns generated tokens into text deltas on a queue
+    (None at the end): the prompt and the stop token are not part of them, and a delta
+    never ends inside a multi-byte character."""
+
+    def __init__(self, tokenizer, stop_ids: list[int]) -> None:
+        import queue
+
+        self.tokenizer, self.stop_ids = tokenizer, set(stop_ids)
+        self.deltas: queue.Queue = queue.Queue()
+        self.tokens: list[int] = []
+        self.sent = ""
+        self.prompt_seen = False
+        self.stopped = False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # generate() hands the prompt over first
+            self.prompt_seen = True
+            return
+        for token in value.reshape(-1).tolist():
+            if self.stopped or token in self.stop_ids:
+                self.stopped = True
+                return
+            self.tokens.append(token)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True).lstrip()
+        if text.endswith("\ufffd") or not text.startswith(self.sent):
+            return  # half a character, or a retokenised tail: wait for more
+        if len(text) > len(self.sent):
+            self.deltas.put(text[len(self.sent):])
+            self.sent = text
+
+    def end(self) -> None:
+        self.deltas.put(None)
+
+
+def check_messages(messages: list[dict]) -> None:
+    """A chat a model can answer: ends with a user (or tool) turn."""
+    if not messages:
+        raise StoreError("messages: at least one message is needed")
+    if messages[-1]["role"] == "assistant":
+        raise StoreError("messages: the last message is the assistant's; end with the user's turn to get an answer")

@@ -1,0 +1,127 @@
+"""OpenAI-compatible serving through the official ``openai`` SDK, unchanged: answers
+come from the track's live model, every answer is an experience whose id comes back, and
+a deploy under load switches versions without a failed request or a mixed answer."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import openai
+import pytest
+
+from honed.registry.deployment import deploy
+from honed.workspace import open_workspace
+
+QUESTION = [{"role": "user", "content": "reverse: honed"}]
+
+
+@pytest.fixture
+def served(make_workspace, tiny_random_base, serve):
+    ws = open_workspace(make_workspace(tiny_random_base).root)
+    server = serve(ws)
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused-on-loopback", max_retries=0, timeout=120)
+    return ws, server, client
+
+
+def _adapter(ws, base, name: str, seed: int):
+    """A real LoRA adapter whose (random, non-zero) weights change the base's answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                      init_lora_weights=False))
+    with torch.no_grad():
+        for param_name, param in model.named_parameters():
+            if "lora_B" in param_name:
+                param.mul_(50.0)
+    path = ws.adapters_dir / name
+    model.save_pretrained(str(path))
+    with ws.open_store() as store:
+        adapter = store.add_adapter(track="main", run_id=None, job_id=None, base_version=0, path=str(path))
+        return store.record_evaluation(adapter.id, {"candidate": {}, "baseline": {}},
+                                       {"passed": True, "failed": [], "rules": []}, "candidate")
+
+
+def test_completions_are_experiences(served, tiny_random_base):
+    ws, server, client = served
+    bare = client.chat.completions.create(model="main", messages=QUESTION, max_tokens=12)
+    assert bare.model == "main@base-v0" and bare.model_extra["honed"]["adapter"] is None  # nothing deployed yet
+    adapter = _adapter(ws, tiny_random_base, "a1", 1)
+    with ws.open_store() as store:
+        deploy(ws, store, adapter.id)
+    assert {m.id for m in client.models.list().data} >= {"main", "main@base", "main@main-a1"}
+    completion = client.chat.completions.create(model="main", messages=QUESTION, max_tokens=12)
+    text = completion.choices[0].message.content
+    honed = completion.model_extra["honed"]
+    assert completion.model == "main@main-a1" and honed["adapter"] == adapter.id and text
+    assert completion.usage.completion_tokens <= 12 and completion.usage.prompt_tokens > 0
+    with ws.open_store() as store:
+        experience = store.get_experience(honed["experience_id"])
+    assert (experience.output, experience.messages, experience.source) == (text, QUESTION, "served")
+    assert experience.latency_ms > 0
+
+    chunks = list(client.chat.completions.create(model="main", messages=QUESTION, max_tokens=12, stream=True))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == text  # greedy: the same answer, piece by piece
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1
+    last = chunks[-1]
+    assert last.choices[0].finish_reason in ("stop", "length")
+    streamed_id = last.model_extra["honed"]["experience_id"]
+    assert streamed_id != honed["experience_id"]
+
+    feedback = httpx.post(f"{server.url}/v1/experiences/{streamed_id}/feedback",
+                          json={"thumbs": "down", "corrected_output": "denoh"})
+    assert feedback.status_code == 200
+    with ws.open_store() as store:
+        assert store.get_experience(streamed_id).corrected_output == "denoh"
+
+    with pytest.raises(openai.NotFoundError, match="no track 'nope'"):
+        client.chat.completions.create(model="nope", messages=QUESTION)
+    with pytest.raises(openai.BadRequestError, match="last message"):
+        client.chat.completions.create(model="main", messages=[*QUESTION, {"role": "assistant", "content": "x"}])
+
+
+def test_a_deploy_under_load_switches_versions_cleanly(served, tiny_random_base):
+    ws, server, client = served
+    first, second = _adapter(ws, tiny_random_base, "a1", 1), _adapter(ws, tiny_random_base, "a2", 2)
+    expected = {}
+    for adapter in (first, second):
+        expected[adapter.id] = client.chat.completions.create(
+            model=f"main@{adapter.name}", messages=QUESTION, max_tokens=10).choices[0].message.content
+    assert expected[first.id] != expected[second.id], "the two adapters must answer differently"
+    with ws.open_store() as store:
+        deploy(ws, store, first.id)
+
+    answers: list[tuple[int, str]] = []
+    failures: list[str] = []
+    switched = threading.Event()
+
+    def ask():
+        try:
+            for _ in range(60):
+                completion = client.chat.completions.create(model="main", messages=QUESTION, max_tokens=10)
+                answers.append((completion.model_extra["honed"]["adapter"], completion.choices[0].message.content))
+                if switched.is_set() and answers[-1][0] == second.id:
+                    return
+        except Exception as exc:  # noqa: BLE001 - every failure is reported
+            failures.append(repr(exc))
+
+    clients = [threading.Thread(target=ask) for _ in range(20)]
+    for thread in clients:
+        thread.start()
+    while len(answers) < 40 and not failures:
+        threading.Event().wait(0.05)
+    with ws.open_store() as store:
+        deploy(ws, store, second.id)
+    switched.set()
+    for thread in clients:
+        thread.join(timeout=300)
+    assert not failures, failures[:3]
+    served_by = {adapter for adapter, _ in answers}
+    assert served_by == {first.id, second.id}
+    for adapter, text in answers:  # each answer comes wholly from the version that served it
+        assert text == expected[adapter]
