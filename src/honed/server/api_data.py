@@ -76,9 +76,7 @@ async def upload_dataset(
     streamed to disk, kept under datasets/uploads/TRACK/, and added exactly as
     ``honed add`` would: the answer carries the ingest report; a rejected file gets 422."""
     check_file_name(name, "dataset name")
-    track = track or workspace.settings.track
-    if store.get_track(track) is None:
-        raise NotFoundError(f"unknown track {track!r}; tracks: {', '.join(t.name for t in store.list_tracks())}")
+    track = store.require_track(track or workspace.settings.track).name
     limit = int(workspace.settings.server.upload_max_mb * 2**20)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from honed.server.api_experiences import ChatMessage
 from honed.server.deps import StoreDep, WorkspaceDep
-from honed.server.serving import DeltaStreamer, ModelNameError, ModelPool, check_messages, generate, resolve
+from honed.server.serving import DeltaStreamer, ModelNameError, ModelPool, generate, resolve
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -44,11 +44,13 @@ class ChatRequest(BaseModel):
     metadata: dict | None = None
 
 
-def _pool(request: Request) -> ModelPool:
-    state = request.app.state
-    if getattr(state, "model_pool", None) is None:
-        state.model_pool = ModelPool(state.workspace, state.store)
-    return state.model_pool
+def _usage(answer) -> dict:
+    return {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+            "total_tokens": answer.prompt_tokens + answer.completion_tokens}
+
+
+def _error_event(exc: Exception) -> str:
+    return f"data: {json.dumps({'error': {'message': str(exc)}})}\n\n"
 
 
 @router.get("/models")
@@ -68,19 +70,22 @@ def list_models(store: StoreDep) -> dict:
 @router.post("/chat/completions")
 async def chat_completions(body: ChatRequest, request: Request, workspace: WorkspaceDep, store: StoreDep):
     """Answer with the track's live model, record the interaction as an experience."""
+    started = time.perf_counter()
     messages = [m.model_dump() for m in body.messages]
-    check_messages(messages)
+    if messages[-1]["role"] == "assistant":
+        raise HTTPException(400, "messages: the last message is the assistant's; end with the user's turn "
+                                 "to get an answer")
     try:
         target = resolve(store, body.model, workspace.settings.track)
     except ModelNameError as exc:
         raise HTTPException(404, str(exc)) from None
-    pool = _pool(request)
+    pool: ModelPool = request.app.state.model_pool
     is_default = "@" not in body.model and body.model != "base"
     max_tokens = body.max_completion_tokens or body.max_tokens or workspace.settings.eval.max_new_tokens
     completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
 
-    def record(text: str, answer, started: float):
+    def record(text: str, answer):
         return store.add_experience(
             track=target.track, messages=messages, output=text, adapter_id=target.adapter.id if target.adapter else None,
             base_version=target.base_version, source="served", latency_ms=(time.perf_counter() - started) * 1000,
@@ -93,39 +98,32 @@ async def chat_completions(body: ChatRequest, request: Request, workspace: Works
 
     if not body.stream:
         def answer_now():
-            started = time.perf_counter()
             with pool.lease(target, is_default=is_default) as loaded:
                 answer = generate(loaded, messages, max_tokens)
-            return answer, record(answer.text, answer, started)
+            return answer, record(answer.text, answer)
 
         answer, experience = await run_in_threadpool(answer_now)
-        usage = {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
-                 "total_tokens": answer.prompt_tokens + answer.completion_tokens}
         return JSONResponse({
             "id": completion_id, "object": "chat.completion", "created": created, "model": target.label,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
                          "finish_reason": answer.finish_reason, "logprobs": None}],
-            "usage": usage, "honed": honed_field(experience)},
+            "usage": _usage(answer), "honed": honed_field(experience)},
             headers={"X-Honed-Experience-Id": str(experience.id)})
 
-    outcome: dict = {}
-    streamer_box: dict = {}
+    outcome: dict = {}  # what the generating thread hands over: streamer, answer or error
     ready = threading.Event()
 
     def generate_streaming():
-        started = time.perf_counter()
         try:
             with pool.lease(target, is_default=is_default) as loaded:
-                streamer = DeltaStreamer(loaded.tokenizer, loaded.stop_ids)
-                streamer_box["s"] = streamer
+                outcome["streamer"] = DeltaStreamer(loaded.tokenizer, loaded.stop_ids)
                 ready.set()
-                outcome["answer"] = generate(loaded, messages, max_tokens, streamer=streamer)
-            outcome["started"] = started
+                outcome["answer"] = generate(loaded, messages, max_tokens, streamer=outcome["streamer"])
         except Exception as exc:  # noqa: BLE001 - reported to the client in the stream
             outcome["error"] = exc
             ready.set()
-            if "s" in streamer_box:
-                streamer_box["s"].end()
+            if "streamer" in outcome:
+                outcome["streamer"].end()
 
     def chunk(delta: dict, finish: str | None = None, **extra) -> str:
         payload = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": target.label,
@@ -137,9 +135,9 @@ async def chat_completions(body: ChatRequest, request: Request, workspace: Works
         worker.start()
         await anyio.to_thread.run_sync(ready.wait)
         if "error" in outcome:
-            yield f"data: {json.dumps({'error': {'message': str(outcome['error'])}})}\n\n"
+            yield _error_event(outcome["error"])
             return
-        streamer = streamer_box["s"]
+        streamer = outcome["streamer"]
         yield chunk({"role": "assistant", "content": ""})
         pieces = []
         while (delta := await anyio.to_thread.run_sync(streamer.deltas.get)) is not None:
@@ -147,13 +145,11 @@ async def chat_completions(body: ChatRequest, request: Request, workspace: Works
             yield chunk({"content": delta})
         await anyio.to_thread.run_sync(worker.join)
         if "error" in outcome:
-            yield f"data: {json.dumps({'error': {'message': str(outcome['error'])}})}\n\n"
+            yield _error_event(outcome["error"])
             return
         answer = outcome["answer"]
-        experience = await run_in_threadpool(record, "".join(pieces), answer, outcome["started"])
-        usage = {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
-                 "total_tokens": answer.prompt_tokens + answer.completion_tokens}
-        yield chunk({}, answer.finish_reason, usage=usage, honed=honed_field(experience))
+        experience = await run_in_threadpool(record, "".join(pieces), answer)
+        yield chunk({}, answer.finish_reason, usage=_usage(answer), honed=honed_field(experience))
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})

@@ -9,7 +9,6 @@ from honed.registry import deployment
 from honed.registry.tracks import add_track
 from honed.serialize import deploy_result, plain
 from honed.server.deps import StoreDep, WorkspaceDep
-from honed.store import NotFoundError
 
 router = APIRouter(prefix="/api", tags=["registry"])
 
@@ -84,7 +83,7 @@ def create_track(new: NewTrack, workspace: WorkspaceDep, store: StoreDep) -> dic
 @router.get("/tracks/{track}/deployments")
 def deployments(track: str, store: StoreDep, limit: int = 50) -> list[dict]:
     """A track's deployment history, newest first."""
-    _known_track(store, track)
+    store.require_track(track)
     return plain(store.list_deployments(track, limit=limit))
 
 
@@ -95,10 +94,5 @@ class RollbackRequest(BaseModel):
 @router.post("/tracks/{track}/rollback")
 def rollback(track: str, workspace: WorkspaceDep, store: StoreDep, body: RollbackRequest | None = None) -> dict:
     """Go back to the adapter deployed before the current one (again: further back)."""
-    _known_track(store, track)
+    store.require_track(track)
     return deploy_result(deployment.rollback(workspace, store, track, (body or RollbackRequest()).to))
-
-
-def _known_track(store, track: str) -> None:
-    if store.get_track(track) is None:
-        raise NotFoundError(f"unknown track {track!r}; tracks: {', '.join(t.name for t in store.list_tracks())}")

@@ -22,6 +22,7 @@ from honed.registry.deployment import DeployError
 from honed.registry.tracks import TrackError
 from honed.server import api_data, api_experiences, api_jobs, api_openai, api_registry, live, pages, prometheus
 from honed.server.live import LiveFeed
+from honed.server.serving import ModelPool
 from honed.server.security import require_token, server_token
 from honed.server.status_cache import InvalidateOnChange, StatusCache
 from honed.store import JobStateError, NotFoundError, StoreError, StoreUnavailableError
@@ -40,6 +41,7 @@ def create_app(workspace, *, host: str | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         app.state.store = workspace.open_store(busy_timeout_s=5.0)
         app.state.status_cache = StatusCache(workspace, app.state.store, settings.status_cache_s)
+        app.state.model_pool = ModelPool(workspace, app.state.store)  # loads a model at its first request
         app.state.live = LiveFeed(workspace, app.state.store, app.state.status_cache, settings.live_poll_s)
         try:
             yield

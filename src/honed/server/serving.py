@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from honed.store import AdapterInfo, NotFoundError, StoreError
+from honed.store import AdapterInfo, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -110,27 +110,30 @@ class ModelPool:
         with self._lock:
             if is_default:
                 self._serving[target.track] = target.key
-            loaded = self._models.get(target.key)
-            if loaded is not None:
-                loaded.users += 1
             loading = self._loading.setdefault(target.key, threading.Lock())
+        loaded = self._take(target.key)
         if loaded is None:
             with loading:  # one load per version, however many requests wait for it
-                with self._lock:
-                    loaded = self._models.get(target.key)
-                    if loaded is not None:
-                        loaded.users += 1
+                loaded = self._take(target.key)
                 if loaded is None:
-                    fresh = self._load(target)
+                    loaded = self._load(target)
+                    loaded.users = 1  # counted before it is visible, so nothing drops it meanwhile
                     with self._lock:
-                        loaded = self._models.setdefault(target.key, fresh)
-                        loaded.users += 1
+                        self._models[target.key] = loaded
         try:
             yield loaded
         finally:
             with self._lock:
                 loaded.users -= 1
                 self._drop_unused()
+
+    def _take(self, key: tuple[int, int | None]) -> LoadedModel | None:
+        """The loaded model for ``key`` with one more user, or None when it is not loaded."""
+        with self._lock:
+            loaded = self._models.get(key)
+            if loaded is not None:
+                loaded.users += 1
+            return loaded
 
     def loaded(self) -> list[str]:
         """Labels of the versions in memory (for the health endpoint)."""
@@ -176,10 +179,9 @@ def generate(loaded: LoadedModel, messages: list[dict], max_tokens: int, streame
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=max_tokens,
             do_sample=False, eos_token_id=loaded.stop_ids, pad_token_id=pad_id, use_cache=True, streamer=streamer)
     new = output[0, batch["input_ids"].shape[1]:].tolist()
-    stopped = any(token in loaded.stop_ids for token in new)
     cut = next((k for k, token in enumerate(new) if token in loaded.stop_ids), len(new))
     return Answer(decode_until_stop(tokenizer, new, loaded.stop_ids), int(batch["input_ids"].shape[1]), cut,
-                  "stop" if stopped else "length")
+                  "stop" if cut < len(new) else "length")
 
 
 class DeltaStreamer:
@@ -216,10 +218,3 @@ class DeltaStreamer:
     def end(self) -> None:
         self.deltas.put(None)
 
-
-def check_messages(messages: list[dict]) -> None:
-    """A chat a model can answer: ends with a user (or tool) turn."""
-    if not messages:
-        raise StoreError("messages: at least one message is needed")
-    if messages[-1]["role"] == "assistant":
-        raise StoreError("messages: the last message is the assistant's; end with the user's turn to get an answer")

@@ -100,10 +100,12 @@ def get_track(conn: sa.Connection, name: str) -> TrackInfo | None:
 
 
 def require_track(conn: sa.Connection, name: str) -> TrackInfo:
-    """The track called ``name``; a StoreError naming it when there is none."""
+    """The track called ``name``; a NotFoundError naming it, and the tracks there are,
+    when there is none."""
     track = get_track(conn, name)
     if track is None:
-        raise NotFoundError(f"unknown track {name!r}")
+        known = ", ".join(t.name for t in list_tracks(conn))
+        raise NotFoundError(f"unknown track {name!r}; tracks: {known}")
     return track
 
 

@@ -172,6 +172,11 @@ class Store:
         with self._transaction(write=False) as conn:
             return catalog.get_track(conn, name)
 
+    def require_track(self, name: str) -> TrackInfo:
+        """The track called ``name``; NotFoundError naming it and the tracks there are."""
+        with self._transaction(write=False) as conn:
+            return catalog.require_track(conn, name)
+
     def list_tracks(self) -> list[TrackInfo]:
         """All tracks, by name."""
         with self._transaction(write=False) as conn:
