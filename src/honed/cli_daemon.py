@@ -145,14 +145,12 @@ def queue_add(
         overrides = parse_assignments(set_ or [])
     except SettingsError as exc:
         raise fail(str(exc)) from None
-    store = ws.open_store()
-    try:
-        job, added = queue_job(ws, store, datasets, track=track or ws.settings.track,
-                               priority=_priority(priority), overrides=overrides)
-    except ControlError as exc:
-        raise fail(str(exc)) from None
-    finally:
-        store.close()
+    with open_store(ws) as store:
+        try:
+            job, added = queue_job(ws, store, datasets, track=track or ws.settings.track,
+                                   priority=_priority(priority), overrides=overrides)
+        except ControlError as exc:
+            raise fail(str(exc)) from None
     if as_json:
         _print_json(plain(job))
         return
@@ -173,12 +171,8 @@ def queue_list(
     from honed.daemon.status import WAITING_STATES, job_summary
 
     ws = workspace_from(workspace)
-    store = ws.open_store()
-    try:
-        states = None if all_ else ("running", "evaluating", *WAITING_STATES)
-        jobs = store.list_jobs(states=states)
-    finally:
-        store.close()
+    with open_store(ws) as store:
+        jobs = store.list_jobs(states=None if all_ else ("running", "evaluating", *WAITING_STATES))
     order = {"running": 0, "evaluating": 0}
     jobs = sorted(jobs, key=lambda j: order.get(j.state, 1))[:limit]
     if as_json:
@@ -295,31 +289,26 @@ def events(
     as_json: JsonOpt = False,
 ) -> None:
     """A job's event log: queued, started, checkpoints, pauses, failed attempts, the end."""
-    from honed.store import StoreError
     from honed.store.schema import JOB_FINAL_STATES
 
     ws = workspace_from(workspace)
     job_id = _job_id(job)
-    store = ws.open_store()
     last = 0
-    try:
-        while True:
-            state = store.get_job(job_id).state
-            for event in store.job_events(job_id, after_id=last):
-                last = event.id
-                if as_json:
-                    print(json.dumps(plain(event), default=str), flush=True)
-                else:
-                    console.print(_event_line(event), highlight=False, soft_wrap=True)
-            if not follow or state in JOB_FINAL_STATES:
-                break
-            time.sleep(0.5)
-    except StoreError as exc:
-        raise fail(str(exc)) from None
-    except KeyboardInterrupt:
-        pass
-    finally:
-        store.close()
+    with open_store(ws) as store:
+        try:
+            while True:
+                state = store.get_job(job_id).state
+                for event in store.job_events(job_id, after_id=last):
+                    last = event.id
+                    if as_json:
+                        print(json.dumps(plain(event), default=str), flush=True)
+                    else:
+                        console.print(_event_line(event), highlight=False, soft_wrap=True)
+                if not follow or state in JOB_FINAL_STATES:
+                    break
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
 
 
 # --- control ---------------------------------------------------------------------------
@@ -329,13 +318,11 @@ def _control(command: str, job: str | None, wait: float, workspace: Path | None,
     from honed.daemon.control import ControlError, control_job
 
     ws = workspace_from(workspace)
-    store = ws.open_store()
-    try:
-        result = control_job(ws, store, command, _job_id(job), wait_s=wait)
-    except ControlError as exc:
-        raise fail(str(exc)) from None
-    finally:
-        store.close()
+    with open_store(ws) as store:  # an unknown job (NotFoundError) is reported, not a traceback
+        try:
+            result = control_job(ws, store, command, _job_id(job), wait_s=wait)
+        except ControlError as exc:
+            raise fail(str(exc)) from None
     if as_json:
         _print_json(control_result(result))
     else:
@@ -391,8 +378,7 @@ def status(
     from honed.daemon.status import status_info
 
     ws = workspace_from(workspace)
-    store = ws.open_store()
-    try:
+    with open_store(ws) as store:
         if as_json:
             _print_json(status_info(ws, store))
             return
@@ -408,8 +394,6 @@ def status(
                     live.update(_render_status(status_info(ws, store)))
         except KeyboardInterrupt:
             pass
-    finally:
-        store.close()
 
 
 def _render_status(info: dict):

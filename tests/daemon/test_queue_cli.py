@@ -58,6 +58,10 @@ def test_queue_add_refuses_bad_input_by_name(ws, tmp_path):
     track = run_honed("queue", "add", str(data), "--track", "nosuch", "-w", str(ws.root), check=False)
     assert track.returncode == 1 and "unknown track 'nosuch'" in track.stderr
     assert honed_json(ws, "queue", "list", "--all") == []  # nothing half-queued
+    for command in ("pause", "resume", "remove"):
+        args = ("queue", "remove", "999") if command == "remove" else (command, "999")
+        answer = run_honed(*args, "-w", str(ws.root), check=False)
+        assert answer.returncode == 1 and "no job 999" in answer.stderr and "Traceback" not in answer.stderr
 
 
 def test_control_of_waiting_jobs_answers_with_the_new_state(ws, tmp_path):
