@@ -47,14 +47,19 @@ def _drop(workspace, name: str, records: list[dict]) -> None:
 
 
 def _wait_for_job(store, dataset_name: str, on_progress: Callable[[dict], None], timeout_s: float = 1200):
+    from honed.store.schema import JOB_FINAL_STATES
+
     deadline = time.monotonic() + timeout_s
+    job_id = None
     while time.monotonic() < deadline:
-        jobs = [j for j in store.list_jobs() if any(
-            store.get_dataset(d).name.endswith(dataset_name.removesuffix(".jsonl")) for d in j.dataset_ids)]
-        if jobs:
-            job = jobs[-1]
+        if job_id is None:  # look for the job once per poll until it appears, then follow it
+            jobs = [j for j in store.list_jobs() if any(
+                store.get_dataset(d).name.endswith(dataset_name.removesuffix(".jsonl")) for d in j.dataset_ids)]
+            job_id = jobs[-1].id if jobs else None
+        if job_id is not None:
+            job = store.get_job(job_id)
             on_progress({"job": job.id, "state": job.state, **(job.progress or {})})
-            if job.state in ("succeeded", "rejected", "failed", "cancelled"):
+            if job.state in JOB_FINAL_STATES:
                 return job
         time.sleep(0.5)
     raise DemoError(f"the job for {dataset_name} did not finish within {timeout_s:.0f}s")
@@ -94,7 +99,7 @@ def run_demo(directory: Path, *, say: Callable[[str], None], on_progress: Callab
         second = _wait_for_job(store, "shuffled.jsonl", on_progress)
         say(f"job {second.id}: {store.job_events(second.id)[-1].message}")
         still = store.deployed_adapter("main")
-        rejected = next((a for a in store.list_adapters("main") if a.run_id == second.run_id), None)
+        rejected = store.adapter_for_run(second.run_id)
         return {"workspace": str(directory), "deployed": deployed, "rejected": rejected,
                 "deployment_unchanged": still is not None and still.id == deployed.id,
                 "second_state": second.state}

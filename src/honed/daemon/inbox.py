@@ -286,13 +286,15 @@ class Inbox:
             return outcomes
         known_paths = {Path(d.source_path): d for d in self.store.list_datasets()}
         queued_ids = {i for job in self.store.list_jobs() for i in job.dataset_ids}
+        tracks = [t.name for t in self.store.list_tracks()]
         for path in sorted(self.received_dir.glob("*/*")):
             if not path.is_file():
                 continue
             dataset = known_paths.get(path.resolve())
             if dataset is None:
                 track = path.parent.name
-                if any(self.store.find_dataset(t.name, file_sha256(path)) for t in self.store.list_tracks()):
+                digest = file_sha256(path)
+                if any(self.store.find_dataset(track_name, digest) for track_name in tracks):
                     continue  # a duplicate of a dataset we have: nothing was lost
                 name = path.name.split("-", 1)[1] if "-" in path.name else path.name
                 outcomes.append(self.ingest_received(path, track, name))

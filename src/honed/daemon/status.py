@@ -40,10 +40,10 @@ def status_info(workspace, store) -> dict:
     if up:
         info = read_info(workspace.root)
         daemon.update(pid=info.pid, host=info.host, since=info.started_at, worker=info.worker)
-        for worker in store.list_workers(str(workspace.root), limit=5):
-            if worker.id == info.worker:
-                daemon["activity"] = (worker.state or {}).get("activity")
-                daemon["heartbeat_age_s"] = round((datetime.now(UTC) - worker.heartbeat_at).total_seconds(), 1)
+        worker = store.get_worker(info.worker) if info.worker else None
+        if worker is not None:
+            daemon["activity"] = (worker.state or {}).get("activity")
+            daemon["heartbeat_age_s"] = round((datetime.now(UTC) - worker.heartbeat_at).total_seconds(), 1)
     else:
         last = store.list_workers(str(workspace.root), limit=1)
         if last:

@@ -347,7 +347,7 @@ class Supervisor:
         one awaiting approval, or end the job rejected with the numbers that failed it."""
         from honed.registry.deployment import DeployError, deploy
 
-        adapter = next((a for a in self.store.list_adapters(job.track) if a.run_id == run.id), None)
+        adapter = self.store.adapter_for_run(run.id)
         if adapter is None or adapter.verdict is None:
             return self.store.end_attempt(job.id, "succeeded", f"{how}; adapter {run.adapter_path} (not evaluated)",
                                           data=data)

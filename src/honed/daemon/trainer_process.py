@@ -112,8 +112,7 @@ def evaluate_job(workspace, store, job, run, spec) -> None:
 
     store.report_progress(job.id, {"phase": "evaluating"})
     store.mark_job_evaluating(job.id, f"run {run.id} ended {run.status}; scoring its adapter")
-    existing = [a for a in store.list_adapters(job.track) if a.run_id == run.id]
-    adapter = existing[0] if existing else store.add_adapter(
+    adapter = store.adapter_for_run(run.id) or store.add_adapter(
         track=job.track, run_id=run.id, job_id=job.id, base_version=run.base_version, path=run.adapter_path)
     if adapter.state != "candidate" or adapter.verdict is not None:
         return  # evaluated already

@@ -336,19 +336,14 @@ def taken_command(conn: sa.Connection, job_id: int) -> str | None:
     return row.command if row else None
 
 
-def job_events_after(conn: sa.Connection, job_id: int, after_id: int, limit: int | None) -> list[JobEvent]:
-    """A job's events with id above ``after_id``, oldest first."""
-    query = sa.select(job_events).where(job_events.c.job_id == job_id, job_events.c.id > after_id
-                                        ).order_by(job_events.c.id)
+def events_after(conn: sa.Connection, after_id: int, limit: int | None,
+                 job_id: int | None = None) -> list[JobEvent]:
+    """Events with id above ``after_id``, oldest first: of one job, or of all (the live stream)."""
+    query = sa.select(job_events).where(job_events.c.id > after_id).order_by(job_events.c.id)
+    if job_id is not None:
+        query = query.where(job_events.c.job_id == job_id)
     if limit:
         query = query.limit(limit)
-    return [JobEvent(id=r.id, job_id=r.job_id, at=r.at, kind=r.kind, message=r.message,
-                     data=dict(r.data) if r.data else None) for r in conn.execute(query)]
-
-
-def events_after(conn: sa.Connection, after_id: int, limit: int) -> list[JobEvent]:
-    """Events of all jobs with id above ``after_id``, oldest first (the live stream)."""
-    query = sa.select(job_events).where(job_events.c.id > after_id).order_by(job_events.c.id).limit(limit)
     return [JobEvent(id=r.id, job_id=r.job_id, at=r.at, kind=r.kind, message=r.message,
                      data=dict(r.data) if r.data else None) for r in conn.execute(query)]
 

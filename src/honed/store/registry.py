@@ -69,6 +69,13 @@ def list_adapters(conn: sa.Connection, track: str | None) -> list[AdapterInfo]:
     return [_adapter(r) for r in conn.execute(query)]
 
 
+def adapter_for_run(conn: sa.Connection, run_id: str) -> AdapterInfo | None:
+    """The adapter a run produced (the newest, should there be several), or None."""
+    row = conn.execute(sa.select(adapters).where(adapters.c.run_id == run_id)
+                       .order_by(adapters.c.id.desc()).limit(1)).first()
+    return _adapter(row) if row else None
+
+
 def deployed_adapter(conn: sa.Connection, track: str) -> AdapterInfo | None:
     """The adapter deployed on ``track`` now, or None (the bare base)."""
     row = conn.execute(sa.select(adapters).where(adapters.c.track == track, adapters.c.state == "deployed")).first()

@@ -424,7 +424,7 @@ class Store:
     def job_events(self, job_id: int, after_id: int = 0, limit: int | None = None) -> list[JobEvent]:
         """A job's events after ``after_id``, oldest first."""
         with self._transaction(write=False) as conn:
-            return jobs.job_events_after(conn, job_id, after_id, limit)
+            return jobs.events_after(conn, after_id, limit, job_id=job_id)
 
     def events_after(self, after_id: int = 0, limit: int = 500) -> list[JobEvent]:
         """Events of all jobs after ``after_id``, oldest first."""
@@ -503,6 +503,11 @@ class Store:
         """Adapters of one track (or all), newest first."""
         with self._transaction(write=False) as conn:
             return registry.list_adapters(conn, track)
+
+    def adapter_for_run(self, run_id: str) -> AdapterInfo | None:
+        """The adapter ``run_id`` produced, or None."""
+        with self._transaction(write=False) as conn:
+            return registry.adapter_for_run(conn, run_id)
 
     def deployed_adapter(self, track: str) -> AdapterInfo | None:
         """The adapter live on ``track`` now; None means the bare base."""
