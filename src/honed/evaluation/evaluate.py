@@ -84,7 +84,7 @@ def build_eval_sets(workspace, store, *, track: str, run_dir: Path, dataset_ids:
 def score_sets(model, tokenizer, sets: list[EvalSet], workspace) -> dict:
     """``{set: {figure: value, "n": records, "samples": [...]}}`` for one model."""
     from honed.data.tokenization import TokenizedRecords
-    from honed.evaluation.exact_match import generate_answers
+    from honed.evaluation.exact_match import answer_budget, generate_answers
     from honed.training.trainer import validation_loss
 
     cfg, train_cfg = workspace.settings.eval, workspace.settings.train
@@ -94,10 +94,10 @@ def score_sets(model, tokenizer, sets: list[EvalSet], workspace) -> dict:
         chat = [r for r in eval_set.records if _is_chat(r)]
         wants_generation = [s for s in eval_set.scorers if s in GENERATION_SCORERS or ":" in s]
         if wants_generation and chat:
-            longest = max(len(tokenizer(reference(r), add_special_tokens=False)["input_ids"]) for r in chat)
+            budget = answer_budget(tokenizer, [reference(r) for r in chat])
             short = all(s == "exact_match" for s in wants_generation)
             outputs = generate_answers(model, tokenizer, [r["messages"][:-1] for r in chat],
-                                       max_new_tokens=min(cfg.max_new_tokens, longest + 1) if short
+                                       max_new_tokens=min(cfg.max_new_tokens, budget) if short
                                        else cfg.max_new_tokens, batch_size=cfg.batch_size)
             for scorer in wants_generation:
                 if scorer == "exact_match":

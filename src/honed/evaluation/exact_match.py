@@ -103,6 +103,12 @@ def generate_answers(
     return answers
 
 
+def answer_budget(tokenizer: Any, references: list[str]) -> int:
+    """New tokens enough for the longest reference plus its end-of-turn token: a long
+    reference is never cut short and a babbling model is cut early."""
+    return max(len(tokenizer(ref, add_special_tokens=False)["input_ids"]) for ref in references) + 1
+
+
 def decode_until_stop(tokenizer: Any, tokens: list[int], stop_ids: list[int]) -> str:
     cut = next((k for k, token in enumerate(tokens) if token in stop_ids), len(tokens))
     return tokenizer.decode(tokens[:cut], skip_special_tokens=True).strip()
@@ -127,10 +133,7 @@ def exact_match(
             raise ValueError(f"record {k}: the last message must be the assistant reference")
     references = [record["messages"][-1]["content"].strip() for record in records]
     if max_new_tokens is None:
-        longest = max(
-            len(tokenizer(ref, add_special_tokens=False)["input_ids"]) for ref in references
-        )
-        max_new_tokens = longest + 1
+        max_new_tokens = answer_budget(tokenizer, references)
     answers = generate_answers(
         model,
         tokenizer,

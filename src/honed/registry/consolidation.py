@@ -56,7 +56,7 @@ def consolidate(workspace, store, track: str, description: str) -> Consolidated:
     import torch
     from peft import PeftModel
 
-    from honed.evaluation.exact_match import generate_answers
+    from honed.evaluation.exact_match import answer_budget, generate_answers
     from honed.training.model_loading import load_base_model, load_tokenizer
 
     adapter = store.deployed_adapter(track)
@@ -84,9 +84,9 @@ def consolidate(workspace, store, track: str, description: str) -> Consolidated:
             a = reference_model(input_ids=ids).logits
             b = merged(input_ids=ids).logits
             max_diff = max(max_diff, float((a - b).abs().max()))
-    longest = max(len(tokenizer(reference(r), add_special_tokens=False)["input_ids"]) for r in records) + 1
-    before = generate_answers(reference_model, tokenizer, prompts, max_new_tokens=longest)
-    after = generate_answers(merged, tokenizer, prompts, max_new_tokens=longest)
+    budget = answer_budget(tokenizer, [reference(r) for r in records])
+    before = generate_answers(reference_model, tokenizer, prompts, max_new_tokens=budget)
+    after = generate_answers(merged, tokenizer, prompts, max_new_tokens=budget)
     same = sum(x == y for x, y in zip(before, after))
     if max_diff > LOGIT_TOLERANCE or same != len(prompts):
         raise ConsolidationError(f"the merged model does not reproduce base + adapter: largest logit difference "

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from honed.telemetry.system import gpu_handle, load_nvml
+from honed.telemetry.system import gpu_handle, load_nvml, nvml_text
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class EnergyMeter:
             except nvml.NVMLError as exc:  # pre-Volta GPUs have no energy counter
                 log.debug("GPU %s has no readable energy counter (%s)", uuid, exc)
                 continue
-            self._gpus.append((uuid, handle, start, name.decode() if isinstance(name, bytes) else name))
+            self._gpus.append((uuid, handle, start, nvml_text(name)))
         self._rapl = rapl_package_domains(self.rapl_root)
         return self
 

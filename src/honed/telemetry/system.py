@@ -9,6 +9,7 @@ nvidia-ml-py); where NVML or a GPU is absent they are simply an empty list.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -106,8 +107,10 @@ def accelerator_stats() -> list[dict]:
     return out
 
 
+@functools.lru_cache(maxsize=16)
 def gpu_handle(uuid: str):
-    """The NVML handle of the GPU with ``uuid``, or None."""
+    """The NVML handle of the GPU with ``uuid``, or None (looked up once: the trainer asks
+    every step)."""
     nvml = load_nvml()
     if nvml is None:
         return None
@@ -141,8 +144,8 @@ def _device_stats(nvml: ModuleType, handle, index: int) -> dict:
     power = _query(nvml, nvml.nvmlDeviceGetPowerUsage, handle)  # milliwatts
     return {
         "index": index,
-        "uuid": _text(_query(nvml, nvml.nvmlDeviceGetUUID, handle)),
-        "name": _text(_query(nvml, nvml.nvmlDeviceGetName, handle)),
+        "uuid": nvml_text(_query(nvml, nvml.nvmlDeviceGetUUID, handle)),
+        "name": nvml_text(_query(nvml, nvml.nvmlDeviceGetName, handle)),
         "utilization_percent": utilization.gpu if utilization is not None else None,
         "memory_used_mb": round(memory.used / MIB, 1) if memory is not None else None,
         "memory_total_mb": round(memory.total / MIB, 1) if memory is not None else None,
@@ -159,6 +162,6 @@ def _query(nvml: ModuleType, function, handle):
         return None
 
 
-def _text(value) -> str | None:
-    # Older nvidia-ml-py releases return bytes.
+def nvml_text(value) -> str | None:
+    """An NVML string as text (older nvidia-ml-py releases return bytes)."""
     return value.decode() if isinstance(value, bytes) else value
