@@ -70,8 +70,9 @@ def verify_run(workspace, store, run_id: str) -> list[Check]:
                     f"{run_dir / 'manifest.json'} (status {manifest.get('status')}, {manifest.get('steps')} steps)")]
     known = set()
     for entry in manifest.get("datasets", []):
-        checks += _check_dataset(store, entry)
-        known.update(h for _, h in store.dataset_record_hashes(entry["id"]))
+        dataset_checks, hashes = _check_dataset(store, entry)
+        checks += dataset_checks
+        known.update(hashes)
     checks += _check_plan(run_dir, manifest, known)
     started = run.started_at
     ended = _time(manifest["ended_at"])
@@ -81,12 +82,14 @@ def verify_run(workspace, store, run_id: str) -> list[Check]:
     return checks
 
 
-def _check_dataset(store, entry: dict) -> list[Check]:
+def _check_dataset(store, entry: dict) -> tuple[list[Check], list[str]]:
+    """The checks of one dataset of the manifest, and its record hashes in the store."""
     name = f"dataset {entry['id']} ({entry['name']})"
     out = []
     dataset = store.get_dataset(entry["id"])
     if dataset is None or dataset.file_hash != entry["file_hash"]:
-        return [Check(name, False, "the store no longer holds this dataset with the manifest's file hash")]
+        return [Check(name, False, "the store no longer holds this dataset with the manifest's file hash")], []
+    expected = [h for _, h in store.dataset_record_hashes(entry["id"])]
     source = Path(dataset.source_path)
     if source.is_file():
         actual = file_sha256(source)
@@ -98,9 +101,8 @@ def _check_dataset(store, entry: dict) -> list[Check]:
                          "the stored copy is checked instead"))
     stored = Path(entry["stored_path"])
     if not stored.is_file():
-        return [*out, Check(f"{name} records", False, f"stored copy {stored} is missing")]
+        return [*out, Check(f"{name} records", False, f"stored copy {stored} is missing")], expected
     stated, computed = _content_hashes(stored)
-    expected = [h for _, h in store.dataset_record_hashes(entry["id"])]
     bad = [i + 1 for i, (s, c) in enumerate(zip(stated, computed)) if s != c]
     if bad:
         out.append(Check(f"{name} records", False, f"{stored}: lines {bad[:5]} do not hash to their recorded hash"))
@@ -109,7 +111,7 @@ def _check_dataset(store, entry: dict) -> list[Check]:
                          f"{len(expected)} record hashes in the store"))
     else:
         out.append(Check(f"{name} records", True, f"{len(computed)} records re-hash to the store's hashes"))
-    return out
+    return out, expected
 
 
 def _check_plan(run_dir: Path, manifest: dict, known: set[str]) -> list[Check]:
