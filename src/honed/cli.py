@@ -353,7 +353,7 @@ def verify(
 
 
 # The daemon's commands (daemon, queue, events, pause…, status) register on the same app.
-from honed import cli_daemon, cli_registry, cli_server  # noqa: E402,F401
+from honed import cli_daemon, cli_learn, cli_mcp, cli_registry, cli_server  # noqa: E402,F401
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

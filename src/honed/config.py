@@ -314,6 +314,81 @@ class TelemetrySettings(_Section):
     )
 
 
+class TeacherSettings(_Section):
+    """The teacher: a stronger model behind any OpenAI-compatible API that writes
+    corrected outputs for experiences that went badly."""
+
+    base_url: str = Field(
+        "", description="The teacher's API base, e.g. 'https://api.openai.com/v1' or "
+        "'http://127.0.0.1:8400/v1' (empty: no teacher; only people's corrections are used).",
+    )
+    model: str = Field("", description="The model name sent to the teacher.")
+    api_key_env: str = Field(
+        "HONED_TEACHER_API_KEY", description="Environment variable holding the teacher's API key "
+        "(the key itself never goes in honed.toml; may be unset for a local teacher).",
+    )
+    system_prompt: str = Field("", description="A system message put before each prompt (empty: none).")
+    max_tokens: int = Field(256, gt=0, description="Longest corrected output, in tokens.")
+    timeout_s: float = Field(60.0, gt=0, description="Longest wait for one teacher answer, in seconds.")
+    batch_size: int = Field(8, gt=0, description="Most experiences sent to the teacher in one pass.")
+    cooldown_s: float = Field(60.0, ge=0, description="Least time between two teacher passes, in seconds.")
+    daily_budget: int = Field(
+        500, ge=0, description="Most teacher calls per UTC day, failed ones included (0 = none).",
+    )
+    retry_after_s: float = Field(
+        600.0, ge=0, description="Wait before asking again about an experience whose teacher answer "
+        "failed or was invalid, in seconds.",
+    )
+    max_attempts: int = Field(3, gt=0, description="Teacher attempts per experience before it is left alone.")
+
+
+class LearnSettings(_Section):
+    """The continuous-learning loop: which experiences are good, which the teacher
+    corrects, and when they become a training job."""
+
+    enabled: bool = Field(
+        False, description="Let the daemon run the loop by itself: teacher passes and the trigger "
+        "('honed learn run-now' works either way).",
+    )
+    threshold: int = Field(
+        50, gt=0, description="Usable untrained experiences (good or corrected) a track needs before "
+        "the trigger fires.",
+    )
+    cooldown_s: float = Field(
+        3600.0, ge=0, description="Least time since the track's last run (or assembled batch) before "
+        "the trigger fires again, in seconds.",
+    )
+    window: str = Field(
+        "", description="When the trigger may fire, local time, e.g. '22:00-06:00' (empty: any time).",
+    )
+    check_every_s: float = Field(30.0, gt=0, description="How often the daemon looks at the loop, in seconds.")
+    good_score: float = Field(
+        0.8, ge=0, le=1, description="An experience scored at least this is good; below, it needs "
+        "improvement. Thumbs up/down decide when there is no score.",
+    )
+    scorer: str = Field(
+        "", description="Judges outputs that have no feedback, and every teacher answer: "
+        "'json_valid', 'json_fields' or a Python 'module:function' taking (output, record) "
+        "(empty: only feedback classifies).",
+    )
+    scorer_bar: float = Field(
+        1.0, ge=0, le=1, description="Least score (by the scorer) a teacher answer needs to be used.",
+    )
+    answer_format: Literal["text", "json"] = Field(
+        "text", description="'json': a teacher answer must parse as a JSON object.",
+    )
+    required_fields: list[str] = Field(
+        default_factory=list, description="Keys a JSON teacher answer must have (with answer_format = 'json').",
+    )
+    experience_fraction: float = Field(
+        0.7, gt=0, le=1, description="Share of an assembled dataset drawn from experiences; the rest is "
+        "replay of what the track already learned.",
+    )
+    max_batch: int = Field(1000, gt=0, description="Most experiences in one assembled dataset.")
+    priority: Literal["high", "normal", "low"] = Field("normal", description="Priority of the jobs it queues.")
+    teacher: TeacherSettings = Field(default_factory=TeacherSettings)
+
+
 class TrackSettings(_Section):
     """What one track does differently from the workspace's defaults."""
 
@@ -321,6 +396,7 @@ class TrackSettings(_Section):
     eval_sets: list[EvalSetSettings] | None = Field(
         None, description="The track's user-defined eval sets (default: [eval] sets).",
     )
+    learn: LearnSettings | None = Field(None, description="The track's learning loop (default: [learn]).")
 
 
 class Settings(_Section):
@@ -342,6 +418,7 @@ class Settings(_Section):
     deploy: DeploySettings = Field(default_factory=DeploySettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    learn: LearnSettings = Field(default_factory=LearnSettings)
     tracks: dict[str, TrackSettings] = Field(
         default_factory=dict,
         description="Per-track settings, e.g. [tracks.support-bot.gates] with the keys of [gates], or "
@@ -352,6 +429,11 @@ class Settings(_Section):
         """The gates of ``track``: its own, else the workspace's."""
         own = self.tracks.get(track)
         return own.gates if own is not None and own.gates is not None else self.gates
+
+    def learn_for(self, track: str) -> LearnSettings:
+        """The learning loop of ``track``: its own, else the workspace's."""
+        own = self.tracks.get(track)
+        return own.learn if own is not None and own.learn is not None else self.learn
 
     def eval_sets_for(self, track: str) -> list[EvalSetSettings]:
         """The user-defined eval sets of ``track``: its own, else the workspace's."""

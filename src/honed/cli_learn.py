@@ -1,0 +1,3 @@
+"""``honed learn``."""
+
+from __future__ import annotations

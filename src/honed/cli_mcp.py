@@ -1,0 +1,3 @@
+"""``honed mcp``."""
+
+from __future__ import annotations
