@@ -300,6 +300,28 @@ class ServerSettings(_Section):
         0.5, gt=0, description="How often the server reads new metrics and events for its live "
         "streams, in seconds (one reader for all clients).",
     )
+    on_training: Literal["unload", "cpu", "keep"] = Field(
+        "unload", description="What the server does with its models while a trainer claims their "
+        "accelerator: unload (free the memory; chat requests get 503 with Retry-After until the "
+        "job ends), cpu (move them to the CPU and keep answering, slower), keep (share the device "
+        "and risk running out of memory).",
+    )
+    yield_devices: list[str] = Field(
+        default_factory=lambda: ["cuda", "mps"], description="Device types a trainer gets to itself "
+        "(the server yields them, per on_training); the CPU is shared unless listed here.",
+    )
+    yield_timeout_s: float = Field(
+        30.0, ge=0, description="Longest a trainer waits for the servers on its device to release "
+        "their models before it loads its own anyway, in seconds.",
+    )
+    device_poll_s: float = Field(
+        0.5, gt=0, description="How often the server looks for a trainer's claim on its device, "
+        "in seconds.",
+    )
+    retry_after_s: int = Field(
+        30, ge=1, description="Retry-After sent with a 503 while the models are released to "
+        "training, in seconds (the job's own estimate is sent instead when it has one and is shorter).",
+    )
 
 
 class TelemetrySettings(_Section):
@@ -387,6 +409,21 @@ class LearnSettings(_Section):
     max_batch: int = Field(1000, gt=0, description="Most experiences in one assembled dataset.")
     priority: Literal["high", "normal", "low"] = Field("normal", description="Priority of the jobs it queues.")
     teacher: TeacherSettings = Field(default_factory=TeacherSettings)
+
+    @field_validator("window")
+    @classmethod
+    def _check_window(cls, value: str) -> str:
+        from honed.daemon.schedule import parse_window
+
+        parse_window(value)
+        return value
+
+    @field_validator("scorer")
+    @classmethod
+    def _check_scorer(cls, value: str) -> str:
+        if value in ("", "json_valid", "json_fields") or (":" in value and all(value.partition(":")[::2])):
+            return value
+        raise ValueError("allowed: '' (none), 'json_valid', 'json_fields' or a Python 'module:function'")
 
 
 class TrackSettings(_Section):
@@ -592,12 +629,19 @@ def render_commented_toml(settings: Settings) -> str:
         out.append(f"# {field.description}")
         out.append(f"{name} = {_toml_value(value)}")
         out.append("")
-    for name, section in sections:
+    while sections:
+        name, section = sections.pop(0)
         out.append(f"[{name}]")
         doc = " ".join(line.strip() for line in type(section).__doc__.strip().splitlines())
         out.append(f"# {doc}")
+        nested = []
         for key, field in type(section).model_fields.items():
+            value = getattr(section, key)
+            if isinstance(value, BaseModel):  # a sub-table, e.g. [learn.teacher], after its parent's keys
+                nested.append((f"{name}.{key}", value))
+                continue
             out.append(f"# {field.description}")
-            out.append(f"{key} = {_toml_value(getattr(section, key))}")
+            out.append(f"{key} = {_toml_value(value)}")
         out.append("")
+        sections[:0] = nested
     return "\n".join(out)

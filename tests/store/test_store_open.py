@@ -16,6 +16,7 @@ from honed.store.schema import metadata
 TABLES = {
     "bases", "tracks", "datasets", "records", "runs", "checkpoints", "metrics",
     "trained_records", "jobs", "job_events", "job_commands", "workers", "adapters", "deployments", "experiences",
+    "teacher_answers", "learning_batches",
     "alembic_version",
 }
 

@@ -109,10 +109,16 @@ class Supervisor:
 
     def run(self) -> None:
         """Recover, then take inbox files and jobs until asked to stop."""
+        from honed.learning.loop import LearningThread, any_enabled
+
         mode = self.inbox.start()
         log.info("daemon %s watching %s (%s)", self.worker, self.inbox.root, mode)
+        learning = LearningThread(self.ws) if any_enabled(self.ws.settings) else None
         try:
             self.recover()
+            if learning is not None:
+                learning.start()
+                log.info("learning loop on: experiences become training jobs as [learn] says")
             while not self.stopping:
                 try:
                     self.step()
@@ -120,6 +126,8 @@ class Supervisor:
                     log.error("store error, retrying: %s", exc)
                     self.inbox.wait(max(self.cfg.poll_interval_s, 2.0))
         finally:
+            if learning is not None:
+                learning.stop()
             self.inbox.stop()
             self.drop_spare()
 
@@ -323,6 +331,10 @@ class Supervisor:
         loss = f", loss {metrics['loss']:.4f}" if isinstance(metrics.get("loss"), float) else ""
         data = {"run_id": run.id, "step": metrics.get("step"), "adapter": run.adapter_path}
         taken = self.store.taken_command(job.id)
+        if run.status == "succeeded":  # experiences assembled into its datasets are now trained, once
+            marked = self.store.mark_experiences_trained(run.id, run.dataset_ids)
+            if marked:
+                self.record_event(job.id, "learned", f"{marked} experiences marked as trained by run {run.id}")
         if run.status in ("succeeded", "stopped"):
             how = (f"run {run.id} finished at {where}{loss}" if run.status == "succeeded"
                    else f"stopped at {where}{loss}; the adapter from that point is the result")

@@ -16,6 +16,8 @@ from honed.store.info import (
     AdapterInfo,
     DeploymentInfo,
     ExperienceInfo,
+    LearningBatchInfo,
+    TeacherAnswerInfo,
     BaseInfo,
     CheckpointInfo,
     CommandInfo,
@@ -30,6 +32,8 @@ from honed.store.store import Store
 
 __all__ = [
     "ExperienceInfo",
+    "LearningBatchInfo",
+    "TeacherAnswerInfo",
     "NotFoundError",
     "AdapterInfo",
     "DeploymentInfo",

@@ -22,7 +22,8 @@ def _experience(row: sa.Row) -> ExperienceInfo:
         messages=list(row.messages), output=row.output, latency_ms=row.latency_ms, prompt_tokens=row.prompt_tokens,
         completion_tokens=row.completion_tokens, meta=dict(row.meta) if row.meta else None, score=row.score,
         thumbs=row.thumbs, corrected_output=row.corrected_output, feedback_at=row.feedback_at,
-        trained_run_id=row.trained_run_id, created_at=row.created_at,
+        trained_run_id=row.trained_run_id, created_at=row.created_at, auto_score=row.auto_score,
+        batch_id=row.batch_id,
     )
 
 

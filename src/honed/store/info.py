@@ -202,3 +202,39 @@ class ExperienceInfo:
     feedback_at: datetime | None
     trained_run_id: str | None
     created_at: datetime
+    auto_score: float | None = None  # what the track's scorer said, when there was no feedback
+    batch_id: int | None = None  # the learning batch it last went into
+
+
+@dataclass(frozen=True)
+class TeacherAnswerInfo:
+    """One call to the teacher about an experience: ``accepted`` (its output may be
+    trained on), ``invalid`` (it failed validation) or ``failed`` (no usable answer)."""
+
+    id: int
+    experience_id: int
+    track: str
+    model: str
+    status: str
+    output: str | None
+    reason: str | None
+    score: float | None
+    latency_ms: float | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class LearningBatchInfo:
+    """A dataset the learning loop assembled and the job it queued."""
+
+    id: int
+    track: str
+    base_version: int
+    dataset_id: int | None
+    job_id: int | None
+    trigger: str
+    experience_ids: list[int]
+    counts: dict[str, Any]
+    provenance_path: str
+    trained_run_id: str | None
+    created_at: datetime

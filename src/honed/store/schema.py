@@ -354,6 +354,53 @@ experiences = sa.Table(
     sa.Column("feedback_at", UTCDateTime, nullable=True),
     sa.Column("trained_run_id", sa.String(64), nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("auto_score", sa.Float, nullable=True),
+    sa.Column("batch_id", sa.Integer, nullable=True),
+    sa.Index(None, "track", "id"),
+    sqlite_autoincrement=True,
+)
+
+# Each time honed asked the teacher to correct an experience: the answer it kept
+# (``accepted``), or why not (``invalid``: it answered, the answer failed validation;
+# ``failed``: no answer, e.g. the teacher was down or slow). Failed and invalid answers
+# are never trained on; the experience is asked about again after learn.teacher.retry_after_s.
+TEACHER_STATUSES = ("accepted", "invalid", "failed")
+
+teacher_answers = sa.Table(
+    "teacher_answers",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("experience_id", sa.Integer, sa.ForeignKey("experiences.id"), nullable=False),
+    sa.Column("track", NAME, sa.ForeignKey("tracks.name"), nullable=False),
+    sa.Column("model", NAME, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("output", sa.Text, nullable=True),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("score", sa.Float, nullable=True),
+    sa.Column("latency_ms", sa.Float, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index(None, "experience_id"),
+    sa.Index(None, "track", "created_at"),
+    sqlite_autoincrement=True,
+)
+
+# A dataset the learning loop assembled from experiences (and replay), with the job it
+# queued: ``experience_ids`` are the experiences in it, marked trained when its run
+# succeeds; ``provenance`` says where every record came from.
+learning_batches = sa.Table(
+    "learning_batches",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("track", NAME, sa.ForeignKey("tracks.name"), nullable=False),
+    sa.Column("base_version", sa.Integer, sa.ForeignKey("bases.version"), nullable=False),
+    sa.Column("dataset_id", sa.Integer, sa.ForeignKey("datasets.id"), nullable=True),
+    sa.Column("job_id", sa.Integer, sa.ForeignKey("jobs.id"), nullable=True),
+    sa.Column("trigger", sa.String(32), nullable=False),
+    sa.Column("experience_ids", json_type(), nullable=False),
+    sa.Column("counts", json_type(), nullable=False),
+    sa.Column("provenance_path", sa.Text, nullable=False),
+    sa.Column("trained_run_id", sa.String(64), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Index(None, "track", "id"),
     sqlite_autoincrement=True,
 )

@@ -16,11 +16,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from honed.store import catalog, experiences, jobs, migrate, registry, runs
+from honed.store import catalog, experiences, jobs, learning, migrate, registry, runs
 from honed.store.engine import WRITE_OPTION, create_engine, display, parse_url, sqlite_file
 from honed.store.errors import StoreError, StoreUnavailableError
 from honed.store.info import (
     ExperienceInfo,
+    LearningBatchInfo,
+    TeacherAnswerInfo,
     AdapterInfo,
     DeploymentInfo,
     BaseInfo,
@@ -589,3 +591,60 @@ class Store:
         with self._transaction(write=False) as conn:
             return experiences.list_experiences(conn, track, untrained_only=untrained_only, limit=limit,
                                                 before_id=before_id)
+
+    # --- the learning loop -------------------------------------------------------------
+
+    def open_experiences(self, track: str) -> list[ExperienceInfo]:
+        """``track``'s experiences not trained on and not held by a batch still queued, oldest first."""
+        with self._transaction(write=False) as conn:
+            return learning.open_experiences(conn, track)
+
+    def set_auto_scores(self, scores: dict[int, float]) -> None:
+        """Keep the scorer's scores of experiences that had no feedback."""
+        with self._transaction(write=True) as conn:
+            learning.set_auto_scores(conn, scores)
+
+    def add_teacher_answer(self, *, experience_id: int, track: str, model: str, status: str,
+                           output: str | None = None, reason: str | None = None, score: float | None = None,
+                           latency_ms: float | None = None) -> TeacherAnswerInfo:
+        """Record one teacher call (accepted, invalid or failed, with the reason)."""
+        with self._transaction(write=True) as conn:
+            return learning.add_teacher_answer(
+                conn, experience_id=experience_id, track=track, model=model, status=status, output=output,
+                reason=reason, score=score, latency_ms=latency_ms)
+
+    def teacher_answers_for(self, experience_ids: Iterable[int]) -> dict[int, list[TeacherAnswerInfo]]:
+        """The teacher's answers about each experience, oldest first."""
+        with self._transaction(write=False) as conn:
+            return learning.teacher_answers_for(conn, experience_ids)
+
+    def list_teacher_answers(self, track: str | None = None, *, status: str | None = None,
+                             limit: int = 50) -> list[TeacherAnswerInfo]:
+        """Teacher answers, newest first."""
+        with self._transaction(write=False) as conn:
+            return learning.list_teacher_answers(conn, track, status=status, limit=limit)
+
+    def teacher_calls_since(self, track: str, since) -> tuple[int, Any]:
+        """Teacher calls for ``track`` since ``since``, and the time of the latest one."""
+        with self._transaction(write=False) as conn:
+            return learning.teacher_calls_since(conn, track, since)
+
+    def add_learning_batch(self, *, track: str, base_version: int, dataset_id: int, job_id: int, trigger: str,
+                           experience_ids: list[int], counts: dict[str, Any],
+                           provenance_path: str) -> LearningBatchInfo:
+        """Record an assembled batch and its job; its experiences now belong to it."""
+        with self._transaction(write=True) as conn:
+            return learning.add_batch(conn, track=track, base_version=base_version, dataset_id=dataset_id,
+                                      job_id=job_id, trigger=trigger, experience_ids=experience_ids,
+                                      counts=counts, provenance_path=provenance_path)
+
+    def list_learning_batches(self, track: str | None = None, limit: int = 20) -> list[LearningBatchInfo]:
+        """Assembled batches, newest first."""
+        with self._transaction(write=False) as conn:
+            return learning.list_batches(conn, track, limit)
+
+    def mark_experiences_trained(self, run_id: str, dataset_ids: Iterable[int]) -> int:
+        """A run on ``dataset_ids`` succeeded: its batches' experiences are trained (once)."""
+        with self._transaction(write=True) as conn:
+            return learning.mark_batches_trained(conn, run_id, dataset_ids)
+
