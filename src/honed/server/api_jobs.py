@@ -65,7 +65,9 @@ def get_job(job_id: int, store: StoreDep) -> dict:
     """One job in full, with its run's checkpoints and the adapter it produced."""
     job = store.get_job(job_id)
     out = plain(job)
-    out["checkpoints"] = plain(store.list_checkpoints(job.run_id)) if job.run_id else []
+    # The daemon names the run when it claims the job, a moment before the trainer records it.
+    recorded = job.run_id is not None and store.get_run(job.run_id) is not None
+    out["checkpoints"] = plain(store.list_checkpoints(job.run_id)) if recorded else []
     out["adapters"] = [plain(a) for a in store.list_adapters(job.track) if a.job_id == job.id]
     return out
 
