@@ -13,7 +13,8 @@ from mcp import MCPError
 from tests.mcp.conftest import mcp_session
 
 TOOLS = {"status", "list_jobs", "get_job", "list_datasets", "list_adapters", "train_model", "control_job",
-         "deploy", "approve", "reject", "rollback", "log_experience", "give_feedback"}
+         "deploy", "approve", "reject", "rollback", "log_experience", "give_feedback", "learn_status",
+         "learn_run_now"}
 
 
 def test_lists_tools_and_resources(daemon_ws, tmp_path):
@@ -54,6 +55,8 @@ def test_errors_are_tool_errors_with_honeds_message(daemon_ws, tmp_path):
                 "unknown dataset": await client.call_tool("train_model", {"datasets": [42]}),
                 "bad override": await client.call_tool("train_model", {"datasets": [1],
                                                                        "overrides": {"train": {"lr": -1}}}),
+                "nothing to learn": await client.call_tool("learn_run_now", {"teacher": False}),
+                "learn status": await client.call_tool("learn_status", {}),
             }
             try:
                 await client.read_resource("honed://jobs/999/events")
@@ -77,11 +80,14 @@ def test_errors_are_tool_errors_with_honeds_message(daemon_ws, tmp_path):
         "relative path": "give a dataset id or an absolute path",
         "unknown dataset": "no dataset 42",
         "bad override": "train.lr",
+        "nothing to learn": "no experience is ready to train on",
     }
     for case, message in expected.items():
         answer = answers[case]
         assert answer.is_error and message in answer.content[0].text, (case, answer.content)
         assert "Traceback" not in answer.content[0].text
+    learning = answers["learn status"]
+    assert not learning.is_error and learning.structured_content["why_not"] == "0 of 50 experiences ready (learn.threshold)"
     assert "no job 999" in str(answers["unknown job's events"])
     assert "unknown run id 'nope'" in str(answers["unknown run's metrics"])
     # The server is still there and well after every refusal.

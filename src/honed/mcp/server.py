@@ -30,6 +30,7 @@ from honed.config import SettingsError
 from honed.daemon import control
 from honed.daemon.control import ControlError
 from honed.daemon.status import status_info
+from honed.learning.trigger import LearnError
 from honed.registry import deployment
 from honed.registry.deployment import DeployError
 from honed.registry.tracks import TrackError
@@ -42,7 +43,7 @@ DEFAULT_HTTP_PORT = 8322  # beside the HTTP API's 8321
 
 # The errors honed raises for a request it cannot carry out; their messages are written
 # for the person (or model) who asked, so they travel to the client as they are.
-HONED_ERRORS = (ControlError, DeployError, StoreError, TrackError, SettingsError)
+HONED_ERRORS = (ControlError, DeployError, StoreError, TrackError, SettingsError, LearnError)
 
 # Literal over the store's own tuple: the schema the client sees lists the allowed values.
 JobState = Literal[JOB_STATES]  # type: ignore[valid-type]
@@ -183,6 +184,29 @@ class WorkspaceTools:
         return plain(self.store.add_feedback(experience_id, score=score, thumbs=thumbs,
                                              corrected_output=corrected_output))
 
+    def learn_status(self, track: TrackArg = None) -> dict[str, Any]:
+        """Where a track's learning loop stands: experiences by judgement, corrections by
+        people and the teacher, teacher calls and budget, the batch in the queue, and
+        whether the trigger would fire now (`why_not` says why not)."""
+        from honed.learning.trigger import learning_state
+
+        name = track or self.workspace.settings.track
+        return learning_state(self.workspace, self.store, name).summary()
+
+    def learn_run_now(
+        self,
+        track: TrackArg = None,
+        teacher: Annotated[bool, Field(description="Ask the teacher first (within its daily budget).")] = True,
+    ) -> dict[str, Any]:
+        """Assemble the experiences ready to train on (plus replay) into a dataset and queue
+        its job now, whatever the trigger's threshold, cooldown and window say. Returns the
+        batch, its job id and the dataset's make-up at once; training happens in the daemon."""
+        from honed.learning.trigger import run_now
+
+        done, report = run_now(self.workspace, self.store, track or self.workspace.settings.track, teacher=teacher)
+        return {"batch": done.batch.id, "job": done.job_id, "dataset": done.dataset_id, "counts": done.counts,
+                "teacher": report.summary() if report else None}
+
     # --- tools that change what runs or what is live --------------------------------
 
     def control_job(
@@ -250,9 +274,9 @@ class WorkspaceTools:
 
 TOOLS = {
     # name: what it may do, for clients that ask before calling tools with effects
-    **dict.fromkeys(("status", "list_jobs", "get_job", "list_datasets", "list_adapters"),
+    **dict.fromkeys(("status", "list_jobs", "get_job", "list_datasets", "list_adapters", "learn_status"),
                     ToolAnnotations(read_only_hint=True)),
-    **dict.fromkeys(("train_model", "log_experience", "give_feedback"),
+    **dict.fromkeys(("train_model", "log_experience", "give_feedback", "learn_run_now"),
                     ToolAnnotations(read_only_hint=False, destructive_hint=False)),
     **dict.fromkeys(("control_job", "deploy", "approve", "reject", "rollback"),
                     ToolAnnotations(read_only_hint=False, destructive_hint=True)),
