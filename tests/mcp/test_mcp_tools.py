@@ -87,7 +87,8 @@ def test_errors_are_tool_errors_with_honeds_message(daemon_ws, tmp_path):
         assert answer.is_error and message in answer.content[0].text, (case, answer.content)
         assert "Traceback" not in answer.content[0].text
     learning = answers["learn status"]
-    assert not learning.is_error and learning.structured_content["why_not"] == "0 of 50 experiences ready (learn.threshold)"
+    assert not learning.is_error
+    assert learning.structured_content["why_not"] == "0 of 50 experiences ready (learn.threshold)"
     assert "no job 999" in str(answers["unknown job's events"])
     assert "unknown run id 'nope'" in str(answers["unknown run's metrics"])
     # The server is still there and well after every refusal.

@@ -131,7 +131,8 @@ def learning_state(workspace, store, track: str, *, now: datetime | None = None)
     elif not fresh:
         state.why_not = "no experience is new since the last batch"
     elif state.in_flight:
-        state.why_not = f"batch {state.in_flight['batch']} is still {state.in_flight['state']} (job {state.in_flight['job']})"
+        flight = state.in_flight
+        state.why_not = f"batch {flight['batch']} is still {flight['state']} (job {flight['job']})"
     elif state.cooldown_left_s > 0:
         state.why_not = f"cooling down for {state.cooldown_left_s:.0f}s more (learn.cooldown_s)"
     elif not state.in_window:
