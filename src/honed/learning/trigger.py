@@ -199,16 +199,14 @@ def assemble(workspace, store, state: LearningState, *, trigger: str) -> Assembl
     added = add_dataset_file(workspace, store, path, track=track, mode="strict")
     if not added.accepted:
         raise LearnError(f"the assembled dataset was refused: {added.describe()}")
-    job = store.create_job(track=track, dataset_ids=[added.dataset.id], overrides=JOB_OVERRIDES,
-                           priority=cfg.priority, source=f"learn ({trigger})")
-    batch = store.add_learning_batch(track=track, base_version=base_version, dataset_id=added.dataset.id,
-                                     job_id=job.id, trigger=trigger,
-                                     experience_ids=[t.experience_id for t in lessons], counts=counts,
-                                     provenance_path=str(provenance_path))
+    batch = store.queue_learning_batch(track=track, base_version=base_version, dataset_id=added.dataset.id,
+                                       trigger=trigger, experience_ids=[t.experience_id for t in lessons],
+                                       counts=counts, provenance_path=str(provenance_path),
+                                       overrides=JOB_OVERRIDES, priority=cfg.priority)
     log.info("learn: track %s: batch %d (%d lessons: %d by a person, %d by the teacher, %d good; %d replay) "
              "queued as job %d", track, batch.id, counts["lessons"], counts["person"], counts["teacher"],
-             counts["good"], counts["replay"], job.id)
-    return Assembled(batch, job.id, added.dataset.id, path, provenance_path, counts)
+             counts["good"], counts["replay"], batch.job_id)
+    return Assembled(batch, batch.job_id, added.dataset.id, path, provenance_path, counts)
 
 
 def _replay(store, track: str, base_version: int, want: int, rng: random.Random) -> list[tuple[int, dict]]:

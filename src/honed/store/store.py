@@ -629,13 +629,16 @@ class Store:
         with self._transaction(write=False) as conn:
             return learning.teacher_calls_since(conn, track, since)
 
-    def add_learning_batch(self, *, track: str, base_version: int, dataset_id: int, job_id: int, trigger: str,
-                           experience_ids: list[int], counts: dict[str, Any],
-                           provenance_path: str) -> LearningBatchInfo:
-        """Record an assembled batch and its job; its experiences now belong to it."""
+    def queue_learning_batch(self, *, track: str, base_version: int, dataset_id: int, trigger: str,
+                             experience_ids: list[int], counts: dict[str, Any], provenance_path: str,
+                             overrides: dict[str, Any], priority: str) -> LearningBatchInfo:
+        """Queue a job on an assembled dataset and record the batch, in one transaction:
+        its experiences belong to the batch exactly when the job exists."""
         with self._transaction(write=True) as conn:
+            job = jobs.create_job(conn, track=track, dataset_ids=[dataset_id], overrides=overrides,
+                                  priority=priority, source=f"learn ({trigger})")
             return learning.add_batch(conn, track=track, base_version=base_version, dataset_id=dataset_id,
-                                      job_id=job_id, trigger=trigger, experience_ids=experience_ids,
+                                      job_id=job.id, trigger=trigger, experience_ids=experience_ids,
                                       counts=counts, provenance_path=provenance_path)
 
     def list_learning_batches(self, track: str | None = None, limit: int = 20) -> list[LearningBatchInfo]:
