@@ -37,7 +37,8 @@ def test_every_route_checks_the_token(sqlite_ws, serve, monkeypatch):
     with httpx.Client(base_url=server.url, timeout=30) as anon:
         for method, path in [("POST", "/api/tracks"), ("POST", "/api/jobs/1/pause"), ("DELETE", "/api/jobs/1"),
                              ("POST", "/api/tracks/main/rollback"), ("POST", "/api/datasets?name=a.jsonl"),
-                             ("GET", "/api/status"), ("GET", "/api/live"), ("GET", "/metrics"), ("GET", "/")]:
+                             ("GET", "/api/status"), ("GET", "/api/live"), ("GET", "/metrics"), ("GET", "/"),
+                             ("GET", "/api/health"), ("GET", "/healthz")]:
             answer = anon.request(method, path, json={"name": "x"})
             assert answer.status_code == 401, (method, path, answer.status_code)
             assert "Bearer" in answer.json()["error"] and answer.headers["www-authenticate"] == "Bearer"
@@ -78,7 +79,8 @@ def test_the_server_does_not_import_torch(sqlite_ws):
         "from honed.server import create_app\n"
         "from honed.workspace import open_workspace\n"
         "with TestClient(create_app(open_workspace(sys.argv[1]))) as client:\n"
-        "    for path in ('/', '/api/status', '/api/system', '/metrics', '/api/jobs', '/api/adapters', '/api/runs'):\n"
+        "    for path in ('/', '/api/status', '/api/system', '/metrics', '/api/jobs', '/api/adapters', '/api/runs',\n"
+        "                 '/api/health'):\n"
         "        assert client.get(path).status_code == 200, path\n"
         "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))\n"
     )

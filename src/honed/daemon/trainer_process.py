@@ -12,6 +12,10 @@ trained at all (its data plans to nothing, a setting is wrong; the last line on 
 says why), and otherwise crashes like any Python process (traceback on stderr, exit 1),
 which the daemon counts as a failed attempt.
 
+Before it loads a model on an accelerator it claims that device (see
+:mod:`honed.device_claims`) and waits, at most ``server.yield_timeout_s``, until the
+servers using it have released their models; the claim ends with the attempt.
+
 Between optimizer steps it asks, in order: is there a ``STOP`` file (halt: checkpoint
 and exit, job back to the queue), is the daemon gone or did it send SIGTERM (the same),
 is there a control command for this job in the store (pause, stop, skip, cancel).
@@ -129,6 +133,41 @@ def evaluate_job(workspace, store, job, run, spec) -> None:
                         {"adapter": adapter.id, "passed": verdict["passed"]})
 
 
+def claim_accelerator(workspace, store, job_id: int):
+    """Claim the device this attempt trains on when servers must give it up first
+    (``server.yield_devices``), and wait until they have, at most
+    ``server.yield_timeout_s``. Returns the claim to withdraw at the end (None: the
+    device is shared, nothing to claim)."""
+    from honed.device_claims import claim_device, describe_device
+    from honed.store import StoreError
+    from honed.training.model_loading import pick_device
+
+    settings = workspace.settings.server
+    device = pick_device()
+    if device.type not in settings.yield_devices:
+        return None
+    name, uuid = describe_device(device)
+    claim = claim_device(workspace.root, name, uuid, job_id)
+    started = time.monotonic()
+    waited_for = claim.holders()
+    if not waited_for:
+        return claim
+    holding = claim.wait_for_release(settings.yield_timeout_s)
+    if holding:
+        message = (f"{len(holding)} server(s) (pid {', '.join(str(s.pid) for s in holding)}) did not release {name} "
+                   f"within server.yield_timeout_s = {settings.yield_timeout_s:g} s; training anyway")
+        log.warning("job %d: %s", job_id, message)
+    else:
+        message = f"{len(waited_for)} server(s) released {name} in {time.monotonic() - started:.1f} s"
+        log.info("job %d: %s", job_id, message)
+    try:
+        store.add_job_event(job_id, "device", message, {"device": name, "servers": [s.pid for s in waited_for],
+                                                        "still_holding": [s.pid for s in holding]})
+    except StoreError as exc:
+        log.warning("job %d: device event not written (%s)", job_id, exc)
+    return claim
+
+
 def run_attempt(root: Path, job_id: int, parent_pid: int | None) -> int:
     """One attempt at ``job_id``; returns the exit code (see the module's docstring)."""
     from honed.config import SettingsError
@@ -140,6 +179,7 @@ def run_attempt(root: Path, job_id: int, parent_pid: int | None) -> int:
 
     base_ws = open_workspace(root)
     store = base_ws.open_store()
+    claim = None
     try:
         job = store.get_job(job_id)
         control = JobControl(base_ws, store, job_id, parent_pid)
@@ -163,6 +203,7 @@ def run_attempt(root: Path, job_id: int, parent_pid: int | None) -> int:
             except StoreError as exc:
                 log.warning("job %d: checkpoint event not written (%s)", job_id, exc)
 
+        claim = claim_accelerator(workspace, store, job_id)  # before any model loads: training or evaluating
         run = store.get_run(spec.run_id)
         if run is not None and run.status in ("succeeded", "stopped") and run.adapter_path:
             # Trained already; an earlier attempt died while evaluating.
@@ -184,13 +225,17 @@ def run_attempt(root: Path, job_id: int, parent_pid: int | None) -> int:
             evaluate_job(workspace, store, job, store.get_run(spec.run_id), spec)
         return 0
     finally:
+        if claim is not None:
+            claim.withdraw()
         store.close()
 
 
 def warm_up(root: Path) -> None:
     """Do now what every attempt starts with: import torch, transformers, peft and the
     trainer, and load the default track's base (tokenizer and weights). A job on another
-    base simply loads its own."""
+    base simply loads its own. On a device the server must give up first
+    (``server.yield_devices``) the weights wait in CPU memory: a spare claims nothing,
+    and the job moves them over once it has its claim."""
     import honed.training.runs  # noqa: F401
     import honed.training.trainer  # noqa: F401
     from honed.store import StoreError
@@ -202,7 +247,12 @@ def warm_up(root: Path) -> None:
         with workspace.open_store() as store:
             track = store.get_track(workspace.settings.track)
             base = workspace.resolve_base_path(store, track.base_version if track else None)
-        preload(base, pick_device())
+        device = pick_device()
+        if device.type in workspace.settings.server.yield_devices:
+            import torch
+
+            device = torch.device("cpu")
+        preload(base, device)
         import peft  # noqa: F401
 
         log.info("warm trainer ready: %s preloaded", base)

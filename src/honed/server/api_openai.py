@@ -5,11 +5,15 @@
 ``honed`` field (and the ``X-Honed-Experience-Id`` header), so feedback can be attached
 later with ``POST /v1/experiences/{id}/feedback``. The official ``openai`` SDK works
 unchanged (``completion.model_extra["honed"]["experience_id"]``).
+
+While the models are released to a training job (``server.on_training = "unload"``),
+chat requests get 503 with a Retry-After header and a message naming the job.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 import uuid
@@ -23,7 +27,8 @@ from pydantic import BaseModel, Field
 
 from honed.server.api_experiences import ChatMessage
 from honed.server.deps import StoreDep, WorkspaceDep
-from honed.server.serving import DeltaStreamer, ModelNameError, ModelPool, generate, resolve
+from honed.server.serving import DeltaStreamer, ModelNameError, ModelPool, ModelReleased, generate, resolve
+from honed.store import StoreError
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -51,6 +56,20 @@ def _usage(answer) -> dict:
 
 def _error_event(exc: Exception) -> str:
     return f"data: {json.dumps({'error': {'message': str(exc)}})}\n\n"
+
+
+def _released(exc: ModelReleased, store, settings) -> HTTPException:
+    """The 503 for a request refused while the models are released: Retry-After is
+    ``server.retry_after_s``, or the training job's own estimate when that is sooner."""
+    wait = settings.retry_after_s
+    if exc.job is not None:
+        try:
+            eta = (store.get_job(exc.job).progress or {}).get("eta_s")
+        except StoreError:
+            eta = None
+        if isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0:
+            wait = min(wait, max(1, math.ceil(eta)))
+    return HTTPException(503, f"{exc}; retry after {wait} s", headers={"Retry-After": str(wait)})
 
 
 @router.get("/models")
@@ -102,7 +121,10 @@ async def chat_completions(body: ChatRequest, request: Request, workspace: Works
                 answer = generate(loaded, messages, max_tokens)
             return answer, record(answer.text, answer)
 
-        answer, experience = await run_in_threadpool(answer_now)
+        try:
+            answer, experience = await run_in_threadpool(answer_now)
+        except ModelReleased as exc:
+            raise await run_in_threadpool(_released, exc, store, workspace.settings.server) from None
         return JSONResponse({
             "id": completion_id, "object": "chat.completion", "created": created, "model": target.label,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
@@ -130,10 +152,14 @@ async def chat_completions(body: ChatRequest, request: Request, workspace: Works
                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
         return f"data: {json.dumps(payload)}\n\n"
 
+    # The lease is taken before the response starts, so that a refusal is a 503, not a stream.
+    worker = threading.Thread(target=generate_streaming, name="honed-generate", daemon=True)
+    worker.start()
+    await anyio.to_thread.run_sync(ready.wait)
+    if isinstance(outcome.get("error"), ModelReleased):
+        raise await run_in_threadpool(_released, outcome["error"], store, workspace.settings.server)
+
     async def events():
-        worker = threading.Thread(target=generate_streaming, name="honed-generate", daemon=True)
-        worker.start()
-        await anyio.to_thread.run_sync(ready.wait)
         if "error" in outcome:
             yield _error_event(outcome["error"])
             return

@@ -20,7 +20,8 @@ from honed import __version__
 from honed.daemon.control import ControlError
 from honed.registry.deployment import DeployError
 from honed.registry.tracks import TrackError
-from honed.server import api_data, api_experiences, api_jobs, api_openai, api_registry, live, pages, prometheus
+from honed.server import api_data, api_experiences, api_jobs, api_openai, api_registry, health, live, pages, prometheus
+from honed.server.device_yield import DeviceYielder
 from honed.server.live import LiveFeed
 from honed.server.serving import ModelPool
 from honed.server.security import require_token, server_token
@@ -41,12 +42,14 @@ def create_app(workspace, *, host: str | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         app.state.store = workspace.open_store(busy_timeout_s=5.0)
         app.state.status_cache = StatusCache(workspace, app.state.store, settings.status_cache_s)
-        app.state.model_pool = ModelPool(workspace, app.state.store)  # loads a model at its first request
+        app.state.device_yielder = DeviceYielder(workspace)  # gives the device to trainers that claim it
+        app.state.model_pool = ModelPool(workspace, app.state.store, app.state.device_yielder)  # loads at first request
         app.state.live = LiveFeed(workspace, app.state.store, app.state.status_cache, settings.live_poll_s)
         try:
             yield
         finally:
             await app.state.live.close()
+            app.state.device_yielder.stop()
             app.state.store.close()
 
     app = FastAPI(
@@ -56,7 +59,7 @@ def create_app(workspace, *, host: str | None = None) -> FastAPI:
     )
     app.state.workspace = workspace
     app.state.token = token
-    for module in (api_jobs, api_data, api_registry, api_experiences, api_openai, live, prometheus):
+    for module in (api_jobs, api_data, api_registry, api_experiences, api_openai, health, live, prometheus):
         app.include_router(module.router)
     pages.mount(app)
     app.add_middleware(InvalidateOnChange)

@@ -7,6 +7,11 @@ no track serves any more is dropped. Loading and generating happen in worker thr
 generation on one model is serialised (its lock), different versions run side by side.
 Decoding is greedy: answers are reproducible, which is what evaluation and the gates
 measure too.
+
+While a trainer claims the pool's device (see :mod:`honed.server.device_yield`), the pool
+either refuses new requests and drops its models (:meth:`ModelPool.release`) or moves
+them to the CPU (:meth:`ModelPool.move_models`); either way the requests already under
+way finish first.
 """
 
 from __future__ import annotations
@@ -26,6 +31,16 @@ log = logging.getLogger(__name__)
 
 class ModelNameError(ValueError):
     """A ``model`` that names no track, adapter or base; the message lists what exists."""
+
+
+class ModelReleased(Exception):
+    """The models are released to a training job; no request is served until it ends."""
+
+    def __init__(self, job: int | None, device: str, since: float) -> None:
+        self.job, self.device, self.since = job, device, since
+        holder = f"training job {job}" if job is not None else "a trainer"
+        super().__init__(f"the model is released to {holder} on {device} (server.on_training = 'unload'); "
+                         "it is served again when the job has finished training and evaluating")
 
 
 @dataclass
@@ -95,37 +110,74 @@ def resolve(store, model: str, default_track: str) -> Target:
 
 
 class ModelPool:
-    """The loaded models, shared by all requests."""
+    """The loaded models, shared by all requests.
 
-    def __init__(self, workspace, store) -> None:
-        self.workspace, self.store = workspace, store
+    ``yielder`` (a :class:`honed.server.device_yield.DeviceYielder`, optional) is told
+    the device when the first request chooses it, and from then on releases and restores
+    the pool while trainers claim that device."""
+
+    def __init__(self, workspace, store, yielder=None) -> None:
+        self.workspace, self.store, self.yielder = workspace, store, yielder
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # a lease ended or a move is done
         self._models: dict[tuple[int, int | None], LoadedModel] = {}
         self._loading: dict[tuple[int, int | None], threading.Lock] = {}
         self._serving: dict[str, tuple[int, int | None]] = {}  # track -> key its default model name means now
+        self._device_lock = threading.Lock()
+        self.device = None  # the torch device of the models, chosen at the first request (torch loads then)
+        self._load_device = None  # where a model loads now: the CPU while the device is lent to a trainer
+        self._active = 0  # leases admitted and not ended yet, loading ones included
+        self._moving = False  # models are moving between devices: new leases wait
+        self.released: ModelReleased | None = None  # set: new leases are refused with it
 
     @contextmanager
     def lease(self, target: Target, *, is_default: bool) -> Iterator[LoadedModel]:
-        """The loaded model for ``target``, kept in memory until the ``with`` ends."""
-        with self._lock:
-            if is_default:
-                self._serving[target.track] = target.key
-            loading = self._loading.setdefault(target.key, threading.Lock())
-        loaded = self._take(target.key)
-        if loaded is None:
-            with loading:  # one load per version, however many requests wait for it
-                loaded = self._take(target.key)
-                if loaded is None:
-                    loaded = self._load(target)
-                    loaded.users = 1  # counted before it is visible, so nothing drops it meanwhile
-                    with self._lock:
-                        self._models[target.key] = loaded
+        """The loaded model for ``target``, kept in memory until the ``with`` ends;
+        :class:`ModelReleased` while the models are released to a training job."""
+        self._admit()
         try:
-            yield loaded
+            with self._lock:
+                if is_default:
+                    self._serving[target.track] = target.key
+                loading = self._loading.setdefault(target.key, threading.Lock())
+            loaded = self._take(target.key)
+            if loaded is None:
+                with loading:  # one load per version, however many requests wait for it
+                    loaded = self._take(target.key)
+                    if loaded is None:
+                        loaded = self._load(target)
+                        loaded.users = 1  # counted before it is visible, so nothing drops it meanwhile
+                        with self._lock:
+                            self._models[target.key] = loaded
+            try:
+                yield loaded
+            finally:
+                with self._lock:
+                    loaded.users -= 1
+                    self._drop_unused()
         finally:
             with self._lock:
-                loaded.users -= 1
-                self._drop_unused()
+                self._active -= 1
+                self._changed.notify_all()
+
+    def _admit(self) -> None:
+        """Count a new lease in, or refuse it while the models are released."""
+        if self.device is None:
+            with self._device_lock:
+                if self.device is None:
+                    from honed.training.model_loading import pick_device
+
+                    device = pick_device()
+                    self._load_device = device
+                    if self.yielder is not None:
+                        self.yielder.attach(self, device)  # a claim already made applies before the first load
+                    self.device = device
+        with self._lock:
+            while self._moving:
+                self._changed.wait()
+            if (refusal := self.released) is not None:  # a fresh one: requests raise it side by side
+                raise ModelReleased(refusal.job, refusal.device, refusal.since)
+            self._active += 1
 
     def _take(self, key: tuple[int, int | None]) -> LoadedModel | None:
         """The loaded model for ``key`` with one more user, or None when it is not loaded."""
@@ -140,6 +192,58 @@ class ModelPool:
         with self._lock:
             return sorted(m.target.label for m in self._models.values())
 
+    def serving_tracks(self) -> list[str]:
+        """The tracks whose default model name has been asked for."""
+        with self._lock:
+            return sorted(self._serving)
+
+    def release(self, refusal: ModelReleased) -> None:
+        """Refuse new leases with ``refusal``, wait for those under way to end, then drop
+        every model and give its memory back to the device."""
+        with self._lock:
+            self.released = refusal
+            while self._active:
+                self._changed.wait()
+            dropped = [m.target.label for m in self._models.values()]
+            self._models.clear()
+        self._free_device_memory()
+        log.info("serving: %s released for training on %s", ", ".join(dropped) or "no model", refusal.device)
+
+    def restore(self) -> None:
+        """Admit leases again after :meth:`release`; models load at their next request."""
+        with self._lock:
+            self.released = None
+
+    def move_models(self, device) -> None:
+        """Move every model to ``device`` (new ones load there too) between requests:
+        new leases wait, those under way finish first."""
+        with self._lock:
+            self._moving = True
+            while self._active:
+                self._changed.wait()
+            models = list(self._models.values())
+        try:
+            for loaded in models:
+                loaded.model.to(device)
+            leaving = self._load_device
+            self._load_device = device
+            log.info("serving: %d model(s) moved from %s to %s", len(models), leaving, device)
+        finally:
+            with self._lock:
+                self._moving = False
+                self._changed.notify_all()
+        self._free_device_memory()
+
+    def _free_device_memory(self) -> None:
+        """Hand memory nobody references any more back to the accelerator."""
+        import gc
+
+        gc.collect()
+        if self.device is not None and self.device.type in ("cuda", "mps"):
+            import torch
+
+            getattr(torch, self.device.type).empty_cache()
+
     def _drop_unused(self) -> None:
         serving = set(self._serving.values())
         for key in [k for k, m in self._models.items() if m.users == 0 and k not in serving]:
@@ -148,11 +252,11 @@ class ModelPool:
 
     def _load(self, target: Target) -> LoadedModel:
         from honed.evaluation.exact_match import stop_token_ids
-        from honed.training.model_loading import load_base_model, load_tokenizer, pick_device
+        from honed.training.model_loading import load_base_model, load_tokenizer
 
         started = time.perf_counter()
         base_path = self.workspace.resolve_base_path(self.store, target.base_version)
-        model = load_base_model(base_path, pick_device())
+        model = load_base_model(base_path, self._load_device)
         if target.adapter is not None:
             from peft import PeftModel
 

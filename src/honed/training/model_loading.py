@@ -72,14 +72,16 @@ def load_tokenizer(base: str):
 
 def load_base_model(base: str, device: torch.device):
     """The base model in full precision on CPU, bfloat16 where CUDA supports it."""
-    if (ready := _preloaded.pop(("model", f"{base}@{device}"), None)) is not None:
-        return ready
-    from transformers import AutoModelForCausalLM
-
-    quiet_libraries()
     dtype = torch.float32
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         dtype = torch.bfloat16
+    if (ready := _preloaded.pop(("model", f"{base}@{device}"), None)) is not None:
+        return ready
+    if (ready := _preloaded.pop(("model", f"{base}@cpu"), None)) is not None:
+        return ready.to(device=device, dtype=dtype)  # preloaded in CPU memory while the device was the server's
+    from transformers import AutoModelForCausalLM
+
+    quiet_libraries()
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
     # The trainer passes an explicit 4D mask; a KV cache would only cost memory and (per
     # MEASURED.md) disables the library's own packed-sequence handling.
