@@ -38,7 +38,8 @@ def test_every_route_checks_the_token(sqlite_ws, serve, monkeypatch):
         for method, path in [("POST", "/api/tracks"), ("POST", "/api/jobs/1/pause"), ("DELETE", "/api/jobs/1"),
                              ("POST", "/api/tracks/main/rollback"), ("POST", "/api/datasets?name=a.jsonl"),
                              ("GET", "/api/status"), ("GET", "/api/live"), ("GET", "/metrics"), ("GET", "/"),
-                             ("GET", "/api/health"), ("GET", "/healthz")]:
+                             ("GET", "/api/health"), ("GET", "/healthz"), ("GET", "/api/learn"),
+                             ("POST", "/api/learn/main/run-now")]:
             answer = anon.request(method, path, json={"name": "x"})
             assert answer.status_code == 401, (method, path, answer.status_code)
             assert "Bearer" in answer.json()["error"] and answer.headers["www-authenticate"] == "Bearer"

@@ -18,9 +18,21 @@ from fastapi.responses import JSONResponse
 
 from honed import __version__
 from honed.daemon.control import ControlError
+from honed.learning.trigger import LearnError
 from honed.registry.deployment import DeployError
 from honed.registry.tracks import TrackError
-from honed.server import api_data, api_experiences, api_jobs, api_openai, api_registry, health, live, pages, prometheus
+from honed.server import (
+    api_data,
+    api_experiences,
+    api_jobs,
+    api_learning,
+    api_openai,
+    api_registry,
+    health,
+    live,
+    pages,
+    prometheus,
+)
 from honed.server.device_yield import DeviceYielder
 from honed.server.live import LiveFeed
 from honed.server.serving import ModelPool
@@ -59,7 +71,8 @@ def create_app(workspace, *, host: str | None = None) -> FastAPI:
     )
     app.state.workspace = workspace
     app.state.token = token
-    for module in (api_jobs, api_data, api_registry, api_experiences, api_openai, health, live, prometheus):
+    for module in (api_jobs, api_data, api_registry, api_experiences, api_learning, api_openai, health, live,
+                   prometheus):
         app.include_router(module.router)
     pages.mount(app)
     app.add_middleware(InvalidateOnChange)
@@ -97,7 +110,7 @@ def _error_handlers(app: FastAPI) -> None:
 # The status each library error answers with; the most specific class that matches wins.
 ERROR_STATUS = {
     NotFoundError: 404, StoreUnavailableError: 503, JobStateError: 409, StoreError: 400,
-    ControlError: 409, DeployError: 409, TrackError: 400,
+    ControlError: 409, DeployError: 409, TrackError: 400, LearnError: 409,
 }
 
 
