@@ -1,8 +1,9 @@
-"""Run the real ``honed`` command in a subprocess, as a user would."""
+"""Run the real ``honed`` command in a subprocess, as a user would; a free port for what it serves."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,3 +21,10 @@ def run_honed(*args: str, cwd: Path | None = None, env: dict | None = None, chec
         raise AssertionError(f"honed {' '.join(args)} exited {proc.returncode}\n"
                              f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on (now)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -5,21 +5,15 @@ later, and nothing it said reaches a dataset."""
 from __future__ import annotations
 
 import json
-import socket
 from datetime import UTC, datetime, timedelta
 
 from honed.learning.curriculum import teacher_pass
 from honed.learning.trigger import learning_state, run_now
 
+from tests.cli_runner import free_port
 from tests.learning.conftest import configure_learning, log_reversals
 
 WORDS = ["abc", "hello", "honed", "lora", "model"]
-
-
-def _dead_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_bad_teachers_are_recorded_and_never_trained_on(learn_ws, teacher):
@@ -47,7 +41,7 @@ def test_bad_teachers_are_recorded_and_never_trained_on(learn_ws, teacher):
         report = teacher_pass(ws, store, "main", force=True)
         assert (report.asked, report.accepted) == (2, 2)
 
-        ws = configure_learning(ws, f"http://127.0.0.1:{_dead_port()}/v1")  # the teacher goes down
+        ws = configure_learning(ws, f"http://127.0.0.1:{free_port()}/v1")  # the teacher goes down
         [late] = log_reversals(store, ["tensor"])
         report = teacher_pass(ws, store, "main", force=True)
         assert report.failed == 1 and "cannot reach the teacher" in report.reasons[0]

@@ -10,14 +10,13 @@ import sys
 import httpx
 
 from honed.config import update_config_file
+from tests.cli_runner import free_port
 from tests.daemon.conftest import wait_for
 
 
 def test_the_daemon_serves_the_api(make_workspace, tiny_random_base, tmp_path):
     ws = make_workspace(tiny_random_base)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     update_config_file(ws.root, {"server": {"port": port}})
     out = open(tmp_path / "daemon.out", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "honed.cli", "daemon", "--serve", "-w", str(ws.root)],

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ import pytest
 
 from honed.config import update_config_file
 from honed.workspace import open_workspace
+from tests.cli_runner import free_port
 from tests.daemon.conftest import configure, synth, trainer_processes, wait_for
 
 QUESTION = [{"role": "user", "content": "reverse: honed"}]
@@ -228,9 +228,7 @@ def test_a_claim_made_before_the_first_request_applies_to_it(served, claimers):
 
 def test_a_daemon_training_a_job_releases_its_own_server(make_workspace, tiny_random_base, tmp_path):
     ws = configure(make_workspace(tiny_random_base), {**SHARING, "train": {"eval_every": 0, "heldout_fraction": 0.05}})
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     update_config_file(ws.root, {"server": {"port": port}})
     log = tmp_path / "daemon.out"
     with open(log, "wb") as out:

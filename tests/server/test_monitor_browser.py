@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -16,6 +15,7 @@ import pytest
 
 from honed.registry.deployment import deploy
 from honed.workspace import open_workspace
+from tests.cli_runner import free_port
 from tests.daemon.conftest import configure, pid_alive, start_daemon, synth, wait_for  # noqa: F401 (fixture)
 
 CHROMIUM = os.environ.get("HONED_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -54,19 +54,13 @@ def page(browser):
     assert not errors, f"JavaScript errors on the page: {errors}"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def honed_serve(tmp_path):
     """``honed serve`` in a child process, as a user runs it."""
     procs = []
 
     def start(ws) -> str:
-        port = _free_port()
+        port = free_port()
         log = open(tmp_path / f"serve-{port}.out", "wb")
         proc = subprocess.Popen([sys.executable, "-m", "honed.cli", "serve", "-w", str(ws.root), "--port", str(port)],
                                 stdout=log, stderr=log, stdin=subprocess.DEVNULL)
