@@ -26,11 +26,11 @@ def learn_status(track: TrackOpt = None, workspace: WorkspaceOpt = None, as_json
     with open_store(ws) as store:
         names = [track] if track else [t.name for t in store.list_tracks()]
         states = [learning_state(ws, store, name) for name in names]
-        failures = {s.track: store.list_teacher_answers(s.track, status=None, limit=5) for s in states}
+        recent = {s.track: store.list_teacher_answers(s.track, limit=5) for s in states}
     if as_json:
         print(json.dumps([{**s.summary(), "recent_teacher_answers": [
             {"experience_id": a.experience_id, "status": a.status, "reason": a.reason,
-             "at": a.created_at.isoformat()} for a in failures[s.track]]} for s in states], indent=2))
+             "at": a.created_at.isoformat()} for a in recent[s.track]]} for s in states], indent=2))
         return
     for s in states:
         mode = "on (the daemon runs it)" if s.enabled else "off (learn.enabled = false; 'honed learn run-now' works)"
@@ -43,7 +43,7 @@ def learn_status(track: TrackOpt = None, workspace: WorkspaceOpt = None, as_json
         console.print(f"  teacher: {teacher}; {s.awaiting_teacher} waiting for it, {s.teacher_given_up} given up; "
                       f"{s.teacher_calls_today} of {s.teacher_budget} calls used today", highlight=False,
                       soft_wrap=True)
-        for a in failures[s.track]:
+        for a in recent[s.track]:
             if a.status != "accepted":
                 console.print(f"    {a.created_at:%Y-%m-%d %H:%M:%S} experience {a.experience_id}: {a.status}: "
                               f"{a.reason}", highlight=False, soft_wrap=True)

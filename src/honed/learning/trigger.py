@@ -32,7 +32,7 @@ from pathlib import Path
 from honed.atomic_files import write_bytes_atomically, write_json_atomically
 from honed.daemon.schedule import in_window, parse_window
 from honed.data.plan import read_jsonl
-from honed.learning.curriculum import day_start, needs_teacher
+from honed.learning.curriculum import day_start, needs_teacher, teacher_pass
 from honed.learning.judge import GOOD, NEEDS_IMPROVEMENT, UNRATED, Lesson, judgement, lesson
 from honed.store import LearningBatchInfo
 from honed.store.schema import JOB_FINAL_STATES
@@ -92,6 +92,7 @@ def learning_state(workspace, store, track: str, *, now: datetime | None = None)
     state = LearningState(track=track, enabled=cfg.enabled, open=len(experiences), threshold=cfg.threshold,
                           teacher_budget=cfg.teacher.daily_budget, window=cfg.window,
                           teacher=f"{cfg.teacher.model} at {cfg.teacher.base_url}" if cfg.teacher.base_url else None)
+    fresh = False  # a ready experience that was never in a batch
     for exp in experiences:
         verdict = judgement(exp, cfg.good_score)
         state.good += verdict == GOOD
@@ -100,6 +101,7 @@ def learning_state(workspace, store, track: str, *, now: datetime | None = None)
         taught = lesson(exp, answers[exp.id], cfg.good_score)
         if taught is not None:
             state.lessons.append(taught)
+            fresh = fresh or exp.batch_id is None
             state.corrected_by_person += taught.source == "person"
             state.corrected_by_teacher += taught.source == "teacher"
         elif verdict == NEEDS_IMPROVEMENT and len(answers[exp.id]) >= cfg.teacher.max_attempts:
@@ -108,24 +110,21 @@ def learning_state(workspace, store, track: str, *, now: datetime | None = None)
     state.ready = len(state.lessons)
     state.teacher_calls_today, _ = store.teacher_calls_since(track, day_start(now))
 
-    batches = store.list_learning_batches(track, limit=20)
-    if batches:
-        last = batches[0]
+    # Only the latest batch can still be in the queue: none is assembled while one is.
+    last = next(iter(store.list_learning_batches(track, limit=1)), None)
+    if last is not None:
         state.last_batch = {"batch": last.id, "job": last.job_id, "dataset": last.dataset_id,
                             "experiences": len(last.experience_ids), "created_at": last.created_at.isoformat(),
                             "trained_run_id": last.trained_run_id}
-    for batch in batches:
-        job = store.get_job(batch.job_id) if batch.job_id is not None else None
+        job = store.get_job(last.job_id) if last.job_id is not None else None
         if job is not None and job.state not in JOB_FINAL_STATES:
-            state.in_flight = {"batch": batch.id, "job": job.id, "state": job.state}
-            break
+            state.in_flight = {"batch": last.id, "job": job.id, "state": job.state}
     runs = store.list_runs(track, limit=1)
-    since = [t for t in ((runs[0].started_at if runs else None), (batches[0].created_at if batches else None)) if t]
+    since = [t for t in ((runs[0].started_at if runs else None), (last.created_at if last else None)) if t]
     if since:
         state.cooldown_left_s = max(0.0, cfg.cooldown_s - (now - max(since)).total_seconds())
     state.in_window = in_window(parse_window(cfg.window), now.astimezone())
 
-    fresh = any(exp.batch_id is None for exp in experiences if exp.id in {t.experience_id for t in state.lessons})
     if state.ready < cfg.threshold:
         state.why_not = f"{state.ready} of {cfg.threshold} experiences ready (learn.threshold)"
     elif not fresh:
@@ -236,8 +235,6 @@ def _replay(store, track: str, base_version: int, want: int, rng: random.Random)
 def run_now(workspace, store, track: str, *, teacher: bool = True) -> tuple[Assembled, object | None]:
     """Correct what the teacher can now (unless ``teacher`` is False), then assemble and
     queue a batch whatever the threshold, cooldown and window say."""
-    from honed.learning.curriculum import teacher_pass
-
     report = teacher_pass(workspace, store, track, force=True) if teacher else None
     state = learning_state(workspace, store, track)
     if state.in_flight:
@@ -248,8 +245,6 @@ def run_now(workspace, store, track: str, *, teacher: bool = True) -> tuple[Asse
 
 def tick(workspace, store, track: str) -> Assembled | None:
     """One turn of the loop for ``track``: a teacher pass when due, then the trigger."""
-    from honed.learning.curriculum import teacher_pass
-
     teacher_pass(workspace, store, track)
     state = learning_state(workspace, store, track)
     if not state.fires:
