@@ -31,6 +31,12 @@ class StoreSettings(_Section):
         "workspace. PostgreSQL: postgresql+psycopg://user@host:5432/dbname (the password is "
         "best given in the environment, HONED_STORE__URL, never in this file).",
     )
+    artifacts: str = Field(
+        "",
+        description="Directory for datasets, bases, runs and adapters. Empty means the workspace "
+        "itself. Daemons on several machines that share one PostgreSQL store point this at the "
+        "same shared directory, mounted at the same path on every machine.",
+    )
 
 
 class IngestSettings(_Section):
@@ -123,6 +129,27 @@ class TrainSettings(_Section):
         "against forgetting).",
     )
     threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch's default.")
+    nproc: int = Field(
+        1, ge=1, description="Trainer processes for data-parallel training. Above 1 the daemon "
+        "launches the trainer under torchrun; batch_size is per process, so an optimizer step "
+        "sees batch_size x grad_accum x nproc examples.",
+    )
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="With nproc > 1: ddp keeps a whole copy of the model in every process; "
+        "fsdp shards it across them (for a base that does not fit one device).",
+    )
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="torch.distributed backend with nproc > 1: auto is nccl on CUDA, gloo "
+        "on the CPU.",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass instead of keeping them: "
+        "less memory for longer sequences or larger batches, about a third more compute.",
+    )
+    quantization: Literal["none", "4bit"] = Field(
+        "none", description="4bit: QLoRA, the base loaded in 4-bit NF4 through bitsandbytes "
+        "(needs CUDA and 'pip install bitsandbytes'); the adapter trains in bfloat16.",
+    )
 
 
 class DaemonSettings(_Section):
@@ -186,6 +213,11 @@ class DaemonSettings(_Section):
     idle_records: int = Field(500, gt=0, description="Records per idle synthetic dataset.")
     idle_every_s: float = Field(
         3600.0, ge=0, description="Least time between two idle datasets, in seconds.",
+    )
+    lease_s: float = Field(
+        60.0, gt=0, description="A claimed job is leased to its daemon for this long and renewed "
+        "every third of it; a job whose lease ran out (its daemon died, hung or lost the store) is "
+        "taken over by another daemon sharing the store, and the old one's writes are refused.",
     )
 
     @field_validator("training_window")
