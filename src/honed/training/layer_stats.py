@@ -46,7 +46,10 @@ def lora_delta_norms(model) -> dict[str, float]:
     if not squares:
         return {}
     # One transfer from the device for all modules, not one synchronisation per module.
-    norms = torch.stack(squares).clamp_min(0).sqrt().tolist()
+    stacked = torch.stack(squares)
+    if hasattr(stacked, "full_tensor"):  # sharded by FSDP: every rank gathers the whole
+        stacked = stacked.full_tensor()
+    norms = stacked.clamp_min(0).sqrt().tolist()
     return dict(zip(layer_stat_keys(names), norms))
 
 

@@ -9,6 +9,11 @@ losses and exploding gradients that never lets a bad update reach the weights.
 Data order is a pure function of (seed, step): step ``s`` of epoch ``e`` takes the
 ``s``-th slice of a permutation seeded by ``seed + e``. Resuming from a checkpoint at
 step ``s`` therefore continues with exactly the examples an uninterrupted run would see.
+
+With ``train.nproc > 1`` the same loop runs in every process of a torchrun world (see
+:mod:`honed.training.distributed`): each process takes its share of the step's
+micro-batches, gradients are averaged across processes, rank 0 alone records and writes,
+and rank 0's decision at each step boundary (train on, pause, stop, cancel) is everyone's.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import resource
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +40,7 @@ from honed.data.plan import load_plan
 from honed.data.tokenization import IGNORE, Example, TokenizationError, TokenizedRecords
 from honed.telemetry.system import training_step_stats
 from honed.training import checkpoints as ckpt
+from honed.training.distributed import Dist
 from honed.training.layer_stats import lora_delta_norms
 from honed.training.model_loading import attach_lora, load_base_model, load_tokenizer, nvml_uuid, pick_device
 
@@ -104,8 +111,13 @@ def learning_rate(step: int, total: int, cfg: TrainSettings, lr_scale: float) ->
     return cfg.lr * factor * lr_scale
 
 
+def examples_per_step(cfg: TrainSettings) -> int:
+    """The global batch: examples per optimizer step over all processes."""
+    return cfg.batch_size * cfg.grad_accum * cfg.nproc
+
+
 def steps_per_epoch(n_examples: int, cfg: TrainSettings) -> int:
-    return max(1, math.ceil(n_examples / (cfg.batch_size * cfg.grad_accum)))
+    return max(1, math.ceil(n_examples / examples_per_step(cfg)))
 
 
 def total_steps(n_examples: int, cfg: TrainSettings) -> int:
@@ -113,14 +125,20 @@ def total_steps(n_examples: int, cfg: TrainSettings) -> int:
     return min(steps, cfg.max_steps) if cfg.max_steps else steps
 
 
-def examples_for_step(step: int, n_examples: int, cfg: TrainSettings) -> list[list[int]]:
-    """Indices of the examples of each micro-batch of optimizer step ``step``."""
+def examples_for_step(step: int, n_examples: int, cfg: TrainSettings, rank: int = 0) -> list[list[int]]:
+    """Indices of the examples of each micro-batch that process ``rank`` (of
+    ``cfg.nproc``) trains on at optimizer step ``step``.
+
+    The step's examples depend on the global batch alone: one process with batch_size 8
+    and two with batch_size 4 see the same eight examples at every step, split 4 + 4. At
+    the end of an epoch a process may get fewer micro-batches than ``grad_accum``, or none."""
     spe = steps_per_epoch(n_examples, cfg)
     epoch, k = divmod(step, spe)
     order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(cfg.seed + epoch))
-    per_step = cfg.batch_size * cfg.grad_accum
+    per_step = examples_per_step(cfg)
     chosen = order[k * per_step : (k + 1) * per_step].tolist()
-    return [chosen[i : i + cfg.batch_size] for i in range(0, len(chosen), cfg.batch_size)]
+    micro = [chosen[i : i + cfg.batch_size] for i in range(0, len(chosen), cfg.batch_size)]
+    return micro[rank * cfg.grad_accum : (rank + 1) * cfg.grad_accum]
 
 
 # --- loss ----------------------------------------------------------------------------
@@ -139,19 +157,41 @@ def batch_loss_sum(model, batch: PackedBatch) -> torch.Tensor:
     )
 
 
-def train_step(model, optimizer, params, batches: list[PackedBatch], cfg: TrainSettings, lr: float) -> dict:
+def train_step(model, optimizer, params, batches: list[PackedBatch], cfg: TrainSettings, lr: float,
+               dist: Dist | None = None, filler: PackedBatch | None = None) -> dict:
     """Forward and backward over the micro-batches of one step; apply the update only if
-    the loss and the gradient norm are sound. Returns the step's figures."""
-    n_targets = sum(b.n_targets for b in batches)
+    the loss and the gradient norm are sound. Returns the step's figures.
+
+    In a world of several processes (``dist``), the loss is normalised by the step's
+    targets on all of them, so the averaged gradient is the one a single process would
+    get from the whole global batch. Every process makes ``grad_accum`` passes, those
+    without data of their own on ``filler`` with weight zero, so that the gradient
+    exchanges of all processes meet; the figures returned are the whole step's."""
+    dist = dist or Dist()
+    local_targets = sum(b.n_targets for b in batches)
+    local_tokens = sum(b.n_tokens for b in batches)
+    n_targets = int(dist.sum([float(local_targets)])[0]) if dist.active else local_targets
     if n_targets == 0:
         raise TokenizationError("a batch has an empty assistant mask: nothing to train on")
     device = next(model.parameters()).device
+    passes: list[PackedBatch | None] = list(batches)
+    if dist.active:
+        passes += [None] * (cfg.grad_accum - len(batches))
     loss_total = 0.0
-    for batch in batches:
-        loss = batch_loss_sum(model, batch.to(device)) / n_targets
-        loss.backward()
-        loss_total += loss.item()
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+    for i, batch in enumerate(passes):
+        last = i == len(passes) - 1
+        with model.no_sync() if dist.active and not last and hasattr(model, "no_sync") else nullcontext():
+            if batch is None:
+                loss = batch_loss_sum(model, filler.to(device)) * 0.0
+            else:
+                loss = batch_loss_sum(model, batch.to(device)) / n_targets
+                loss_total += loss.item()
+            # Data parallelism averages the processes' gradients: scale by the world back to a sum.
+            (loss * dist.world if dist.active else loss).backward()
+    if dist.active:
+        loss_total, local_tokens = dist.sum([loss_total, float(local_tokens)])
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
     problem = None
     if not math.isfinite(loss_total):
         problem = f"non-finite loss {loss_total}"
@@ -164,7 +204,7 @@ def train_step(model, optimizer, params, batches: list[PackedBatch], cfg: TrainS
     optimizer.zero_grad(set_to_none=True)
     return {
         "loss": loss_total, "grad_norm": grad_norm, "lr": lr, "problem": problem,
-        "targets": n_targets, "tokens": sum(b.n_tokens for b in batches),
+        "targets": n_targets, "tokens": int(local_tokens),
     }
 
 
@@ -188,18 +228,24 @@ def validation_loss(model, examples: Sequence[Example], cfg: TrainSettings, pad_
 # --- checkpoints ------------------------------------------------------------------------
 
 
-def save_checkpoint(model, optimizer, state: LoopState, checkpoints_dir: Path) -> ckpt.CheckpointInfo:
-    """Write everything needed to continue exactly, atomically."""
+def save_checkpoint(model, optimizer, state: LoopState, checkpoints_dir: Path,
+                    dist: Dist | None = None) -> ckpt.CheckpointInfo | None:
+    """Write everything needed to continue exactly, atomically. With a sharded model
+    (FSDP) every rank calls this, and rank 0 writes (None on the others)."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    adapter = get_peft_model_state_dict(model)
+    dist = dist or Dist()
+    adapter = get_peft_model_state_dict(model, state_dict=dist.lora_state(model))
+    optimizer_state = dist.optimizer_state(model, optimizer)
+    if not dist.main:
+        return None
     if not all(torch.isfinite(t).all() for t in adapter.values()):
         raise TrainingDiverged("adapter weights are not finite; refusing to checkpoint them")
 
     def write_files(staging: Path) -> None:
         save_file({k: v.contiguous() for k, v in adapter.items()}, str(staging / "adapter_model.safetensors"))
-        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        torch.save(optimizer_state, staging / "optimizer.pt")
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -212,14 +258,22 @@ def save_checkpoint(model, optimizer, state: LoopState, checkpoints_dir: Path) -
     return ckpt.write_checkpoint_atomically(checkpoints_dir, state.step, write_files, {"attempt_step": state.step})
 
 
-def restore_checkpoint(path: Path, model, optimizer) -> LoopState:
-    """Load a checkpoint written by :func:`save_checkpoint` into ``model`` and ``optimizer``."""
+def restore_adapter(path: Path, model) -> None:
+    """Load the adapter weights of a checkpoint written by :func:`save_checkpoint` into
+    ``model`` (before it is wrapped for data parallelism)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     device = next(model.parameters()).device
     set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors"), device=str(device)))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
+
+
+def restore_training_state(path: Path, model, optimizer, dist: Dist | None = None) -> LoopState:
+    """Load the rest of a checkpoint (optimizer, RNG states, position) and return where
+    the loop stood."""
+    device = next(model.parameters()).device
+    state = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
+    (dist or Dist()).load_optimizer_state(model, optimizer, state)
     rng = torch.load(path / "rng.pt", weights_only=True)
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
@@ -237,10 +291,10 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _save_adapter_atomically(model, out: Path) -> Path:
+def _save_adapter_atomically(model, out: Path, state_dict: dict | None = None) -> Path:
     staging = out.with_name(f".{out.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
+    model.save_pretrained(staging, state_dict=state_dict)
     if out.exists():
         old = out.with_name(f".{out.name}.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -253,52 +307,75 @@ def _save_adapter_atomically(model, out: Path) -> Path:
 
 
 def train_run(spec: RunSpec, store, *, control: Control | None = None, on_step: StepCallback | None = None,
-              on_checkpoint: CheckpointCallback | None = None) -> RunOutcome:
+              on_checkpoint: CheckpointCallback | None = None, dist: Dist | None = None) -> RunOutcome:
     """Run one attempt of ``spec``: continue from its last complete checkpoint if any,
     train until done or told to pause, stop or cancel, and record everything in ``store``.
 
     ``control(step)`` is asked before every optimizer step: "pause" checkpoints and
     returns, "stop" checkpoints and ends the run with what it has as its result,
-    "cancel" returns at once with no result."""
+    "cancel" returns at once with no result.
+
+    Under torchrun (``dist``, by default the world this process was started in) every
+    rank calls this; rank 0 alone uses ``store``, ``control`` and the callbacks, and
+    writes files, and the other ranks follow its decisions."""
     cfg = spec.train
+    dist = dist or Dist.current()
+    if dist.world != cfg.nproc:
+        raise ValueError(
+            f"train.nproc = {cfg.nproc}, but this trainer runs in {dist.world} process(es): "
+            + ("the daemon starts runs with nproc > 1 under torchrun; queue the data "
+               "('honed queue') for the daemon, or set train.nproc = 1" if dist.world == 1
+               else "torchrun's --nproc-per-node must match train.nproc")
+        )
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    attempt = store.start_attempt(spec.run_id)
+    attempt = dist.broadcast(store.start_attempt(spec.run_id) if dist.main else None)
     plan = load_plan(spec.run_dir)
     device = pick_device()
     tokenizer = load_tokenizer(spec.base)
     model = attach_lora(load_base_model(spec.base, device), spec.lora, cfg.seed)
     train_examples = TokenizedRecords(tokenizer, plan.train, cfg.max_seq_len, "train")
     heldout_examples = TokenizedRecords(tokenizer, plan.heldout, cfg.max_seq_len, "held-out")
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = total_steps(len(train_examples), cfg)
     spe = steps_per_epoch(len(train_examples), cfg)
     gpu = nvml_uuid(device)
     layer_stats_every = spec.telemetry.layer_stats_every
-    training_step_stats(gpu)  # CPU shares are measured between calls: start the clock now
 
     checkpoints_dir = spec.run_dir / "checkpoints"
-    checkpoints_dir.mkdir(exist_ok=True)
-    ckpt.remove_stale_staging(checkpoints_dir)
-    recorded = {c.step for c in store.list_checkpoints(spec.run_id)}
-    latest = ckpt.latest_complete_checkpoint(checkpoints_dir, recorded) if recorded else None
+    recorded: set[int] = set()
+    latest_path = None
+    if dist.main:
+        checkpoints_dir.mkdir(exist_ok=True)
+        ckpt.remove_stale_staging(checkpoints_dir)
+        recorded = {c.step for c in store.list_checkpoints(spec.run_id)}
+        latest = ckpt.latest_complete_checkpoint(checkpoints_dir, recorded) if recorded else None
+        latest_path = str(latest.path) if latest is not None else None
+    latest_path = dist.broadcast(latest_path)  # every rank restores the checkpoint rank 0 chose
+    init_file = spec.run_dir / "adapter_init.safetensors"  # what the manifest's proof of change compares with
+    if latest_path is not None:
+        restore_adapter(Path(latest_path), model)
+    elif dist.main and not init_file.exists():
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        save_file(get_peft_model_state_dict(model), str(init_file))
+    wrapped = dist.wrap(model, cfg.distributed)  # FSDP shards the parameters in place: take them after
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    together = dist.main or dist.sharded  # who takes part in saving and validating
+    training_step_stats(gpu)  # CPU shares are measured between calls: start the clock now
     state = LoopState()
-    if latest is not None:
-        state = restore_checkpoint(latest.path, model, optimizer)
+    if latest_path is not None:
+        state = restore_training_state(Path(latest_path), model, optimizer, dist)
         log.info("run %s: resuming at step %d of %d (attempt %d)", spec.run_id, state.step, total, attempt)
     else:
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        init_file = spec.run_dir / "adapter_init.safetensors"
-        if not init_file.exists():
-            from peft import get_peft_model_state_dict
-            from safetensors.torch import save_file
-
-            save_file(get_peft_model_state_dict(model), str(init_file))
 
     def checkpoint() -> None:
-        info = save_checkpoint(model, optimizer, state, checkpoints_dir)
+        info = save_checkpoint(model, optimizer, state, checkpoints_dir, dist)
+        if info is None:
+            return  # not rank 0
         store.record_checkpoint(spec.run_id, state.step, str(info.path), attempt=attempt)
         recorded.add(state.step)
         ckpt.prune_checkpoints(checkpoints_dir, cfg.keep_checkpoints)
@@ -310,18 +387,25 @@ def train_run(spec: RunSpec, store, *, control: Control | None = None, on_step: 
                  "bad_steps": state.bad_total}
         if last_row:
             final["loss"] = last_row["loss"]
-        if status in ("succeeded", "stopped"):
+        result = status in ("succeeded", "stopped")
+        adapter = None
+        if result and together:
             val = validation_loss(model, heldout_examples, cfg, tokenizer.pad_token_id)
             if val is not None:
                 final["val_loss"] = val
                 _log_metrics([{"step": state.step, "val_loss": val}], "eval")
-        adapter = _save_adapter_atomically(model, spec.adapter_out) if status in ("succeeded", "stopped") else None
+            whole = dist.lora_state(model)
+            if dist.main:
+                adapter = _save_adapter_atomically(model, spec.adapter_out, whole)
         return RunOutcome(status, state.step, total, attempt, final, adapter, error)
 
     metrics_path = spec.run_dir / "metrics.jsonl"
-    metrics_file = open(metrics_path, "a", encoding="utf-8")
+    metrics_file = open(metrics_path, "a", encoding="utf-8") if dist.main else None
+    filler = pack_batch([train_examples[0]], cfg.max_seq_len, tokenizer.pad_token_id, cfg.pack) if dist.active else None
 
     def _log_metrics(rows: list[dict], kind: str = "train") -> None:
+        if metrics_file is None:
+            return
         for row in rows:
             metrics_file.write(json.dumps({"kind": kind, "attempt": attempt, **row}) + "\n")
         metrics_file.flush()
@@ -331,21 +415,21 @@ def train_run(spec: RunSpec, store, *, control: Control | None = None, on_step: 
     model.train()
     try:
         while state.step < total:
-            action = control(state.step) if control else None
+            action = dist.broadcast(control(state.step) if control and dist.main else None)
             if action == "cancel":
                 log.info("run %s: cancelled at step %d", spec.run_id, state.step)
                 return finish("cancelled")
             if action in ("pause", "stop"):
-                if state.step not in recorded:
+                if dist.broadcast(state.step not in recorded if dist.main else None) and together:
                     checkpoint()
                 log.info("run %s: %s at step %d", spec.run_id, action, state.step)
                 return finish("paused" if action == "pause" else "stopped")
             started = time.perf_counter()
-            indices = examples_for_step(state.step, len(train_examples), cfg)
+            indices = examples_for_step(state.step, len(train_examples), cfg, dist.rank)
             batches = [pack_batch([train_examples[i] for i in mb], cfg.max_seq_len,
                                   tokenizer.pad_token_id, cfg.pack) for mb in indices]
             lr = learning_rate(state.step, total, cfg, state.lr_scale)
-            result = train_step(model, optimizer, params, batches, cfg, lr)
+            result = train_step(wrapped, optimizer, params, batches, cfg, lr, dist, filler)
             state.step += 1
             state.tokens_seen += result["tokens"]
             elapsed = time.perf_counter() - started
@@ -358,7 +442,7 @@ def train_run(spec: RunSpec, store, *, control: Control | None = None, on_step: 
             }
             if device.type == "cuda":
                 row["peak_accel_mb"] = torch.cuda.max_memory_allocated() / 2**20
-            if result["problem"]:
+            if result["problem"]:  # the same on every rank: loss and gradients are the world's
                 state.bad_in_a_row += 1
                 state.bad_total += 1
                 row["skipped"] = result["problem"]
@@ -373,9 +457,11 @@ def train_run(spec: RunSpec, store, *, control: Control | None = None, on_step: 
                 state.bad_in_a_row = 0
             _log_metrics([row])
             last_row = row
+            if not together:
+                continue  # what follows is rank 0's (with FSDP, every rank's): observing, validating, saving
             if layer_stats_every and (state.step % layer_stats_every == 0 or state.step == total):
                 _log_metrics([{"step": state.step, **lora_delta_norms(model)}], "layers")
-            if on_step:
+            if on_step and dist.main:
                 on_step({**row, "total_steps": total, "attempt": attempt})
             if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < total:
                 val = validation_loss(model, heldout_examples, cfg, tokenizer.pad_token_id)
@@ -387,4 +473,5 @@ def train_run(spec: RunSpec, store, *, control: Control | None = None, on_step: 
     except TrainingDiverged as exc:
         return finish("failed", str(exc))
     finally:
-        metrics_file.close()
+        if metrics_file is not None:
+            metrics_file.close()
