@@ -1,9 +1,8 @@
 """Data-parallel training under torchrun: who this process is, and the few collectives the
 trainer needs.
 
-With ``train.nproc > 1`` the daemon starts the ordinary trainer under
-``python -m torch.distributed.run --standalone --nproc-per-node N`` (see
-:func:`torchrun_command`). Every process runs the same loop on its share of each optimizer
+With ``train.nproc > 1`` the daemon starts the ordinary trainer under torchrun, in N
+processes on its machine (see :mod:`honed.daemon.launch`). Every process runs the same loop on its share of each optimizer
 step's examples; ``torch.nn.parallel.DistributedDataParallel`` averages the gradients.
 Only rank 0 talks to the store and writes files (checkpoints, metrics, the adapter, the
 manifest); it decides what happens at each step boundary (train on, pause, stop, cancel)
@@ -17,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,17 +30,6 @@ def world_size_from_env() -> int:
         return max(1, int(os.environ.get("WORLD_SIZE", "1")))
     except ValueError:
         return 1
-
-
-def torchrun_command(nproc: int, module: str, *args: str) -> list[str]:
-    """The command that runs ``python -m module args`` in ``nproc`` processes on this machine.
-
-    ``--max-restarts 0``: when a rank dies, torchrun ends the others and exits non-zero;
-    the daemon then counts a failed attempt and starts the next one from the last
-    checkpoint, with its bounded attempts and backoff, as for any crashed trainer."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-            "--nproc-per-node", str(nproc), "--max-restarts", "0", "--monitor-interval", "0.5",
-            "-m", module, *args]
 
 
 @dataclass

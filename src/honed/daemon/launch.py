@@ -1,0 +1,73 @@
+"""Start a trainer in several processes: torchrun, with the trainer's exit codes.
+
+``python -m honed.daemon.launch --nproc N -- TRAINER ARGS`` is
+``torchrun --standalone --nnodes 1 --nproc-per-node N --max-restarts 0 -m
+honed.daemon.trainer_process TRAINER ARGS``, through torchrun's own argument parser and
+launcher (``torch.distributed.run``), with one difference the daemon needs: when a rank
+fails, torchrun exits 1 whatever happened, while this exits with the code of the failure
+that came first, so that "the job cannot be trained" (3) and "the claim was lost" (4)
+from rank 0 reach the daemon as they do from a single trainer, and its last line names
+the rank that failed and how.
+
+``--max-restarts 0``: a rank that dies ends the attempt (torchrun stops the others); the
+daemon counts it and starts the next attempt from the last checkpoint, with its bounded
+attempts and backoff, as for any crashed trainer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import uuid
+
+TRAINER_MODULE = "honed.daemon.trainer_process"
+
+
+def launch_command(nproc: int, *trainer_args: str, python: str = sys.executable) -> list[str]:
+    """The command the daemon runs for a job with ``train.nproc = nproc``."""
+    return [python, "-m", "honed.daemon.launch", "--nproc", str(nproc), "--", *trainer_args]
+
+
+def describe_failure(rank: int, exitcode: int, pid: int) -> str:
+    if exitcode < 0:
+        try:
+            how = f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            how = f"was killed by signal {-exitcode}"
+    else:
+        how = f"exited with code {exitcode}"
+    return f"rank {rank} (pid {pid}) {how}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m honed.daemon.launch")
+    parser.add_argument("--nproc", type=int, required=True, help="processes on this machine")
+    parser.add_argument("--module", default=TRAINER_MODULE, help=argparse.SUPPRESS)
+    parser.add_argument("trainer_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    trainer_args = args.trainer_args[1:] if args.trainer_args[:1] == ["--"] else args.trainer_args
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import elastic_launch
+    from torch.distributed.run import config_from_args, parse_args
+
+    run_args = parse_args(["--nnodes", "1", "--nproc-per-node", str(args.nproc), "--max-restarts", "0",
+                           "--monitor-interval", "0.5", "-m", args.module, *trainer_args])
+    # What torchrun's --standalone does: a rendezvous of this machine alone, on a free port.
+    run_args.rdzv_backend, run_args.rdzv_endpoint, run_args.rdzv_id = "c10d", "localhost:0", str(uuid.uuid4())
+    config, entrypoint, entry_args = config_from_args(run_args)
+    try:
+        elastic_launch(config=config, entrypoint=entrypoint)(*entry_args)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        others = sorted(r for r in exc.failures if r != rank)
+        after = f"; then rank{'s' if len(others) > 1 else ''} {', '.join(map(str, others))} ended" if others else ""
+        print(f"DistributedTrainerFailed: {describe_failure(rank, failure.exitcode, failure.pid)}{after}",
+              file=sys.stderr, flush=True)
+        return failure.exitcode if failure.exitcode > 0 else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
