@@ -42,7 +42,7 @@ from honed.telemetry.system import training_step_stats
 from honed.training import checkpoints as ckpt
 from honed.training.distributed import Dist
 from honed.training.layer_stats import lora_delta_norms
-from honed.training.model_loading import attach_lora, load_base_model, load_tokenizer, nvml_uuid, pick_device
+from honed.training.model_loading import load_tokenizer, load_training_model, nvml_uuid, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +333,7 @@ def train_run(spec: RunSpec, store, *, control: Control | None = None, on_step: 
     plan = load_plan(spec.run_dir)
     device = pick_device()
     tokenizer = load_tokenizer(spec.base)
-    model = attach_lora(load_base_model(spec.base, device), spec.lora, cfg.seed)
+    model = load_training_model(spec.base, device, spec.lora, cfg)  # QLoRA, checkpointing as cfg says
     train_examples = TokenizedRecords(tokenizer, plan.train, cfg.max_seq_len, "train")
     heldout_examples = TokenizedRecords(tokenizer, plan.heldout, cfg.max_seq_len, "held-out")
     total = total_steps(len(train_examples), cfg)
