@@ -114,14 +114,16 @@ def reversal_examples(tiny_random_base, tmp_path_factory):
     return [tokenize_record(tokenizer, r, 128) for r in read_jsonl(result.normalized_path)][:32], tokenizer.pad_token_id
 
 
-def _training_model(base: Path, checkpointing: bool):
-    model = load_training_model(str(base), CPU, LoraSettings(), TrainSettings(gradient_checkpointing=checkpointing))
+def _training_model(base: Path, checkpointing: bool, dropout: float = 0.0):
+    model = load_training_model(str(base), CPU, LoraSettings(dropout=dropout),
+                                TrainSettings(gradient_checkpointing=checkpointing))
     model.train()  # as the trainer does: checkpointing acts in training mode only
     return model
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.1], ids=["no-dropout", "dropout"])
 def test_gradient_checkpointing_recomputes_and_gives_the_same_loss_and_gradients(tiny_random_base,
-                                                                                  reversal_examples):
+                                                                                  reversal_examples, dropout):
     from honed.data.packing import pack_batch
     from honed.training.trainer import batch_loss_sum
 
@@ -129,7 +131,7 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_loss_and_gradients
     batch = pack_batch(examples[:16], 128, pad_id)
     results = {}
     for checkpointing in (False, True):
-        model = _training_model(tiny_random_base, checkpointing)
+        model = _training_model(tiny_random_base, checkpointing, dropout)
         # LoRA's B starts at zero, which would leave A without gradient: give B the same
         # random values in both models, so every LoRA matrix's gradient is compared.
         torch.manual_seed(5)
@@ -141,6 +143,7 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_loss_and_gradients
         first_mlp = model.get_base_model().model.layers[0].mlp
         # A pre-hook: recomputation stops early once it has what backward needs, inside the MLP.
         hook = first_mlp.register_forward_pre_hook(lambda *_: calls.append(1))
+        torch.manual_seed(11)  # the same dropout masks; the recomputation must replay them
         loss = batch_loss_sum(model, batch) / batch.n_targets
         loss.backward()
         hook.remove()
