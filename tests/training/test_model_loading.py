@@ -77,8 +77,6 @@ def test_unquantized_settings_need_nothing_special():
     check_training_support(TrainSettings(gradient_checkpointing=True, nproc=2, distributed="fsdp"), CPU)
 
 
-@pytest.mark.xfail(strict=True, reason="wired in by the trainer change: train_once and train_run call "
-                   "check_training_support before planning or loading")
 @pytest.mark.skipif(QLORA_POSSIBLE, reason="CUDA and bitsandbytes are both here: 4-bit would train")
 def test_one_shot_train_with_4bit_where_it_cannot_run_fails_with_the_reason(make_workspace, tiny_random_base,
                                                                            tmp_path):

@@ -41,6 +41,18 @@ def score_exact_match(base: str, adapter: Path | None, eval_file: Path) -> float
     return exact_match(model, tokenizer, load_records(eval_file))
 
 
+def check_trainable_here(train) -> None:
+    """Refuse, before anything is planned or loaded, settings this process cannot train:
+    several processes (the daemon runs those under torchrun) or 4-bit without CUDA."""
+    from honed.training.model_loading import check_training_support, pick_device
+
+    if train.nproc > 1:
+        raise RunError(f"train.nproc = {train.nproc}: 'honed train' trains in this one process; queue the "
+                       "data for the daemon instead ('honed queue add DATASET --set train.nproc=N'), which "
+                       "runs the job under torchrun, or set train.nproc = 1")
+    check_training_support(train, pick_device())
+
+
 def train_once(ws, store, *, datasets: list[str], eval_file: Path | None, base_version: int | None,
                resume: str | None, out: Path | None, track: str, control=None, on_step=None,
                on_message=None) -> dict:
@@ -50,7 +62,9 @@ def train_once(ws, store, *, datasets: list[str], eval_file: Path | None, base_v
         raise FileNotFoundError(f"--eval {eval_file}: no such file")
     if resume:
         spec = resume_spec(ws, store, resume)
+        check_trainable_here(spec.train)
     else:
+        check_trainable_here(ws.settings.train)
         ids = _dataset_ids(ws, store, datasets, track)
         spec = prepare_run(ws, store, ids, track=track, adapter_out=out, base_version=base_version)
         for note in store.get_run(spec.run_id).config["plan"].get("notes", []):
