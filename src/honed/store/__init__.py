@@ -9,6 +9,7 @@ from honed.store.errors import (
     DuplicateDatasetError,
     NotFoundError,
     StaleAttemptError,
+    StaleClaimError,
     StoreError,
     StoreUnavailableError,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "JobStateError",
     "RunInfo",
     "StaleAttemptError",
+    "StaleClaimError",
     "Store",
     "StoreError",
     "StoreUnavailableError",

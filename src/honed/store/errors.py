@@ -26,6 +26,18 @@ class StaleAttemptError(StoreError):
     attempt owns the run now, so the stale writer's change is refused (fencing)."""
 
 
+class StaleClaimError(StaleAttemptError):
+    """A writer carried the fencing token of a claim on a job that no longer holds it:
+    its lease ran out and another daemon took the job over (or the attempt was already
+    settled), so the write is refused.
+
+    A subclass of :class:`StaleAttemptError` because it is the same situation one level
+    up (a claim is an attempt at the job, as an attempt number is one at the run), and
+    the reaction is the same: stop writing and get out. Code that already stops on a
+    stale attempt therefore stops on a lost claim too; code that must tell them apart
+    catches this one first."""
+
+
 class JobStateError(StoreError):
     """A job cannot do what was asked in the state it is in (resume a finished job, move
     a running one); the message says which state it is in and what would apply."""

@@ -80,7 +80,9 @@ class CheckpointInfo:
 class JobInfo:
     """A request to train a track, and where it stands. ``failures`` counts the
     attempts whose trainer crashed; ``progress`` is the running trainer's last report
-    (step, total_steps, loss, tokens_per_s, eta_s)."""
+    (step, total_steps, loss, tokens_per_s, eta_s). ``fence`` is the number of the
+    latest claim (the token its writes carry) and ``lease_until`` when that claim runs
+    out unless its daemon renews it."""
 
     id: int
     track: str
@@ -101,6 +103,8 @@ class JobInfo:
     updated_at: datetime
     started_at: datetime | None
     ended_at: datetime | None
+    fence: int
+    lease_until: datetime | None
 
 
 @dataclass(frozen=True)

@@ -2,19 +2,30 @@
 that run them. The job state machine lives here; every change of a job's state is one
 transaction that also appends the event saying why.
 
+Several daemons may share one store. A daemon *claims* a job: the claim increments the
+job's ``fence`` (its fencing token) and leases the job to the daemon until
+``lease_until``, which the daemon keeps renewing. A job whose lease ran out is taken
+over by the next daemon that claims (its old daemon is presumed dead). Every write made
+on behalf of a claim (progress, evaluation, events, commands taken, the end of the
+attempt) may carry its fence, and is refused with :class:`StaleClaimError` once the
+job no longer belongs to that claim, so a daemon that was only asleep cannot undo what
+the new owner did. Writes by people (control commands) carry no fence. Leases are
+measured on the database's clock (see :func:`store_now`).
+
 Each function takes a connection that is already in a transaction; none commits.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
 from honed.store.catalog import get_dataset, require_track
-from honed.store.errors import JobStateError, NotFoundError, StoreError
+from honed.store.errors import JobStateError, NotFoundError, StaleClaimError, StoreError
 from honed.store.info import CommandInfo, JobEvent, JobInfo, WorkerInfo
+from honed.store.runs import supersede_attempt
 from honed.store.schema import (
     JOB_COMMANDS,
     JOB_FINAL_STATES,
@@ -45,7 +56,7 @@ def _job(row: sa.Row) -> JobInfo:
         not_before=row.not_before, error=row.error, worker=row.worker, trainer_pid=row.trainer_pid,
         heartbeat_at=row.heartbeat_at, progress=dict(row.progress) if row.progress else None,
         created_at=row.created_at, updated_at=row.updated_at, started_at=row.started_at,
-        ended_at=row.ended_at,
+        ended_at=row.ended_at, fence=row.fence, lease_until=row.lease_until,
     )
 
 
@@ -64,12 +75,68 @@ def priority_value(priority: str) -> int:
     return JOB_PRIORITIES[priority]
 
 
+# --- claims: leases and fencing tokens ------------------------------------------------
+
+
+def store_now(conn: sa.Connection) -> datetime:
+    """The time leases are measured by: the database server's clock on PostgreSQL, which
+    every daemon sharing the store reads alike whatever its own machine's clock says;
+    this machine's clock on SQLite (one machine)."""
+    if conn.dialect.name == "postgresql":
+        return conn.scalar(sa.select(sa.func.clock_timestamp())).astimezone(UTC)
+    return utc_now()
+
+
+def _held_by(job_id: int, fence: int) -> sa.ColumnElement[bool]:
+    """The job is still held by the claim with ``fence``: no later claim took it, and
+    its attempt was not settled (settling clears the worker)."""
+    return sa.and_(jobs.c.id == job_id, jobs.c.fence == fence, jobs.c.worker.is_not(None))
+
+
+def _stale(conn: sa.Connection, job_id: int, fence: int) -> StaleClaimError:
+    """The error for a write of claim ``fence`` that no longer holds the job (NotFoundError
+    propagates for a job that does not exist)."""
+    job = get_job(conn, job_id)
+    if job.fence != fence and job.worker is not None:
+        now_held = f"{job.worker} holds it with fence {job.fence}"
+    elif job.fence != fence:
+        now_held = f"it was claimed again since (fence {job.fence}) and is {job.state}"
+    else:
+        now_held = f"its attempt was settled; it is {job.state}"
+    return StaleClaimError(f"job {job_id}: the claim with fence {fence} no longer holds it ({now_held}); "
+                           "the write was refused")
+
+
+def check_claim(conn: sa.Connection, job_id: int, fence: int | None, lock: bool = True) -> JobInfo:
+    """The job (row-locked on PostgreSQL with ``lock``, so no claim can slip in before
+    the caller's write commits); StaleClaimError unless the claim with ``fence`` still
+    holds it. ``fence`` None checks nothing (a write by a person, or an unfenced caller)."""
+    job = get_job(conn, job_id, lock=lock)
+    if fence is not None and (job.fence != fence or job.worker is None):
+        raise _stale(conn, job_id, fence)
+    return job
+
+
+def renew_lease(conn: sa.Connection, job_id: int, fence: int, lease_s: float,
+                now: datetime | None = None) -> datetime:
+    """Extend the lease of claim ``fence`` to ``lease_s`` from now and return its new
+    end; StaleClaimError when the job was taken over or settled. A lease that ran out
+    while nobody took the job over is simply renewed: the claim still holds."""
+    until = (now or store_now(conn)) + timedelta(seconds=lease_s)
+    if conn.execute(jobs.update().where(_held_by(job_id, fence)).values(lease_until=until)).rowcount == 0:
+        raise _stale(conn, job_id, fence)
+    return until
+
+
 # --- jobs --------------------------------------------------------------------------
 
 
 def add_event(conn: sa.Connection, job_id: int, kind: str, message: str,
-              data: dict[str, Any] | None = None) -> None:
-    """Append one entry to a job's event log."""
+              data: dict[str, Any] | None = None, fence: int | None = None) -> None:
+    """Append one entry to a job's event log; with ``fence``, only while that claim
+    holds the job (StaleClaimError otherwise)."""
+    if fence is not None:
+        check_claim(conn, job_id, fence)
     conn.execute(job_events.insert().values(
         job_id=job_id, at=utc_now(), kind=kind, message=message,
         data=encode_non_finite(data) if data else None,
@@ -88,7 +155,7 @@ def create_job(conn: sa.Connection, *, track: str, dataset_ids: list[int], overr
     now = utc_now()
     job_id = conn.execute(jobs.insert().values(
         track=track, dataset_ids=list(dataset_ids), overrides=dict(overrides),
-        priority=priority_value(priority), state="queued", source=source, failures=0,
+        priority=priority_value(priority), state="queued", source=source, failures=0, fence=0,
         created_at=now, updated_at=now,
     ).returning(jobs.c.id)).scalar_one()
     add_event(conn, job_id, "queued", f"queued by {source} with priority {priority} "
@@ -125,46 +192,73 @@ def _update(conn: sa.Connection, job_id: int, **values: Any) -> None:
     conn.execute(jobs.update().where(jobs.c.id == job_id).values(updated_at=utc_now(), **values))
 
 
-def claim_next_job(conn: sa.Connection, worker: str, run_id: str, now: datetime | None = None) -> JobInfo | None:
-    """Take the first queued job whose backoff has passed and mark it running for
-    ``worker``; a job that has no run yet gets ``run_id``. None when nothing is ready."""
-    now = now or utc_now()
-    query = (
-        sa.select(jobs.c.id, jobs.c.run_id)
-        .where(jobs.c.state == "queued", sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now))
-        .order_by(jobs.c.priority, jobs.c.id)
-        .limit(1)
-    )
+def claim_next_job(conn: sa.Connection, worker: str, run_id: str, lease_s: float,
+                   now: datetime | None = None) -> JobInfo | None:
+    """Claim the next job for ``worker`` and lease it for ``lease_s`` seconds; None when
+    nothing is ready.
+
+    Ready is a queued job whose backoff has passed, or a running or evaluating job whose
+    lease ran out (its daemon is presumed dead: the job is *taken over*, which is not a
+    failed attempt). Either way, in priority order then first in first out, the job
+    becomes running with the next fence, the lease, and ``run_id`` if it has no run yet
+    (a job taken over while evaluating is evaluated again by its new trainer). A taken-over
+    job's run moves on to a new attempt number at once, so that whatever the lost
+    attempt's trainer still writes to the run is refused (StaleAttemptError) even
+    before the new trainer starts. ``SKIP LOCKED`` on PostgreSQL lets daemons claim side
+    by side without waiting for each other's rows; on SQLite claims queue for the write
+    lock (``BEGIN IMMEDIATE``)."""
+    now = now or store_now(conn)
+    ready = sa.and_(jobs.c.state == "queued", sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now))
+    lapsed = sa.and_(jobs.c.state.in_(("running", "evaluating")), jobs.c.lease_until < now)
+    query = sa.select(jobs.c.id).where(sa.or_(ready, lapsed)).order_by(jobs.c.priority, jobs.c.id).limit(1)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
-    row = conn.execute(query).first()
-    if row is None:
+    job_id = conn.execute(query).scalar()
+    if job_id is None:
         return None
-    job = get_job(conn, row.id)
-    _update(conn, row.id, state="running", worker=worker, run_id=row.run_id or run_id,
-            trainer_pid=None, heartbeat_at=now, not_before=None,
-            started_at=job.started_at or now)
+    job = get_job(conn, job_id)
+    fence = job.fence + 1
+    run_id = job.run_id or run_id
+    # The trainer's heartbeat is read against this machine's clock (Supervisor.heartbeat_age);
+    # only the lease is on the store's.
+    _update(conn, job_id, state="running", worker=worker, run_id=run_id, fence=fence,
+            lease_until=now + timedelta(seconds=lease_s), trainer_pid=None, heartbeat_at=utc_now(),
+            not_before=None, started_at=job.started_at or utc_now())
     attempt = job.failures + 1
-    add_event(conn, row.id, "started", f"claimed by {worker}" + (f" (retry after {job.failures} failed attempt"
-              f"{'s' if job.failures > 1 else ''})" if job.failures else ""),
-              {"worker": worker, "run_id": row.run_id or run_id, "attempt": attempt})
-    return get_job(conn, row.id)
+    data = {"worker": worker, "run_id": run_id, "attempt": attempt, "fence": fence}
+    if job.state == "queued":
+        add_event(conn, job_id, "started", f"claimed by {worker}" + (
+            f" (retry after {job.failures} failed attempt{'s' if job.failures > 1 else ''})" if job.failures else ""),
+            data)
+    else:
+        superseded = supersede_attempt(conn, run_id)
+        # A command the lost trainer took but never saw through waits for the new one.
+        conn.execute(job_commands.update().where(job_commands.c.job_id == job_id, job_commands.c.state == "taken")
+                     .values(state="pending", taken_at=None, taken_step=None))
+        add_event(conn, job_id, "taken_over", f"taken over by {worker}: {job.worker} held it while {job.state} "
+                  f"until its lease ran out at {job.lease_until:%H:%M:%S} UTC; its writes are refused from now on",
+                  {**data, "previous_worker": job.worker, "previous_fence": job.fence,
+                   "lease_until": job.lease_until.isoformat(), "run_attempt": superseded})
+    return get_job(conn, job_id)
 
 
 def report_progress(conn: sa.Connection, job_id: int, progress: dict[str, Any] | None,
-                    trainer_pid: int | None) -> None:
-    """A trainer's heartbeat: its pid and where it is (step, loss, tokens/s, ETA)."""
+                    trainer_pid: int | None, fence: int | None = None) -> None:
+    """A trainer's heartbeat: its pid and where it is (step, loss, tokens/s, ETA); with
+    ``fence``, only while that claim holds the job (StaleClaimError otherwise)."""
     values: dict[str, Any] = {"heartbeat_at": utc_now()}
     if progress is not None:
         values["progress"] = encode_non_finite(progress)
     if trainer_pid is not None:
         values["trainer_pid"] = trainer_pid
-    conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
+    where = jobs.c.id == job_id if fence is None else _held_by(job_id, fence)
+    if conn.execute(jobs.update().where(where).values(**values)).rowcount == 0 and fence is not None:
+        raise _stale(conn, job_id, fence)
 
 
-def mark_evaluating(conn: sa.Connection, job_id: int, message: str) -> None:
+def mark_evaluating(conn: sa.Connection, job_id: int, message: str, fence: int | None = None) -> None:
     """The trainer finished training the job and now scores its candidate."""
-    job = get_job(conn, job_id, lock=True)
+    job = check_claim(conn, job_id, fence)
     if job.state != "running":
         raise JobStateError(f"job {job_id} is {job.state}; only a running job goes on to evaluation")
     _update(conn, job_id, state="evaluating")
@@ -183,7 +277,7 @@ def set_priority(conn: sa.Connection, job_id: int, priority: str) -> JobInfo:
 
 def end_attempt(conn: sa.Connection, job_id: int, state: str, message: str, *, kind: str | None = None,
                 error: str | None = None, not_before: datetime | None = None, failed: bool = False,
-                data: dict[str, Any] | None = None) -> JobInfo:
+                data: dict[str, Any] | None = None, fence: int | None = None) -> JobInfo:
     """Record how a trainer's attempt at a job ended and settle its control commands.
 
     ``state`` is where the job goes: ``queued`` (to continue later: an interruption,
@@ -192,12 +286,17 @@ def end_attempt(conn: sa.Connection, job_id: int, state: str, message: str, *, k
     took is done now; one still pending meets the job where it is: applied at once when
     the job went back to the queue (a stop stays pending for the next trainer, which
     ends the run from its checkpoint), or told that the job had already ended.
+
+    With ``fence``, only the claim that still holds the job may settle it
+    (StaleClaimError otherwise: the job was taken over, and its new owner settles it).
+    Settling ends the claim: worker and lease are cleared.
     """
     if state not in JOB_STATES:
         raise StoreError(f"job state {state!r} is not one of {', '.join(JOB_STATES)}")
-    job = get_job(conn, job_id, lock=True)
+    job = check_claim(conn, job_id, fence)
     now = utc_now()
-    values: dict[str, Any] = {"state": state, "trainer_pid": None, "worker": None, "not_before": not_before}
+    values: dict[str, Any] = {"state": state, "trainer_pid": None, "worker": None, "lease_until": None,
+                              "not_before": not_before}
     if failed:
         values["failures"] = job.failures + 1
     if error is not None:
@@ -314,9 +413,11 @@ def has_pending_command(conn: sa.Connection, job_id: int) -> bool:
         job_commands.c.job_id == job_id, job_commands.c.state == "pending").limit(1)) is not None
 
 
-def take_command(conn: sa.Connection, job_id: int, step: int) -> str | None:
+def take_command(conn: sa.Connection, job_id: int, step: int, fence: int | None = None) -> str | None:
     """For the trainer at a step boundary: the oldest pending command of its job, now
-    marked taken at ``step``; None when there is none."""
+    marked taken at ``step``; None when there is none. With ``fence``, only while that
+    claim holds the job (StaleClaimError otherwise)."""
+    check_claim(conn, job_id, fence)
     row = conn.execute(sa.select(job_commands).where(
         job_commands.c.job_id == job_id, job_commands.c.state == "pending",
     ).order_by(job_commands.c.id).limit(1)).first()

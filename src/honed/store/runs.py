@@ -122,6 +122,17 @@ def start_attempt(conn: sa.Connection, run_id: str) -> int:
     return attempt
 
 
+def supersede_attempt(conn: sa.Connection, run_id: str) -> int | None:
+    """Move a run whose attempt was lost (its job was taken over) on to the next attempt
+    number, so that everything the lost attempt's trainer may still write is refused;
+    the new trainer's :func:`start_attempt` takes the number after. Returns the number,
+    or None when the run does not exist yet (a trainer that has not created it yet will
+    find it created by the new one, and stop)."""
+    return conn.execute(
+        runs.update().where(runs.c.id == run_id).values(attempt=runs.c.attempt + 1).returning(runs.c.attempt)
+    ).scalar()
+
+
 def finish_run(
     conn: sa.Connection,
     run_id: str,

@@ -240,6 +240,10 @@ jobs = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("started_at", UTCDateTime, nullable=True),
     sa.Column("ended_at", UTCDateTime, nullable=True),
+    # The claim that holds the job: its fencing token (incremented by every claim; each
+    # write made for a claim carries it) and when its lease runs out unless renewed.
+    sa.Column("fence", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("lease_until", UTCDateTime, nullable=True),
     sa.Index(None, "state", "priority", "id"),
     sqlite_autoincrement=True,
 )

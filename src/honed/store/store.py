@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -281,10 +282,15 @@ class Store:
         with self._transaction(write=False) as conn:
             return runs.list_runs(conn, track, limit)
 
-    def start_attempt(self, run_id: str) -> int:
+    def start_attempt(self, run_id: str, *, job_id: int | None = None, fence: int | None = None) -> int:
         """Start the next attempt of a run (status ``running`` again, previous error
-        cleared) and return its number, the fencing token its writers carry."""
+        cleared) and return its number, the fencing token its writers carry. With
+        ``job_id`` and ``fence``, only while that claim still holds the job
+        (StaleClaimError otherwise), so a trainer whose job was taken over cannot start
+        an attempt that would shut out the new owner's."""
         with self._transaction(write=True) as conn:
+            if fence is not None and job_id is not None:
+                jobs.check_claim(conn, job_id, fence)
             return runs.start_attempt(conn, run_id)
 
     def finish_run(
@@ -390,22 +396,40 @@ class Store:
         with self._transaction(write=False) as conn:
             return jobs.list_jobs(conn, states, limit)
 
-    def claim_next_job(self, worker: str, run_id: str) -> JobInfo | None:
-        """Atomically take the next ready job for ``worker`` (state ``running``); a job
-        without a run gets ``run_id``. None when nothing is ready."""
+    def claim_next_job(self, worker: str, run_id: str, lease_s: float = 60.0,
+                       now: datetime | None = None) -> JobInfo | None:
+        """Atomically claim the next ready job for ``worker`` (state ``running``) and
+        lease it for ``lease_s`` seconds: a queued job, or one whose lease ran out (taken
+        over). The job's ``fence`` is the token this claim's writes carry; a job without
+        a run gets ``run_id``. None when nothing is ready. ``now`` (tests) replaces the
+        store's clock (see :func:`honed.store.jobs.claim_next_job`)."""
         with self._transaction(write=True) as conn:
-            return jobs.claim_next_job(conn, worker, run_id)
+            return jobs.claim_next_job(conn, worker, run_id, lease_s, now)
+
+    def renew_lease(self, job_id: int, fence: int, lease_s: float, now: datetime | None = None) -> datetime:
+        """Extend claim ``fence``'s lease on the job to ``lease_s`` seconds from now and
+        return when it runs out; StaleClaimError when the job was taken over or settled."""
+        with self._transaction(write=True) as conn:
+            return jobs.renew_lease(conn, job_id, fence, lease_s, now)
+
+    def check_claim(self, job_id: int, fence: int) -> JobInfo:
+        """The job, if the claim with ``fence`` still holds it; StaleClaimError otherwise.
+        A read: the answer can change the moment after, which only fenced writes rule out."""
+        with self._transaction(write=False) as conn:
+            return jobs.check_claim(conn, job_id, fence, lock=False)
 
     def report_progress(self, job_id: int, progress: dict[str, Any] | None = None,
-                        trainer_pid: int | None = None) -> None:
-        """A trainer's heartbeat, with where it is."""
+                        trainer_pid: int | None = None, fence: int | None = None) -> None:
+        """A trainer's heartbeat, with where it is; with ``fence``, refused
+        (StaleClaimError) once that claim no longer holds the job."""
         with self._transaction(write=True) as conn:
-            jobs.report_progress(conn, job_id, progress, trainer_pid)
+            jobs.report_progress(conn, job_id, progress, trainer_pid, fence)
 
-    def mark_job_evaluating(self, job_id: int, message: str) -> None:
-        """Move a running job on to the evaluation of its candidate."""
+    def mark_job_evaluating(self, job_id: int, message: str, fence: int | None = None) -> None:
+        """Move a running job on to the evaluation of its candidate (fenced like
+        :meth:`report_progress`)."""
         with self._transaction(write=True) as conn:
-            jobs.mark_evaluating(conn, job_id, message)
+            jobs.mark_evaluating(conn, job_id, message, fence)
 
     def set_job_priority(self, job_id: int, priority: str) -> JobInfo:
         """Move a waiting job to another priority."""
@@ -414,14 +438,17 @@ class Store:
 
     def end_attempt(self, job_id: int, state: str, message: str, **kwargs: Any) -> JobInfo:
         """Record how a trainer's attempt ended and settle the job's commands (see
-        :func:`honed.store.jobs.end_attempt`)."""
+        :func:`honed.store.jobs.end_attempt`; with ``fence=``, only the claim that still
+        holds the job may)."""
         with self._transaction(write=True) as conn:
             return jobs.end_attempt(conn, job_id, state, message, **kwargs)
 
-    def add_job_event(self, job_id: int, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
-        """Append an entry to a job's event log."""
+    def add_job_event(self, job_id: int, kind: str, message: str, data: dict[str, Any] | None = None,
+                      fence: int | None = None) -> None:
+        """Append an entry to a job's event log; with ``fence``, only while that claim
+        holds the job (StaleClaimError otherwise)."""
         with self._transaction(write=True) as conn:
-            jobs.add_event(conn, job_id, kind, message, data)
+            jobs.add_event(conn, job_id, kind, message, data, fence)
 
     def job_events(self, job_id: int, after_id: int = 0, limit: int | None = None) -> list[JobEvent]:
         """A job's events after ``after_id``, oldest first."""
@@ -453,14 +480,17 @@ class Store:
         with self._transaction(write=False) as conn:
             return jobs.get_command(conn, command_id)
 
-    def take_command(self, job_id: int, step: int) -> str | None:
+    def take_command(self, job_id: int, step: int, fence: int | None = None) -> str | None:
         """For a trainer at a step boundary: its job's next pending command, marked taken.
-        Only reads (no write lock) when nothing is pending, which is nearly always."""
+        Only reads (no write lock) when nothing is pending, which is nearly always. With
+        ``fence``, StaleClaimError as soon as that claim no longer holds the job: the
+        check a trainer makes at every step."""
         with self._transaction(write=False) as conn:
+            jobs.check_claim(conn, job_id, fence, lock=False)
             if not jobs.has_pending_command(conn, job_id):
                 return None
         with self._transaction(write=True) as conn:
-            return jobs.take_command(conn, job_id, step)
+            return jobs.take_command(conn, job_id, step, fence)
 
     def taken_command(self, job_id: int) -> str | None:
         """The command a trainer of this job took and has not seen through."""
@@ -490,9 +520,12 @@ class Store:
     # --- adapters and deployments --------------------------------------------------------
 
     def add_adapter(self, *, track: str, run_id: str | None, job_id: int | None, base_version: int,
-                    path: str) -> AdapterInfo:
-        """Register a run's adapter as a candidate."""
+                    path: str, fence: int | None = None) -> AdapterInfo:
+        """Register a run's adapter as a candidate; with ``fence``, only while that claim
+        holds ``job_id`` (StaleClaimError otherwise)."""
         with self._transaction(write=True) as conn:
+            if fence is not None and job_id is not None:
+                jobs.check_claim(conn, job_id, fence)
             return registry.add_adapter(conn, track=track, run_id=run_id, job_id=job_id,
                                         base_version=base_version, path=path)
 
@@ -517,9 +550,14 @@ class Store:
             return registry.deployed_adapter(conn, track)
 
     def record_evaluation(self, adapter_id: int, evaluation: dict[str, Any], verdict: dict[str, Any],
-                          state: str) -> AdapterInfo:
-        """Keep a candidate's evaluation and verdict; move it to ``state``."""
+                          state: str, fence: int | None = None) -> AdapterInfo:
+        """Keep a candidate's evaluation and verdict; move it to ``state``. With
+        ``fence``, only while that claim holds the adapter's job (StaleClaimError otherwise)."""
         with self._transaction(write=True) as conn:
+            if fence is not None:
+                job_id = registry.get_adapter(conn, adapter_id).job_id
+                if job_id is not None:
+                    jobs.check_claim(conn, job_id, fence)
             return registry.record_evaluation(conn, adapter_id, evaluation, verdict, state)
 
     def reject_adapter(self, adapter_id: int) -> AdapterInfo:
