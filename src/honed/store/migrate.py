@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 
 from honed.store.errors import StoreError
+
+if TYPE_CHECKING:  # Alembic (with the template engine it brings) is imported where it is used
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ _VERSION_TABLE = "alembic_version"
 def alembic_config(connection: sa.Connection | None = None) -> Config:
     """An Alembic config pointing at the packaged migrations; with ``connection`` the
     migrations run on it (inside its transaction)."""
+    from alembic.config import Config
+
     config = Config()
     # ConfigParser interpolates '%', which may appear in an install path.
     config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
@@ -43,6 +46,8 @@ def alembic_config(connection: sa.Connection | None = None) -> Config:
 
 def head_revision() -> str:
     """The newest revision this version of honed knows."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None, "honed ships without migrations"
     return head
@@ -67,6 +72,10 @@ def upgrade_to_head(connection: sa.Connection) -> None:
     is done when the database is at head already, and a database written by a newer
     honed (a revision this one does not know) is refused rather than touched.
     """
+    from alembic import command
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
     if connection.dialect.name == "postgresql":
         connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_MIGRATION_LOCK)))
     head = head_revision()
