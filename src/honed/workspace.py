@@ -4,6 +4,12 @@
 JSONL here), ``datasets/`` (validated, normalised copies and their reports), the store
 (``honed.db`` unless ``store.url`` points elsewhere), ``bases/`` (local base versions),
 ``runs/``, ``adapters/`` and ``logs/``.
+
+With ``store.artifacts`` set, ``datasets/``, ``bases/``, ``runs/`` and ``adapters/`` live
+in that directory instead (created when missing): daemons on several machines that share
+one PostgreSQL store share their artifacts there. The store records absolute paths, so
+the directory must be mounted at the same path on every machine. The inbox, the logs,
+``STOP`` and the daemon's lock always stay in the workspace.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ if TYPE_CHECKING:
     from honed.store import Store
 
 SUBDIRS = ("inbox", "datasets", "bases", "runs", "adapters", "logs")
+ARTIFACT_SUBDIRS = ("datasets", "bases", "runs", "adapters")
 DB_FILE = "honed.db"
 
 
@@ -39,20 +46,45 @@ class Workspace:
         return self.root / "inbox"
 
     @property
+    def artifacts_dir(self) -> Path:
+        """Where datasets, bases, runs and adapters live: ``store.artifacts`` (a relative
+        path is taken from the workspace), or the workspace itself."""
+        artifacts = self.settings.store.artifacts
+        return (self.root / Path(artifacts).expanduser()).resolve() if artifacts else self.root
+
+    @property
     def datasets_dir(self) -> Path:
+        return self.artifacts_dir / "datasets"
+
+    @property
+    def local_datasets_dir(self) -> Path:
+        """The workspace's own ``datasets/``, for files on their way in from the inbox
+        (``received/``, idle data being written): on the inbox's filesystem, so moving
+        them there and back is one rename even when the artifacts are on a shared mount,
+        and never seen by the daemons of other workspaces."""
         return self.root / "datasets"
 
     @property
     def bases_dir(self) -> Path:
-        return self.root / "bases"
+        return self.artifacts_dir / "bases"
 
     @property
     def runs_dir(self) -> Path:
-        return self.root / "runs"
+        return self.artifacts_dir / "runs"
 
     @property
     def adapters_dir(self) -> Path:
-        return self.root / "adapters"
+        return self.artifacts_dir / "adapters"
+
+    def ensure_artifact_dirs(self) -> None:
+        """Create the artifact directories where they are missing (a shared directory
+        configured after init starts empty). WorkspaceError when that is impossible."""
+        for sub in ARTIFACT_SUBDIRS:
+            try:
+                (self.artifacts_dir / sub).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise WorkspaceError(f"store.artifacts = {self.settings.store.artifacts!r}: cannot create "
+                                     f"{self.artifacts_dir / sub}: {exc}") from exc
 
     @property
     def logs_dir(self) -> Path:
@@ -79,9 +111,11 @@ class Workspace:
         base = store.get_base(version)
         if base is None:
             raise WorkspaceError(f"{self.root}: no base recorded; was it made by 'honed init'?")
-        local = self.bases_dir / f"v{base.version}"
-        if local.is_dir():
-            return str(local)
+        # The workspace's own bases/ too: init copied the tiny base there if store.artifacts came later.
+        for bases in (self.bases_dir, self.root / "bases"):
+            local = bases / f"v{base.version}"
+            if local.is_dir():
+                return str(local)
         return base.source
 
 
@@ -109,14 +143,20 @@ def open_workspace(root: Path | None = None, overrides: dict | None = None) -> W
     root = find_workspace(root) if root is None else Path(root).resolve()
     if not (root / CONFIG_FILE).is_file():
         raise WorkspaceError(f"{root}: not a honed workspace (no {CONFIG_FILE}); run 'honed init {root}'")
-    return Workspace(root=root, settings=load_settings(root, overrides))
+    workspace = Workspace(root=root, settings=load_settings(root, overrides))
+    if workspace.settings.store.artifacts:
+        workspace.ensure_artifact_dirs()
+    return workspace
 
 
-def init_workspace(root: Path, base: str = "tiny", store_url: str = "") -> Workspace:
-    """Create a workspace at ``root`` on ``base`` ('tiny', a hub id or a local path).
+def init_workspace(root: Path, base: str = "tiny", store_url: str = "", artifacts: str = "") -> Workspace:
+    """Create a workspace at ``root`` on ``base`` ('tiny', a hub id or a local path),
+    with its store at ``store_url`` and its artifacts in ``artifacts`` (defaults: in the
+    workspace).
 
     Refuses to touch a directory that already holds a workspace. The tiny base is built
-    (or taken from the cache) and copied into ``bases/v0`` so the workspace stands alone.
+    (or taken from the cache) and copied into ``bases/v0`` so the workspace stands alone
+    (a shared artifact directory that has a ``bases/v0`` already keeps it).
     """
     root = Path(root).expanduser().resolve()
     if (root / CONFIG_FILE).exists():
@@ -133,18 +173,27 @@ def init_workspace(root: Path, base: str = "tiny", store_url: str = "") -> Works
     settings = Settings(base=source)
     if store_url:
         settings.store.url = store_url
+    if artifacts:
+        settings.store.artifacts = artifacts
     root.mkdir(parents=True, exist_ok=True)
     for sub in SUBDIRS:
         (root / sub).mkdir(exist_ok=True)
     workspace = Workspace(root=root, settings=settings)
+    workspace.ensure_artifact_dirs()
 
     if base == "tiny" and not (workspace.bases_dir / "v0").is_dir():
         from honed.models.tiny import tiny_base
 
-        staging = workspace.bases_dir / ".v0.staging"
+        # A staging name of our own: another workspace may be filling a shared bases/ too.
+        staging = workspace.bases_dir / f".v0.staging-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(tiny_base(), staging)
-        staging.rename(workspace.bases_dir / "v0")
+        try:
+            staging.rename(workspace.bases_dir / "v0")
+        except OSError:
+            if not (workspace.bases_dir / "v0").is_dir():
+                raise
+            shutil.rmtree(staging, ignore_errors=True)  # the other one got there first
 
     store = workspace.open_store()
     try:
