@@ -24,9 +24,10 @@ import uuid
 TRAINER_MODULE = "honed.daemon.trainer_process"
 
 
-def launch_command(nproc: int, *trainer_args: str, python: str = sys.executable) -> list[str]:
+def launch_command(nproc: int, *trainer_args: str, module: str = TRAINER_MODULE) -> list[str]:
     """The command the daemon runs for a job with ``train.nproc = nproc``."""
-    return [python, "-m", "honed.daemon.launch", "--nproc", str(nproc), "--", *trainer_args]
+    return [sys.executable, "-m", "honed.daemon.launch", "--nproc", str(nproc), "--module", module,
+            "--", *trainer_args]
 
 
 def describe_failure(rank: int, exitcode: int, pid: int) -> str:
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         rank, failure = exc.get_first_failure()
         others = sorted(r for r in exc.failures if r != rank)
         after = f"; then rank{'s' if len(others) > 1 else ''} {', '.join(map(str, others))} ended" if others else ""
-        print(f"DistributedTrainerFailed: {describe_failure(rank, failure.exitcode, failure.pid)}{after}",
+        print(f"TrainerRankError: {describe_failure(rank, failure.exitcode, failure.pid)}{after}",
               file=sys.stderr, flush=True)
         return failure.exitcode if failure.exitcode > 0 else 1
     return 0

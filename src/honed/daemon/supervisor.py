@@ -2,15 +2,18 @@
 
 ``run_daemon(workspace)``
   1. takes the workspace's lock (one daemon per workspace) and registers as a worker;
-  2. recovers what a previous daemon left: jobs whose trainer is gone go back to the
-     queue (they continue from their last checkpoint), inbox files it had moved but not
-     ingested are ingested;
+  2. recovers what a previous daemon of this workspace left: jobs whose trainer is gone
+     go back to the queue (they continue from their last checkpoint), inbox files it had
+     moved but not ingested are ingested;
   3. loops until asked to stop:
        - complete inbox files become datasets and jobs;
        - with a ``STOP`` file present, or outside the training window, nothing starts;
-       - otherwise it claims the next job and supervises one attempt in a trainer
-         process: watching its heartbeat, halting it when the window closes or the
-         daemon stops, killing it when it hangs;
+       - otherwise it claims the next job (a queued one, or one whose lease ran out
+         because its daemon, perhaps on another machine, died) and supervises one
+         attempt in a trainer process: renewing the job's lease, watching the trainer's
+         heartbeat, halting it when the window closes or the daemon stops, killing it
+         when it hangs, or when the job was taken over after all (then it records
+         nothing more: the job is someone else's);
        - then settles the job from how the attempt ended: succeeded, paused, skipped,
          stopped, cancelled, back to the queue (interrupted, or crashed with attempts
          left, after a backoff), or failed with the reason;
@@ -20,6 +23,11 @@
 
 The daemon never trains in its own process: a trainer that runs out of memory, hits a
 segfault or raises costs one attempt, not the daemon.
+
+Several daemons (one per workspace, on one machine or many) may share a PostgreSQL
+store. Each claim of a job carries a fencing token (``JobInfo.fence``): the daemon and
+its trainer pass it with every write they make for that job, and the store refuses
+them (StaleClaimError) once the job was taken over by another daemon.
 """
 
 from __future__ import annotations
@@ -39,10 +47,11 @@ from pathlib import Path
 import psutil
 
 from honed.daemon.inbox import Inbox
+from honed.daemon.lease import LeaseKeeper
 from honed.daemon.lock import DaemonLock
 from honed.daemon.schedule import backoff_delay, in_window, parse_window
-from honed.daemon.trainer_process import EXIT_UNTRAINABLE
-from honed.store import JobInfo, StoreError, StoreUnavailableError
+from honed.daemon.trainer_process import EXIT_CLAIM_LOST, EXIT_UNTRAINABLE
+from honed.store import JobInfo, StaleClaimError, StoreError, StoreUnavailableError
 from honed.workspace import Workspace
 
 log = logging.getLogger("honed.daemon")
@@ -52,6 +61,7 @@ SPARE_RESPAWN_S = 30.0
 # The daemon's writes wait this long for a SQLite writer (say, a hung trainer holding its
 # lock) before giving up and trying again on the next turn, so supervision never stalls.
 DAEMON_BUSY_TIMEOUT_S = 5.0
+TRAINER_MODULE = "honed.daemon.trainer_process"
 
 
 def run_daemon(workspace: Workspace) -> None:
@@ -97,6 +107,8 @@ class Supervisor:
         self.activity = "starting"
         self.current: JobInfo | None = None
         self.log_offset = 0  # where the current attempt's output starts in its job log
+        self.lease = LeaseKeeper(store, self.cfg.lease_s, on_lost=self.inbox.wake)
+        self.trainer_module = os.environ.get("HONED_TRAINER_MODULE") or TRAINER_MODULE
 
     def on_signal(self, signum, frame) -> None:
         """First SIGTERM/SIGINT: stop gracefully. A second: do not wait for the trainer."""
@@ -114,6 +126,7 @@ class Supervisor:
         mode = self.inbox.start()
         log.info("daemon %s watching %s (%s)", self.worker, self.inbox.root, mode)
         learning = LearningThread(self.ws) if any_enabled(self.ws.settings) else None
+        self.lease.start()
         try:
             self.recover()
             if learning is not None:
@@ -126,6 +139,7 @@ class Supervisor:
                     log.error("store error, retrying: %s", exc)
                     self.inbox.wait(max(self.cfg.poll_interval_s, 2.0))
         finally:
+            self.lease.stop()
             if learning is not None:
                 learning.stop()
             self.inbox.stop()
@@ -142,7 +156,7 @@ class Supervisor:
         self.ensure_spare()
         from honed.training.runs import new_run_id
 
-        job = self.store.claim_next_job(self.worker, new_run_id())
+        job = self.store.claim_next_job(self.worker, new_run_id(), self.cfg.lease_s)
         if job is None:
             self.set_activity("idle")
             self.idle()
@@ -176,14 +190,37 @@ class Supervisor:
     # --- one attempt -----------------------------------------------------------------
 
     def supervise(self, job: JobInfo) -> None:
-        """Run one attempt at ``job`` in a trainer process and settle the job."""
+        """Run one attempt at ``job`` in a trainer process and settle the job, renewing
+        its lease meanwhile. A job taken over by another daemon is let go."""
         self.current = job
+        self.lease.hold(job)
         self.set_activity(f"training job {job.id}")
-        trainer = self.start_trainer(job)
+        trainer: subprocess.Popen | None = None
+        try:
+            trainer = self.start_trainer(job)
+            killed = self.watch(job, trainer)
+            while True:  # the outcome must be recorded, even if the store is away for a while
+                try:
+                    self.settle(job, trainer.returncode, killed)
+                    break
+                except StoreUnavailableError as exc:
+                    log.error("job %d: cannot record how the attempt ended, retrying: %s", job.id, exc)
+                    time.sleep(max(self.cfg.poll_interval_s, 1.0))
+        except StaleClaimError as exc:
+            self.let_go(job, trainer, exc)
+        finally:
+            self.lease.release()
+            self.current = None
+
+    def watch(self, job: JobInfo, trainer: subprocess.Popen) -> str | None:
+        """Watch the trainer until it exits; returns why it was killed, if it was.
+        StaleClaimError as soon as the lease keeper finds the job taken over."""
         threading.Thread(target=lambda: (trainer.wait(), self.inbox.wake()), daemon=True).start()
         halted_at: float | None = None
         killed: str | None = None
         while trainer.poll() is None:
+            if self.lease.lost is not None:
+                raise self.lease.lost
             try:
                 self.tick()
             except StoreError as exc:  # keep watching the trainer whatever the store does
@@ -191,30 +228,36 @@ class Supervisor:
             reason = self.why_halt()
             if reason and halted_at is None:
                 log.info("job %d: halting the trainer (%s)", job.id, reason)
-                self.record_event(job.id, "halting", reason)
-                trainer.send_signal(signal.SIGTERM)
+                self.record_event(job.id, "halting", reason, fence=job.fence)
+                _halt_trainer(trainer)
                 halted_at = time.monotonic()
             if halted_at is not None and (self.force or time.monotonic() - halted_at > self.cfg.stop_grace_s):
                 killed = killed or "did not halt in time"
-                trainer.kill()
+                _kill_trainer(trainer, wait=False)
             stale = self.heartbeat_age(job.id)
             if stale is not None and stale > self.cfg.heartbeat_timeout_s and not killed:
                 killed = f"no heartbeat for {stale:.0f}s (daemon.heartbeat_timeout_s = {self.cfg.heartbeat_timeout_s:g})"
                 log.error("job %d: trainer %d %s; killing it", job.id, trainer.pid, killed)
-                trainer.kill()
+                _kill_trainer(trainer, wait=False)
             self.inbox.wait(self.cfg.poll_interval_s)
-        while True:  # the outcome must be recorded, even if the store is away for a while
-            try:
-                self.settle(job.id, trainer.returncode, killed)
-                break
-            except StoreUnavailableError as exc:
-                log.error("job %d: cannot record how the attempt ended, retrying: %s", job.id, exc)
-                time.sleep(max(self.cfg.poll_interval_s, 1.0))
-        self.current = None
+        return killed
 
-    def record_event(self, job_id: int, kind: str, message: str) -> None:
+    def let_go(self, job: JobInfo, trainer: subprocess.Popen | None, exc: StaleClaimError) -> None:
+        """The job was taken over: this daemon's claim on it is over. Its trainer is killed
+        outright (asked to halt, it would write a checkpoint) and nothing more is written
+        about the job: its new owner records what happens to it."""
+        log.error("job %d: lost to another worker, stopping its trainer and recording nothing more: %s",
+                  job.id, exc)
+        if trainer is not None:
+            _kill_trainer(trainer)
+
+    def record_event(self, job_id: int, kind: str, message: str, fence: int | None = None) -> None:
+        """Append a job event; one that fails is logged, except a refusal of ``fence``
+        (StaleClaimError: the job is no longer ours), which the caller must see."""
         try:
-            self.store.add_job_event(job_id, kind, message)
+            self.store.add_job_event(job_id, kind, message, fence=fence)
+        except StaleClaimError:
+            raise
         except StoreError as exc:
             log.warning("job %d: event not recorded (%s): %s", job_id, exc, message)
 
@@ -242,32 +285,64 @@ class Supervisor:
         return self.ws.logs_dir / "jobs" / f"job-{job_id}.log"
 
     def start_trainer(self, job: JobInfo) -> subprocess.Popen:
-        """Hand the job to the warm spare trainer, or start a fresh one."""
+        """Hand the job to the warm spare trainer, or start a fresh one; a job with
+        ``train.nproc > 1`` starts under torchrun (:mod:`honed.daemon.launch`)."""
         log_path = self.job_log(job.id)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_offset = log_path.stat().st_size if log_path.exists() else 0
-        trainer, self.spare = self.spare, None
+        nproc = self.processes_for(job)
+        trainer = None
+        if nproc == 1:
+            trainer, self.spare = self.spare, None
         if trainer is not None and trainer.poll() is None:
             try:
-                trainer.stdin.write(f"job {job.id} {log_path}\n".encode())
+                trainer.stdin.write(f"job {job.id} fence={job.fence} {log_path}\n".encode())
                 trainer.stdin.close()
             except OSError:
                 trainer = None
         else:
             trainer = None
         if trainer is None:
+            command = self.trainer_command("--job", str(job.id), "--fence", str(job.fence))
+            if nproc > 1:
+                from honed.daemon.launch import launch_command
+
+                command = launch_command(nproc, *command[3:], module=self.trainer_module)
             with open(log_path, "ab") as out:
-                trainer = subprocess.Popen(
-                    self.trainer_command("--job", str(job.id)), stdin=subprocess.DEVNULL,
-                    stdout=out, stderr=out, start_new_session=True,
-                )
-        self.store.report_progress(job.id, None, trainer_pid=trainer.pid)
-        self.store.add_job_event(job.id, "trainer", f"trainer process {trainer.pid} started on run {job.run_id} "
-                                 f"(log: {log_path})", {"pid": trainer.pid, "run_id": job.run_id})
+                trainer = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                           start_new_session=True)
+        what = (f"trainer process {trainer.pid}" if nproc == 1
+                else f"trainer in {nproc} processes under torchrun (pid {trainer.pid})")
+        try:
+            self.store.report_progress(job.id, None, trainer_pid=trainer.pid, fence=job.fence)
+            self.store.add_job_event(job.id, "trainer", f"{what} started on run {job.run_id} "
+                                     f"(log: {log_path})", {"pid": trainer.pid, "run_id": job.run_id,
+                                                            "nproc": nproc}, fence=job.fence)
+        except StaleClaimError:
+            _kill_trainer(trainer)
+            raise
         return trainer
 
+    def processes_for(self, job: JobInfo) -> int:
+        """``train.nproc`` of the job: its run's once planned (an attempt trains as the
+        run began), else its settings'. 1 when they are broken: the trainer says why."""
+        from honed.config import SettingsError
+        from honed.workspace import WorkspaceError, open_workspace
+
+        run = self.store.get_run(job.run_id) if job.run_id else None
+        if run is not None:
+            return int(run.config.get("train", {}).get("nproc", 1))
+        try:
+            return open_workspace(self.ws.root, job.overrides).settings.train.nproc
+        except (SettingsError, WorkspaceError):
+            return 1
+
     def trainer_command(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "honed.daemon.trainer_process", "--workspace", str(self.ws.root),
+        """The command line of a trainer process. ``HONED_TRAINER_MODULE`` names another
+        module to run instead of :mod:`honed.daemon.trainer_process`, with the same
+        arguments: a test seam for supervising (claims, leases, settling) without
+        training."""
+        return [sys.executable, "-m", self.trainer_module, "--workspace", str(self.ws.root),
                 "--parent", str(os.getpid()), *args]
 
     def ensure_spare(self) -> None:
@@ -297,15 +372,18 @@ class Supervisor:
 
     # --- settling a job ----------------------------------------------------------------
 
-    def settle(self, job_id: int, returncode: int, killed: str | None = None) -> JobInfo:
-        """Move the job on from how its attempt ended (see the module's docstring)."""
-        job = self.store.get_job(job_id)
+    def settle(self, claimed: JobInfo, returncode: int, killed: str | None = None) -> JobInfo:
+        """Move the job on from how its attempt ended (see the module's docstring).
+        Every write carries the claim's fence: StaleClaimError when the job was taken
+        over meanwhile (its new owner settles it)."""
+        job_id = claimed.id
+        job = self.store.check_claim(job_id, claimed.fence)
         run = self.store.get_run(job.run_id) if job.run_id else None
         if returncode == 0 and run is not None and run.status != "running":
             return self.settle_outcome(job, run)
         if returncode == EXIT_UNTRAINABLE:
             reason = _last_line(self.job_log(job_id), self.log_offset) or "the job cannot be trained"
-            return self.store.end_attempt(job_id, "failed", reason, error=reason)
+            return self.store.end_attempt(job_id, "failed", reason, error=reason, fence=job.fence)
         reason = killed or _describe_exit(returncode)
         detail = _last_exception(self.job_log(job_id), self.log_offset)
         if detail and not killed:
@@ -315,14 +393,14 @@ class Supervisor:
             message = f"attempt {failures} failed ({reason}); giving up after {failures} attempts"
             log.error("job %d: %s", job_id, message)
             return self.store.end_attempt(job_id, "failed", message, failed=True, error=reason,
-                                          data={"attempt": failures, "returncode": returncode})
+                                          data={"attempt": failures, "returncode": returncode}, fence=job.fence)
         delay = backoff_delay(failures, self.cfg.backoff_s, self.cfg.backoff_max_s)
         message = (f"attempt {failures} failed ({reason}); retrying in {delay:g}s from the last checkpoint "
                    f"({self.cfg.max_attempts - failures} attempt{'s' if self.cfg.max_attempts - failures > 1 else ''} left)")
         log.warning("job %d: %s", job_id, message)
         return self.store.end_attempt(job_id, "queued", message, kind="attempt_failed", failed=True, error=reason,
                                       not_before=datetime.now(UTC) + timedelta(seconds=delay),
-                                      data={"attempt": failures, "returncode": returncode})
+                                      data={"attempt": failures, "returncode": returncode}, fence=job.fence)
 
     def settle_outcome(self, job: JobInfo, run) -> JobInfo:
         """The trainer ended its attempt and the run recorded how."""
@@ -334,25 +412,29 @@ class Supervisor:
         if run.status == "succeeded":  # experiences assembled into its datasets are now trained, once
             marked = self.store.mark_experiences_trained(run.id, run.dataset_ids)
             if marked:
-                self.record_event(job.id, "learned", f"{marked} experiences marked as trained by run {run.id}")
+                self.record_event(job.id, "learned", f"{marked} experiences marked as trained by run {run.id}",
+                                  fence=job.fence)
         if run.status in ("succeeded", "stopped"):
             how = (f"run {run.id} finished at {where}{loss}" if run.status == "succeeded"
                    else f"stopped at {where}{loss}; the adapter from that point is the result")
             return self.settle_candidate(job, run, how, data)
         if run.status == "cancelled":
-            return self.store.end_attempt(job.id, "cancelled", f"cancelled at {where}; no result", data=data)
+            return self.store.end_attempt(job.id, "cancelled", f"cancelled at {where}; no result", data=data,
+                                          fence=job.fence)
         if run.status == "paused" and taken == "pause":
             return self.store.end_attempt(job.id, "paused", f"paused at {where}; checkpoint kept, "
-                                          f"'honed resume {job.id}' continues from there", data=data)
+                                          f"'honed resume {job.id}' continues from there", data=data,
+                                          fence=job.fence)
         if run.status == "paused" and taken == "skip":
             return self.store.end_attempt(job.id, "skipped", f"set aside at {where}; 'honed resume {job.id}' "
-                                          "brings it back", data=data)
+                                          "brings it back", data=data, fence=job.fence)
         if run.status == "paused":
             return self.store.end_attempt(job.id, "queued", f"interrupted at {where}; it continues from that "
-                                          "checkpoint when the daemon next runs it", kind="requeued", data=data)
+                                          "checkpoint when the daemon next runs it", kind="requeued", data=data,
+                                          fence=job.fence)
         reason = (run.error or "failed").splitlines()[0]
         return self.store.end_attempt(job.id, "failed", f"run {run.id} failed at {where}: {reason}", error=run.error,
-                                      data=data)
+                                      data=data, fence=job.fence)
 
     def settle_candidate(self, job: JobInfo, run, how: str, data: dict) -> JobInfo:
         """After training and evaluation: deploy a candidate that passed its gates, leave
@@ -362,30 +444,40 @@ class Supervisor:
         adapter = self.store.adapter_for_run(run.id)
         if adapter is None or adapter.verdict is None:
             return self.store.end_attempt(job.id, "succeeded", f"{how}; adapter {run.adapter_path} (not evaluated)",
-                                          data=data)
+                                          data=data, fence=job.fence)
         data = {**data, "adapter": adapter.id}
         if adapter.state == "rejected":
             reasons = "; ".join(adapter.verdict.get("failed", []))
             return self.store.end_attempt(job.id, "rejected", f"{how}; adapter {adapter.id} failed its gates: "
-                                          f"{reasons}; the deployment stays as it was", error=reasons, data=data)
+                                          f"{reasons}; the deployment stays as it was", error=reasons, data=data,
+                                          fence=job.fence)
         if adapter.state == "awaiting_approval":
             return self.store.end_attempt(job.id, "succeeded", f"{how}; adapter {adapter.id} passed its gates and "
-                                          f"awaits approval: 'honed approve {adapter.id}'", data=data)
+                                          f"awaits approval: 'honed approve {adapter.id}'", data=data,
+                                          fence=job.fence)
+        # Still ours, and for a whole lease more: a daemon that lost the job must not deploy.
+        self.store.renew_lease(job.id, job.fence, self.cfg.lease_s)
         try:
             result = deploy(self.ws, self.store, adapter.id, reason=f"passed its gates (job {job.id})")
         except DeployError as exc:
             return self.store.end_attempt(job.id, "succeeded", f"{how}; adapter {adapter.id} passed its gates "
-                                          f"but was not deployed: {exc}", data=data)
+                                          f"but was not deployed: {exc}", data=data, fence=job.fence)
         hooks = "" if result.hooks_ok else "; a deploy hook failed: " + "; ".join(
             h["detail"] for h in result.hooks if not h["ok"])
         return self.store.end_attempt(job.id, "succeeded", f"{how}; adapter {adapter.id} passed its gates and "
-                                      f"is deployed as {adapter.name}{hooks}", kind="deployed", data=data)
+                                      f"is deployed as {adapter.name}{hooks}", kind="deployed", data=data,
+                                      fence=job.fence)
 
     # --- recovery and idle time --------------------------------------------------------
 
     def recover(self) -> None:
         """Settle jobs a previous daemon of this workspace left running, and inbox files
-        it left half-taken. Their trainers notice their daemon is gone and checkpoint."""
+        it left half-taken. Their trainers notice their daemon is gone and checkpoint.
+
+        Jobs held by daemons of other workspaces are left to their leases: while one is
+        renewed its daemon lives, and once it runs out the next claim takes the job over.
+        The writes here carry the dead claim's fence, so a job that another daemon took
+        over meanwhile is left to it."""
         from honed.registry.deployment import sync_pointer
 
         for track in self.store.list_tracks():  # a switch cut short leaves the pointer behind
@@ -393,27 +485,29 @@ class Supervisor:
         for outcome in self.inbox.recover():
             log.info("inbox recovery: %s", outcome.message)
         for job in self.store.list_jobs(states=("running", "evaluating")):
-            if job.worker == self.worker or not self.is_ours_or_dead(job.worker):
+            if job.worker == self.worker or not self.is_ours(job.worker):
                 continue
             self.wait_for_orphan(job)
-            run = self.store.get_run(job.run_id) if job.run_id else None
-            ended = run is not None and run.status not in ("running", "failed")
-            if ended and not (run.status == "paused" and self.store.taken_command(job.id) is None):
-                settled = self.settle_outcome(job, run)  # it ended on its own, or as commanded
-            else:
-                settled = self.store.end_attempt(
-                    job.id, "queued", "recovered after the daemon restarted; it continues from its last "
-                    "checkpoint", kind="recovered")
+            try:
+                run = self.store.get_run(job.run_id) if job.run_id else None
+                ended = run is not None and run.status not in ("running", "failed")
+                if ended and not (run.status == "paused" and self.store.taken_command(job.id) is None):
+                    settled = self.settle_outcome(job, run)  # it ended on its own, or as commanded
+                else:
+                    settled = self.store.end_attempt(
+                        job.id, "queued", "recovered after the daemon restarted; it continues from its last "
+                        "checkpoint", kind="recovered", fence=job.fence)
+            except StaleClaimError as exc:
+                log.info("job %d: not recovered, another worker has it: %s", job.id, exc)
+                continue
             log.info("recovered job %d: now %s", job.id, settled.state)
 
-    def is_ours_or_dead(self, worker_id: str | None) -> bool:
-        """Whether a job's worker was a daemon of this workspace (it is dead: we hold the
-        lock) or has stopped beating (a daemon elsewhere that is gone)."""
+    def is_ours(self, worker_id: str | None) -> bool:
+        """Whether a job's worker was a daemon of this workspace (so it is dead: we hold
+        the workspace's lock). A worker the store does not know counts as ours: nothing
+        else would ever settle its job."""
         worker = self.store.get_worker(worker_id) if worker_id is not None else None
-        if worker is None:
-            return True
-        stale = (datetime.now(UTC) - worker.heartbeat_at).total_seconds() > 10 * WORKER_BEAT_S
-        return worker.workspace == str(self.ws.root) or worker.stopped_at is not None or stale
+        return worker is None or worker.workspace == str(self.ws.root)
 
     def wait_for_orphan(self, job: JobInfo) -> None:
         """Give a trainer that outlived its daemon time to checkpoint and exit."""
@@ -422,7 +516,7 @@ class Supervisor:
             return
         try:
             proc = psutil.Process(pid)
-            if not any("honed.daemon.trainer_process" in part for part in proc.cmdline()):
+            if not any(self.trainer_module in part for part in proc.cmdline()):
                 return
         except psutil.Error:
             return
@@ -445,7 +539,7 @@ class Supervisor:
         if self.cfg.idle == "synthetic":
             from honed.data.synthetic import write_synthetic
 
-            staging = self.ws.datasets_dir / "idle"
+            staging = self.ws.local_datasets_dir / "idle"  # renamed into the inbox: same filesystem
             staging.mkdir(parents=True, exist_ok=True)
             train, _ = write_synthetic(self.cfg.idle_family, self.cfg.idle_records,
                                        staging / f"idle-{self.cfg.idle_family}-{stamp}.jsonl", seed=int(time.time()))
@@ -468,7 +562,53 @@ class Supervisor:
             log.info("idle: command ran: %s", self.cfg.idle_command)
 
 
+def _ranks(trainer: subprocess.Popen) -> dict[int, psutil.Process]:
+    """The processes torchrun started for a trainer, by LOCAL_RANK (none for one process)."""
+    found = {}
+    try:
+        children = psutil.Process(trainer.pid).children()
+    except psutil.Error:
+        return found
+    for child in children:
+        try:
+            found[int(child.environ().get("LOCAL_RANK", ""))] = child
+        except (psutil.Error, ValueError):
+            continue
+    return found
+
+
+def _halt_trainer(trainer: subprocess.Popen) -> None:
+    """Ask a trainer to checkpoint and exit (SIGTERM). Under torchrun the signal goes to
+    rank 0, which decides for all ranks at the next step; torchrun itself would take a
+    SIGTERM as a failure and end every rank without a checkpoint."""
+    rank0 = _ranks(trainer).get(0)
+    try:
+        (rank0.send_signal if rank0 is not None else trainer.send_signal)(signal.SIGTERM)
+    except (psutil.Error, OSError):
+        pass
+
+
+def _kill_trainer(trainer: subprocess.Popen, wait: bool = True) -> None:
+    """SIGKILL a trainer (and wait for it). It leads its own process group (it was started
+    in a session of its own): any children it started go with it, and torchrun's ranks,
+    which have sessions of their own, are killed one by one."""
+    if trainer.poll() is None:
+        for rank in _ranks(trainer).values():
+            try:
+                rank.kill()
+            except psutil.Error:
+                pass
+        try:
+            os.killpg(trainer.pid, signal.SIGKILL)
+        except OSError:
+            trainer.kill()
+    if wait:
+        trainer.wait()
+
+
 def _describe_exit(returncode: int) -> str:
+    if returncode == EXIT_CLAIM_LOST:
+        return "the trainer stopped because the store refused its writes as stale"
     if returncode < 0:
         name = signal.Signals(-returncode).name
         hint = " (out of memory, or killed from outside)" if name == "SIGKILL" else ""

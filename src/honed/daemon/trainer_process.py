@@ -1,15 +1,20 @@
 """The trainer process: one attempt at one job, in a child of the daemon.
 
-``python -m honed.daemon.trainer_process --workspace WS --parent PID --job N`` runs an
-attempt at once; with ``--warm`` instead of ``--job`` it imports torch and the training
-code first, then waits for a line ``job N`` on stdin (the daemon keeps one such process
-ready so that a job starts training without the import delay; end of input means "not
-needed", and it exits).
+``python -m honed.daemon.trainer_process --workspace WS --parent PID --job N --fence F``
+runs an attempt at once; with ``--warm`` instead of ``--job`` it imports torch and the
+training code first, then waits for a line ``job N fence=F LOGPATH`` on stdin (the daemon
+keeps one such process ready so that a job starts training without the import delay; end
+of input means "not needed", and it exits).
+
+``F`` is the fence of the daemon's claim on the job: every write the trainer makes about
+the job carries it, and once the store refuses one (the job was taken over by another
+daemon after this one's lease ran out) the trainer stops at once, writing nothing more.
 
 It exits 0 when the attempt ended in any way the run recorded (succeeded, paused,
 stopped, cancelled, or failed by the non-finite policy), 3 when the job cannot be
 trained at all (its data plans to nothing, a setting is wrong; the last line on stderr
-says why), and otherwise crashes like any Python process (traceback on stderr, exit 1),
+says why), 4 when the store refused its writes as stale (its claim or attempt is no
+longer the job's), and otherwise crashes like any Python process (traceback on stderr, exit 1),
 which the daemon counts as a failed attempt.
 
 Before it loads a model on an accelerator it claims that device (see
@@ -34,7 +39,33 @@ from pathlib import Path
 log = logging.getLogger("honed.trainer")
 
 EXIT_UNTRAINABLE = 3
+EXIT_CLAIM_LOST = 4
 PROGRESS_EVERY_S = 1.0
+
+
+class ClaimLost(BaseException):
+    """Raised where the store refused this trainer's claim, from inside the training loop.
+    A BaseException so that it passes the training code's ``except Exception`` (which
+    would record a failed attempt: a write for a job that is no longer ours) straight
+    up to :func:`run_attempt`, which exits with EXIT_CLAIM_LOST."""
+
+
+class FencedRunStore:
+    """The store as the training code sees it: the same, except that starting an attempt
+    of the run checks, in the same transaction, that this trainer's claim still holds the
+    job. A trainer that slept through a takeover thus cannot start an attempt that would
+    shut out the new owner's."""
+
+    def __init__(self, store, job_id: int, fence: int | None) -> None:
+        self._store = store
+        self._job_id = job_id
+        self._fence = fence
+
+    def start_attempt(self, run_id: str) -> int:
+        return self._store.start_attempt(run_id, job_id=self._job_id, fence=self._fence)
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
 
 
 class JobControl:
@@ -44,11 +75,14 @@ class JobControl:
     when it cannot be reached the step goes on, and the STOP file still halts it.
     """
 
-    def __init__(self, workspace, store, job_id: int, parent_pid: int | None) -> None:
+    def __init__(self, workspace, store, job_id: int, parent_pid: int | None, fence: int | None = None) -> None:
         self.workspace = workspace
         self.store = store
         self.job_id = job_id
         self.parent_pid = parent_pid
+        # Under torchrun the parent is torchrun's agent, itself a child of the daemon.
+        self.launcher = os.getppid()
+        self.fence = fence
         self.signalled: str | None = None
         self.interrupted: str | None = None  # why the trainer halted without a command
 
@@ -56,19 +90,21 @@ class JobControl:
         self.signalled = signal.Signals(signum).name
 
     def __call__(self, step: int) -> str | None:
-        from honed.store import StoreError
+        from honed.store import StaleClaimError, StoreError
 
         if self.workspace.stop_file.exists():
             self.interrupted = "halted by the STOP file"
             return "pause"
-        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+        if self.parent_pid is not None and (os.getppid() != self.launcher or not _alive(self.parent_pid)):
             self.interrupted = "the daemon is gone"
             return "pause"
         if self.signalled:
             self.interrupted = f"the daemon asked the trainer to halt ({self.signalled})"
             return "pause"
         try:
-            command = self.store.take_command(self.job_id, step)
+            command = self.store.take_command(self.job_id, step, fence=self.fence)
+        except StaleClaimError as exc:
+            raise ClaimLost(str(exc)) from exc
         except StoreError as exc:
             log.warning("job %d: cannot read control commands (%s); training on", self.job_id, exc)
             return None
@@ -78,14 +114,15 @@ class JobControl:
 class ProgressReporter:
     """Writes the job's heartbeat with step, loss, tokens/s and ETA at most once a second."""
 
-    def __init__(self, store, job_id: int) -> None:
+    def __init__(self, store, job_id: int, fence: int | None = None) -> None:
         self.store = store
         self.job_id = job_id
+        self.fence = fence
         self.last = 0.0
         self.first: tuple[float, int] | None = None
 
     def __call__(self, row: dict) -> None:
-        from honed.store import StoreError
+        from honed.store import StaleClaimError, StoreError
 
         now = time.monotonic()
         if self.first is None:
@@ -103,21 +140,24 @@ class ProgressReporter:
             if per_step else None,
         }
         try:
-            self.store.report_progress(self.job_id, progress)
+            self.store.report_progress(self.job_id, progress, fence=self.fence)
+        except StaleClaimError as exc:
+            raise ClaimLost(str(exc)) from exc
         except StoreError as exc:
             log.warning("job %d: heartbeat not written (%s)", self.job_id, exc)
 
 
-def evaluate_job(workspace, store, job, run, spec) -> None:
+def evaluate_job(workspace, store, job, run, spec, fence: int | None = None) -> None:
     """Register the run's adapter, score it against what is live, and record the gates'
-    verdict; the daemon deploys it (or not) from there."""
+    verdict; the daemon deploys it (or not) from there. Each write carries ``fence``."""
     from honed.evaluation.evaluate import evaluate_candidate
     from honed.evaluation.gates import decide
 
-    store.report_progress(job.id, {"phase": "evaluating"})
-    store.mark_job_evaluating(job.id, f"run {run.id} ended {run.status}; scoring its adapter")
+    store.report_progress(job.id, {"phase": "evaluating"}, fence=fence)
+    store.mark_job_evaluating(job.id, f"run {run.id} ended {run.status}; scoring its adapter", fence=fence)
     adapter = store.adapter_for_run(run.id) or store.add_adapter(
-        track=job.track, run_id=run.id, job_id=job.id, base_version=run.base_version, path=run.adapter_path)
+        track=job.track, run_id=run.id, job_id=job.id, base_version=run.base_version, path=run.adapter_path,
+        fence=fence)
     if adapter.state != "candidate" or adapter.verdict is not None:
         return  # evaluated already
     evaluation = evaluate_candidate(workspace, store, track=job.track, base_path=spec.base,
@@ -126,20 +166,20 @@ def evaluate_job(workspace, store, job, run, spec) -> None:
     gates = workspace.settings.gates_for(job.track)
     verdict = decide(evaluation, gates.rules, gates.require_approval)
     state = "rejected" if not verdict["passed"] else ("awaiting_approval" if gates.require_approval else "candidate")
-    store.record_evaluation(adapter.id, evaluation, verdict, state)
+    store.record_evaluation(adapter.id, evaluation, verdict, state, fence=fence)
     summary = "; ".join(f"{r['rule']}: {r['detail']}" for r in verdict["rules"] if not r.get("skipped"))
     store.add_job_event(job.id, "evaluated", f"adapter {adapter.id} {'passed' if verdict['passed'] else 'failed'} "
                         f"its gates against {evaluation['baseline_name']} ({summary})",
-                        {"adapter": adapter.id, "passed": verdict["passed"]})
+                        {"adapter": adapter.id, "passed": verdict["passed"]}, fence=fence)
 
 
-def claim_accelerator(workspace, store, job_id: int):
+def claim_accelerator(workspace, store, job_id: int, fence: int | None = None):
     """Claim the device this attempt trains on when servers must give it up first
     (``server.yield_devices``), and wait until they have, at most
     ``server.yield_timeout_s``. Returns the claim to withdraw at the end (None: the
     device is shared, nothing to claim)."""
     from honed.device_claims import claim_device, describe_device
-    from honed.store import StoreError
+    from honed.store import StaleClaimError, StoreError
     from honed.training.model_loading import pick_device
 
     settings = workspace.settings.server
@@ -162,71 +202,142 @@ def claim_accelerator(workspace, store, job_id: int):
         log.info("job %d: %s", job_id, message)
     try:
         store.add_job_event(job_id, "device", message, {"device": name, "servers": [s.pid for s in waited_for],
-                                                        "still_holding": [s.pid for s in holding]})
+                                                        "still_holding": [s.pid for s in holding]}, fence=fence)
+    except StaleClaimError:
+        claim.withdraw()
+        raise
     except StoreError as exc:
         log.warning("job %d: device event not written (%s)", job_id, exc)
     return claim
 
 
-def run_attempt(root: Path, job_id: int, parent_pid: int | None) -> int:
-    """One attempt at ``job_id``; returns the exit code (see the module's docstring)."""
+def run_attempt(root: Path, job_id: int, parent_pid: int | None, fence: int | None = None) -> int:
+    """One attempt at ``job_id`` for the claim with ``fence``; returns the exit code (see
+    the module's docstring)."""
+    from honed.store import StaleAttemptError
+
+    try:
+        return _attempt(root, job_id, parent_pid, fence)
+    except (ClaimLost, StaleAttemptError) as exc:  # StaleClaimError is a StaleAttemptError
+        log.error("job %d: the store refused this trainer's writes, stopping without writing more: %s", job_id, exc)
+        return EXIT_CLAIM_LOST
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _join_world(root: Path, job):
+    """This process's place among the job's trainer processes (one, outside torchrun)."""
+    from honed.config import SettingsError
+    from honed.training.distributed import Dist, world_size_from_env
+    from honed.workspace import open_workspace
+
+    if world_size_from_env() == 1:
+        return Dist()
+    try:
+        backend = open_workspace(root, job.overrides).settings.train.backend
+    except SettingsError:
+        backend = "auto"  # rank 0 reports the bad setting
+    return Dist.start(backend)
+
+
+def _follow(root: Path, store, job, dist) -> int:
+    """A rank other than 0: train the run rank 0 prepared, as rank 0 decides at every
+    step, writing nothing (rank 0 records and saves for all)."""
+    from honed.training.runs import resume_spec
+    from honed.training.trainer import train_run
+    from honed.workspace import open_workspace
+
+    run_id = dist.broadcast(None)
+    if run_id is None:
+        return 0  # nothing to train: rank 0 says why
+    train_run(resume_spec(open_workspace(root, job.overrides), store, run_id), store, dist=dist)
+    return 0
+
+
+def _attempt(root: Path, job_id: int, parent_pid: int | None, fence: int | None) -> int:
     from honed.config import SettingsError
     from honed.data.plan import PlanError
     from honed.data.tokenization import TokenizationError
-    from honed.store import StoreError
+    from honed.store import StaleClaimError, StoreError
+    from honed.training.model_loading import BaseNotFound, UnsupportedSetting, check_training_support, pick_device
     from honed.training.runs import RunError, execute_run, prepare_run, resume_spec
     from honed.workspace import open_workspace
 
     base_ws = open_workspace(root)
     store = base_ws.open_store()
     claim = None
+    dist = None
     try:
         job = store.get_job(job_id)
-        control = JobControl(base_ws, store, job_id, parent_pid)
+        # Under torchrun (train.nproc > 1) every rank runs this; rank 0 does what a single
+        # trainer does and tells the others which run to train, or that there is none.
+        dist = _join_world(root, job)
+        if not dist.main:
+            return _follow(root, store, job, dist)
+        control = JobControl(base_ws, store, job_id, parent_pid, fence)
         signal.signal(signal.SIGTERM, control.on_signal)
         signal.signal(signal.SIGINT, control.on_signal)
-        store.report_progress(job_id, {"phase": "loading"}, trainer_pid=os.getpid())
+        # Under torchrun the daemon knows torchrun's pid as the trainer's: it stays.
+        store.report_progress(job_id, {"phase": "loading"}, trainer_pid=None if dist.active else os.getpid(),
+                              fence=fence)
         try:
             workspace = open_workspace(root, job.overrides)
             if job.run_id and store.get_run(job.run_id) is not None:
                 spec = resume_spec(workspace, store, job.run_id)
             else:
                 spec = prepare_run(workspace, store, job.dataset_ids, track=job.track, run_id=job.run_id)
+            check_training_support(spec.train, pick_device())
         except (SettingsError, PlanError, RunError, StoreError, ValueError) as exc:
+            dist.broadcast(None)
             print(f"job {job_id} cannot be trained: {exc}", file=sys.stderr, flush=True)
             return EXIT_UNTRAINABLE
 
         def on_checkpoint(step: int, path: Path) -> None:
             try:
                 store.add_job_event(job_id, "checkpoint", f"checkpoint at step {step}",
-                                    {"step": step, "path": str(path)})
+                                    {"step": step, "path": str(path)}, fence=fence)
+            except StaleClaimError as exc:
+                raise ClaimLost(str(exc)) from exc
             except StoreError as exc:
                 log.warning("job %d: checkpoint event not written (%s)", job_id, exc)
 
-        claim = claim_accelerator(workspace, store, job_id)  # before any model loads: training or evaluating
+        claim = claim_accelerator(workspace, store, job_id, fence)  # before any model loads: training or evaluating
         run = store.get_run(spec.run_id)
         if run is not None and run.status in ("succeeded", "stopped") and run.adapter_path:
             # Trained already; an earlier attempt died while evaluating.
-            evaluate_job(workspace, store, job, run, spec)
+            dist.broadcast(None)
+            evaluate_job(workspace, store, job, run, spec, fence)
             return 0
         log.info("job %d: attempt on run %s starts", job_id, spec.run_id)
+        dist.broadcast(spec.run_id)
         try:
-            outcome = execute_run(spec, store, control=control, on_step=ProgressReporter(store, job_id),
-                                  on_checkpoint=on_checkpoint, mark_trained=False)
-        except TokenizationError as exc:  # the data, not the attempt: retrying cannot help
+            outcome = execute_run(spec, FencedRunStore(store, job_id, fence), control=control,
+                                  on_step=ProgressReporter(store, job_id, fence), on_checkpoint=on_checkpoint,
+                                  mark_trained=False)
+        except (TokenizationError, UnsupportedSetting, BaseNotFound) as exc:  # retrying cannot help
             print(f"job {job_id} cannot be trained: {exc}", file=sys.stderr, flush=True)
             return EXIT_UNTRAINABLE
         if control.interrupted and outcome.status == "paused":
             store.add_job_event(job_id, "interrupted", f"{control.interrupted}; checkpoint at step "
-                                f"{outcome.step}", {"step": outcome.step})
+                                f"{outcome.step}", {"step": outcome.step}, fence=fence)
         log.info("job %d: attempt ended %s at step %d/%d", job_id, outcome.status, outcome.step,
                  outcome.total_steps)
         if outcome.status in ("succeeded", "stopped") and outcome.adapter_path:
-            evaluate_job(workspace, store, job, store.get_run(spec.run_id), spec)
+            evaluate_job(workspace, store, job, store.get_run(spec.run_id), spec, fence)
         return 0
     finally:
         if claim is not None:
             claim.withdraw()
+        if dist is not None:
+            dist.close()
         store.close()
 
 
@@ -267,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--job", type=int)
     group.add_argument("--warm", action="store_true", help="import first, then read 'job N' from stdin")
+    parser.add_argument("--fence", type=int, default=None, help="the fence of the daemon's claim on the job")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s trainer[%(process)d] %(levelname)s %(name)s: %(message)s")
@@ -275,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     logging.getLogger("alembic").setLevel(logging.WARNING)
     _lower_priority(args.workspace)
-    job_id = args.job
+    job_id, fence = args.job, args.fence
     if args.warm:
         # While waiting, a SIGTERM from the daemon simply ends the spare.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -283,11 +395,22 @@ def main(argv: list[str] | None = None) -> int:
         line = sys.stdin.readline()
         if not line.startswith("job "):
             return 0
-        job_id = int(line.split()[1])
-        log_path = line.split(maxsplit=2)[2].strip() if len(line.split()) > 2 else None
+        job_id, fence, log_path = parse_job_line(line)
         if log_path:
             _redirect_output(Path(log_path))
-    return run_attempt(args.workspace, job_id, args.parent)
+    return run_attempt(args.workspace, job_id, args.parent, fence)
+
+
+def parse_job_line(line: str) -> tuple[int, int | None, str | None]:
+    """``job N [fence=F] [LOGPATH]`` (what the daemon writes to a warm trainer) as
+    ``(N, F, LOGPATH)``; a missing fence or log path is None."""
+    words = line.strip().split(maxsplit=2)
+    rest = words[2] if len(words) > 2 else ""
+    fence = None
+    if rest.startswith("fence="):
+        token, _, rest = rest.partition(" ")
+        fence = int(token.removeprefix("fence="))
+    return int(words[1]), fence, rest.strip() or None
 
 
 def _lower_priority(root: Path) -> None:
