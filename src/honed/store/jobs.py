@@ -100,7 +100,7 @@ def _stale(conn: sa.Connection, job_id: int, fence: int) -> StaleClaimError:
     if job.fence != fence and job.worker is not None:
         now_held = f"{job.worker} holds it with fence {job.fence}"
     elif job.fence != fence:
-        now_held = f"it was claimed again since (fence {job.fence}) and is {job.state}"
+        now_held = f"a later claim, fence {job.fence}, took it; it is {job.state} now"
     else:
         now_held = f"its attempt was settled; it is {job.state}"
     return StaleClaimError(f"job {job_id}: the claim with fence {fence} no longer holds it ({now_held}); "
