@@ -51,10 +51,11 @@ class ClaimLost(BaseException):
 
 
 class FencedRunStore:
-    """The store as the training code sees it: the same, except that starting an attempt
-    of the run checks, in the same transaction, that this trainer's claim still holds the
-    job. A trainer that slept through a takeover thus cannot start an attempt that would
-    shut out the new owner's."""
+    """The store as the training code sees it. Starting an attempt of the run checks, in
+    the same transaction, that this trainer's claim still holds the job, so a trainer that
+    slept through a takeover cannot start an attempt that would shut out the new owner's.
+    And any write refused as stale raises ClaimLost: the training code's crash handler
+    would otherwise record the failure under the run's *current* attempt, the new owner's."""
 
     def __init__(self, store, job_id: int, fence: int | None) -> None:
         self._store = store
@@ -62,10 +63,22 @@ class FencedRunStore:
         self._fence = fence
 
     def start_attempt(self, run_id: str) -> int:
-        return self._store.start_attempt(run_id, job_id=self._job_id, fence=self._fence)
+        return self._refusing_stale(self._store.start_attempt)(run_id, job_id=self._job_id, fence=self._fence)
 
     def __getattr__(self, name: str):
-        return getattr(self._store, name)
+        attr = getattr(self._store, name)
+        return self._refusing_stale(attr) if callable(attr) else attr
+
+    @staticmethod
+    def _refusing_stale(method):
+        from honed.store import StaleAttemptError
+
+        def call(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            except StaleAttemptError as exc:  # StaleClaimError too
+                raise ClaimLost(str(exc)) from exc
+        return call
 
 
 class JobControl:
