@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from honed.config import SettingsError, parse_assignments
 from honed.workspace import Workspace, WorkspaceError, open_workspace
@@ -40,7 +41,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines."
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print ``message`` as an error; return the Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)
 
 

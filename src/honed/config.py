@@ -148,7 +148,8 @@ class TrainSettings(_Section):
     )
     quantization: Literal["none", "4bit"] = Field(
         "none", description="4bit: QLoRA, the base loaded in 4-bit NF4 through bitsandbytes "
-        "(needs CUDA and 'pip install bitsandbytes'); the adapter trains in bfloat16.",
+        "(needs CUDA and 'pip install bitsandbytes'); the base computes in bfloat16, the LoRA "
+        "weights stay in float32.",
     )
 
 

@@ -164,6 +164,9 @@ def init_workspace(root: Path, base: str = "tiny", store_url: str = "", artifact
                              "honed init never overwrites one")
     source = base
     local_base = Path(base).expanduser()
+    if base != "tiny" and not local_base.exists() and (base.startswith(("/", "./", "../", "~")) or base.count("/") > 1):
+        raise WorkspaceError(f"--base {base}: no such directory ({local_base.absolute()}); give a directory "
+                             "that holds a Hugging Face model, or a hub id such as Qwen/Qwen3-0.6B")
     if base != "tiny" and local_base.exists():
         if not (local_base / "config.json").is_file():
             raise WorkspaceError(f"--base {base}: a directory must hold a Hugging Face model "

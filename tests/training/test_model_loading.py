@@ -292,3 +292,11 @@ def test_a_hub_id_not_in_the_cache_offline_says_what_to_do(offline_hub_loads):
     assert "hf download honed-test/not-downloaded" in message
     assert "local directory" in message
     assert "Traceback" not in message
+
+
+def test_init_on_a_path_that_does_not_exist_says_so_instead_of_taking_it_for_a_hub_id(tmp_path):
+    from honed.workspace import WorkspaceError, init_workspace
+
+    with pytest.raises(WorkspaceError, match=r"--base \./nowhere: no such directory"):
+        init_workspace(tmp_path / "ws", base="./nowhere")
+    assert not (tmp_path / "ws" / "honed.toml").exists()

@@ -376,7 +376,8 @@ def warm_up(root: Path) -> None:
             import torch
 
             device = torch.device("cpu")
-        preload(base, device)
+        if workspace.settings.train.quantization == "none":  # a 4-bit load has no use for these weights
+            preload(base, device)
         import peft  # noqa: F401
 
         log.info("warm trainer ready: %s preloaded", base)
