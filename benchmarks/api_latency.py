@@ -1,6 +1,7 @@
 """Benchmark: how fast the HTTP API answers while a training run uses both cores.
 
     python benchmarks/api_latency.py [--clients 50] [--interval 1.0] [--seconds 10] [--records 6000]
+                                     [--quick] [--json PATH]
 
 In a fresh workspace on the tiny model it starts ``honed serve`` (a real uvicorn process)
 and measures three endpoints, each under ``--clients`` concurrent clients for
@@ -20,7 +21,8 @@ The endpoints:
 It does so twice: with the machine otherwise idle, then while ``honed daemon`` trains a
 job (torch on both cores). It prints p50 / p99 / requests per second per endpoint and
 phase, the ratio of each endpoint's p99 to the static file's in the same phase, and the
-training/idle ratio. Goal: p99 of /api/status under 20 ms while training.
+training/idle ratio. Goal: p99 of /api/status under 20 ms while training. ``--quick``
+measures 4 s per endpoint and phase instead of 10.
 
 The clients run in this process and need CPU too: on a 2-core machine the figures are
 those of server, trainer and clients sharing two cores.
@@ -49,6 +51,7 @@ except ImportError:  # run from a checkout without installing
 
 import httpx  # noqa: E402
 
+from headline import figure, load_average, write_headline  # noqa: E402
 from honed.config import update_config_file  # noqa: E402
 from honed.data.synthetic import write_synthetic  # noqa: E402
 from honed.models.tiny import build_tiny_model  # noqa: E402
@@ -113,9 +116,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--interval", type=float, default=1.0, help="Seconds between a client's requests.")
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=None, help="Per endpoint and phase (default 10, --quick 4).")
     parser.add_argument("--records", type=int, default=6000, help="Training records (the job must outlast the test).")
+    parser.add_argument("--quick", action="store_true", help="4 s per endpoint and phase")
+    parser.add_argument("--json", metavar="PATH", help="Also write the headline figures as JSON to PATH.")
     args = parser.parse_args()
+    args.seconds = args.seconds or (4.0 if args.quick else 10.0)
+    load_before = load_average()
 
     tmp = Path(tempfile.mkdtemp(prefix="honed-api-bench-"))
     procs: list[subprocess.Popen] = []
@@ -179,6 +186,14 @@ def main() -> None:
         status_p99 = results[("training", "/api/status")]["p99"]
         verdict = "met" if status_p99 < GOAL_MS else "NOT met"
         print(f"\n/api/status p99 while training: {status_p99:.2f} ms (goal < {GOAL_MS:g} ms: {verdict})")
+        write_headline(args.json, "api_latency", [
+            figure("/api/status p99 while training", status_p99, "ms", baseline="static file p99 while training",
+                   baseline_value=results[("training", "/static/monitor.css")]["p99"], goal=f"< {GOAL_MS:g} ms",
+                   met=status_p99 < GOAL_MS),
+        ], load_before=load_before, details={
+            "clients": args.clients, "interval": args.interval, "seconds": args.seconds,
+            "training_still_running": bool(still), "rows": {f"{ph} {path}": r for (ph, path), r in results.items()},
+        })
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:

@@ -1,6 +1,6 @@
 """Benchmark: what the daemon costs around training.
 
-    python benchmarks/daemon_overhead.py [--records N] [--rounds R]
+    python benchmarks/daemon_overhead.py [--records N] [--rounds R] [--quick] [--json PATH]
 
 For each of two daemon configurations, in a fresh workspace on the tiny base:
 
@@ -19,7 +19,8 @@ inbox and measures
   the part not spent inside optimizer steps (the sum of the steps' own durations);
   goal < 10%. The job is short (one epoch of N records, about 25 s with the defaults).
 
-It prints one row per configuration and round and the cold/warm ratio of the latency.
+It prints one row per configuration and round and the cold/warm ratio of the latency
+(``--quick``: one round).
 (A file written straight into the inbox is taken when its writer closes it, or after
 ``daemon.settle_s`` of unchanged size: up to a second more.)
 Run it on a quiet machine (it prints the load average).
@@ -45,6 +46,7 @@ try:
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from headline import figure, load_average, write_headline  # noqa: E402
 from honed.config import update_config_file  # noqa: E402
 from honed.daemon.lock import daemon_running  # noqa: E402
 from honed.data.synthetic import write_synthetic  # noqa: E402
@@ -117,8 +119,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=4000, help="records in the dropped file")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=None, help="default 2 (--quick: 1)")
+    parser.add_argument("--quick", action="store_true", help="one round")
+    parser.add_argument("--json", metavar="PATH", help="also write the headline figures as JSON to PATH")
     args = parser.parse_args()
+    args.rounds = args.rounds or (1 if args.quick else 2)
+    load_before = load_average()
     print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores)")
     with tempfile.TemporaryDirectory(prefix="honed-daemon-bench-") as tmp:
         work = Path(tmp)
@@ -143,6 +149,12 @@ def main() -> None:
     print(f"\nwarm trainer: first step x{lat['cold'] / lat['warm']:.2f} sooner than a cold start "
           f"(goal: < 2 s, got {lat['warm']:.2f} s); not-training share {share['warm']:.1%} (goal < 10%)")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
+    write_headline(args.json, "daemon_overhead", [
+        figure("drop -> first step, warm trainer", lat["warm"], "s", baseline="cold trainer",
+               baseline_value=lat["cold"], goal="< 2 s", met=lat["warm"] < 2.0),
+        figure("not-training share, warm trainer", 100 * share["warm"], "%", baseline="cold trainer",
+               baseline_value=100 * share["cold"], goal="< 10%", met=share["warm"] < 0.10),
+    ], load_before=load_before, details={"rounds": args.rounds, "records": args.records, "runs": rows})
 
 
 if __name__ == "__main__":

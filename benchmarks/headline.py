@@ -9,8 +9,8 @@ writes its headline figures, so that ``run_all.py`` collects them without parsin
                   "baseline_value": ..., "ratio": ..., "goal": ..., "met": ...}],
      "details": {...}}
 
-``ratio`` is value / baseline_value unless the figure says otherwise (a latency ratio
-is baseline / value, "times sooner"); ``met`` is None where no goal is stated.
+``ratio`` is value / baseline_value (for a latency, below 1 is better; the goal says
+which way is good); ``met`` is None where no goal is stated.
 """
 
 from __future__ import annotations
@@ -39,10 +39,11 @@ def cpu_busy_seconds() -> float:
 
 
 def figure(name: str, value: float | None, unit: str, *, baseline: str = "", baseline_value: float | None = None,
-           ratio: float | None = None, goal: str = "", met: bool | None = None) -> dict:
-    """One headline figure and how it compares with its baseline and its goal."""
-    if ratio is None and value is not None and baseline_value:
-        ratio = value / baseline_value
+           ratio: float | None | str = "auto", goal: str = "", met: bool | None = None) -> dict:
+    """One headline figure and how it compares with its baseline and its goal
+    (``ratio=None`` where a ratio means nothing, e.g. lost jobs out of files dropped)."""
+    if ratio == "auto":
+        ratio = value / baseline_value if value is not None and baseline_value else None
     return {"name": name, "value": value, "unit": unit, "baseline": baseline, "baseline_value": baseline_value,
             "ratio": ratio, "goal": goal, "met": met}
 

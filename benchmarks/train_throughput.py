@@ -48,6 +48,8 @@ try:
 except ImportError:  # run from a checkout without an editable install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from headline import figure, load_average, write_headline  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -453,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every trainer this many times, interleaved, and keep each one's best")
     parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(TRAINERS)}")
+    parser.add_argument("--json", metavar="PATH", help="also write the headline figures as JSON to PATH")
     parser.add_argument("--child", nargs=2, metavar=("TRAINER", "SPEC"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -474,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_libraries()
     started = time.perf_counter()
+    load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="honed-bench-train-") as tmp:
         tmp_path = Path(tmp)
         base = build_tiny_model(tmp_path / "base", pretrain=False)
@@ -544,10 +548,13 @@ def main(argv: list[str] | None = None) -> int:
 
     status = 0
     honed_key = "honed-run" if "honed-run" in results else "honed-loop" if "honed-loop" in results else None
+    figures = []
     if honed_key and ref:
         ratio = results[honed_key]["tokens_per_s"] / ref
         verdict = "meets" if ratio >= 1.5 else "MISSES"
         print(f"goal: {LABELS[honed_key]} x{ratio:.2f} of HF Trainer ({verdict} the x1.5 goal)")
+        figures.append(figure(f"{LABELS[honed_key]} real tokens/s", results[honed_key]["tokens_per_s"], "tok/s",
+                              baseline=LABELS["hf"], baseline_value=ref, goal=">= x1.5", met=ratio >= 1.5))
     # Sanity: everyone really trains (a random model on random letters learns slowly, so
     # the bar is low), and trainers that see the same examples in the same order end in
     # the same place.
@@ -561,6 +568,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"final loss (mean of last 5 steps): {LABELS[honed_key]} {a:.4f}, HF Trainer {b:.4f} "
               f"({'same ballpark' if close else 'DIFFERENT'}; same examples, order and lr schedule)")
         status = status or (0 if close else 1)
+    write_headline(args.json, "train_throughput", figures, load_before=load_before, details={
+        "steps": steps, "batch": args.batch, "threads": args.threads, "rounds": args.rounds, "sanity_ok": status == 0,
+        "trainers": {LABELS[w]: {k: r[k] for k in ("tokens_per_s", "peak_rss_mb", "others_cpu", "final_loss")}
+                     for w, r in results.items()},
+    })
     return status
 
 
