@@ -146,7 +146,7 @@ def test_a_daemon_frozen_past_its_lease_loses_its_job_and_its_writes_are_refused
         assert run.status == "succeeded" and run.attempt == 3  # 1: frozen, 2: fenced out at the takeover, 3: new
         assert f"fence {held.fence} no longer holds it" in frozen.output()  # the store refused the daemon
         trainer_log = (frozen_ws.logs_dir / "jobs" / f"job-{job.id}.log").read_text()
-        assert "succeeded" not in trainer_log  # killed, or refused: it did not finish the run
+        assert "fake attempt 1 succeeded" not in trainer_log  # killed, or refused: it did not finish the run
 
         # The woken daemon carries on: it runs the next job.
         assert other.stop() == 0

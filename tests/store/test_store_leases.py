@@ -121,6 +121,20 @@ def test_a_job_taken_over_while_evaluating_is_evaluated_again(store: Store, data
     store.mark_job_evaluating(job.id, "scoring again", fence=new.fence)
 
 
+def test_two_daemons_proposing_the_same_run_id_get_a_run_each(store: Store, dataset_id: int) -> None:
+    first = store.create_job(track="main", dataset_ids=[dataset_id])
+    second = store.create_job(track="main", dataset_ids=[dataset_id])
+    third = store.create_job(track="main", dataset_ids=[dataset_id])
+    a = store.claim_next_job("w1", "run-20261126-101500-beef")
+    store.create_run(run_id=a.run_id, track="main", base_version=0, config={}, dataset_ids=[dataset_id])
+    b = store.claim_next_job("w2", "run-20261126-101500-beef")  # the same second, the same four hex digits
+    store.end_attempt(a.id, "succeeded", "done")
+    c = store.claim_next_job("w3", "run-20261126-101500-beef")
+    assert [a.id, b.id, c.id] == [first.id, second.id, third.id]
+    assert a.run_id == "run-20261126-101500-beef"
+    assert len({a.run_id, b.run_id, c.run_id}) == 3 and b.run_id.startswith(a.run_id)
+
+
 def test_concurrent_claims_take_each_job_once(store: Store, dataset_id: int) -> None:
     """Eight threads claim forty jobs at once: every job is claimed exactly once."""
     ids = {store.create_job(track="main", dataset_ids=[dataset_id]).id for _ in range(40)}

@@ -35,6 +35,7 @@ from honed.store.schema import (
     job_commands,
     job_events,
     jobs,
+    runs,
     utc_now,
     workers,
 )
@@ -218,7 +219,7 @@ def claim_next_job(conn: sa.Connection, worker: str, run_id: str, lease_s: float
         return None
     job = get_job(conn, job_id)
     fence = job.fence + 1
-    run_id = job.run_id or run_id
+    run_id = job.run_id or _unused_run_id(conn, run_id, job_id)
     # The trainer's heartbeat is read against this machine's clock (Supervisor.heartbeat_age);
     # only the lease is on the store's.
     _update(conn, job_id, state="running", worker=worker, run_id=run_id, fence=fence,
@@ -240,6 +241,15 @@ def claim_next_job(conn: sa.Connection, worker: str, run_id: str, lease_s: float
                   {**data, "previous_worker": job.worker, "previous_fence": job.fence,
                    "lease_until": job.lease_until.isoformat(), "run_attempt": superseded})
     return get_job(conn, job_id)
+
+
+def _unused_run_id(conn: sa.Connection, run_id: str, job_id: int) -> str:
+    """``run_id``, unless a job or a run has it already (another daemon proposed the same
+    id in the same second): then that id made unique with the job's. Two claims that
+    commit the same id at the same instant are refused by the unique index on run_id."""
+    taken = conn.scalar(sa.select(sa.literal(1)).where(sa.or_(
+        sa.exists().where(jobs.c.run_id == run_id), sa.exists().where(runs.c.id == run_id))))
+    return f"{run_id}-job{job_id}" if taken else run_id
 
 
 def report_progress(conn: sa.Connection, job_id: int, progress: dict[str, Any] | None,

@@ -245,6 +245,7 @@ jobs = sa.Table(
     sa.Column("fence", sa.Integer, nullable=False, server_default="0"),
     sa.Column("lease_until", UTCDateTime, nullable=True),
     sa.Index(None, "state", "priority", "id"),
+    sa.Index(None, "run_id", unique=True),  # a run belongs to one job
     sqlite_autoincrement=True,
 )
 
