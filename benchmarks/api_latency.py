@@ -67,10 +67,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def _client(url: str, path: str, until: float, interval: float, latencies: list[float],
-                  errors: list[str]) -> None:
+async def _client(url: str, path: str, seconds: float, interval: float, latencies: list[float],
+                  errors: list[str], connected: asyncio.Barrier) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=10) as http:
-        await http.get(path)  # connect first: connection setup is not what is measured
+        try:
+            await http.get(path)  # connect first: connection setup is not what is measured
+        except httpx.HTTPError as exc:
+            errors.append(f"{path}: connecting: {exc!r}")
+        # The window starts when every client has connected: on a crowded machine, connecting
+        # fifty clients can take seconds.
+        await connected.wait()
+        until = time.perf_counter() + seconds
         next_at = time.perf_counter() + random.uniform(0, interval)  # clients out of step, as real ones are
         while time.perf_counter() < until:
             if interval:
@@ -92,11 +99,15 @@ def measure(url: str, path: str, clients: int, seconds: float, interval: float) 
     errors: list[str] = []
 
     async def main():
-        until = time.perf_counter() + seconds
-        await asyncio.gather(*(_client(url, path, until, interval, latencies, errors) for _ in range(clients)))
+        connected = asyncio.Barrier(clients)
+        await asyncio.gather(*(_client(url, path, seconds, interval, latencies, errors, connected)
+                               for _ in range(clients)))
 
     asyncio.run(main())
     ms = sorted(x * 1000 for x in latencies)
+    if not ms:
+        return {"p50": float("nan"), "p99": float("nan"), "rps": 0.0, "n": 0, "errors": len(errors),
+                "first_error": errors[0] if errors else f"no request answered in {seconds:g} s"}
     q = statistics.quantiles(ms, n=100) if len(ms) > 1 else [ms[0]] * 99
     return {"p50": q[49], "p99": q[98], "rps": len(ms) / seconds, "n": len(ms), "errors": len(errors),
             "first_error": errors[0] if errors else ""}
