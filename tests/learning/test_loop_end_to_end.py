@@ -97,7 +97,9 @@ def test_the_model_in_use_gets_better_from_its_own_use(make_workspace, tiny_rand
                          interval=0.5)
                 assert deployed(), daemon.output()[-4000:]
                 [batch] = store.list_learning_batches("main")
-                job = store.get_job(batch.job_id)
+                # The deployment is recorded a moment before the job's end.
+                job = wait_for(lambda: (j := store.get_job(batch.job_id)).state not in ("running", "evaluating") and j,
+                               60, "the job to end")
                 assert job.state == "succeeded" and job.source == "learn (threshold)"
                 trained = {store.get_experience(i).trained_run_id for i in batch.experience_ids}
                 assert trained == {job.run_id}
