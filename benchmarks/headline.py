@@ -1,4 +1,5 @@
-"""Headline figures a benchmark hands to ``run_all.py``: what ``--json PATH`` writes.
+"""Headline figures a benchmark hands to ``run_all.py`` (what ``--json PATH`` writes), and
+the load measures they are reported with.
 
 Each benchmark keeps printing its own report for people; with ``--json PATH`` it also
 writes its headline figures, so that ``run_all.py`` collects them without parsing text::

@@ -1,6 +1,7 @@
 """Benchmark: the long-haul soak. The daemon runs many short jobs back to back for a while.
 
-    python benchmarks/soak.py [--minutes M] [--every S] [--records N] [--sample-s S] [--json PATH]
+    python benchmarks/soak.py [--minutes M] [--every S] [--backlog B] [--records N] [--steps K]
+                              [--sample-s S] [--drain-s S] [--keep] [--json PATH]
 
 In a fresh workspace on the tiny base, ``honed daemon`` runs; for ``--minutes`` the
 benchmark keeps moving small synthetic JSONL files (``--records`` reversal records each,
@@ -27,8 +28,8 @@ RSS grew by at most 10% beyond it, the least-squares slope of RSS over the secon
 the samples (warm-up left out) is under 10 MB per hour when that half spans at least
 four minutes (a shorter one is too noisy to judge), and the daemon ended with at most 2
 descriptors more than the most it held in the first half: a descriptor opened once and
-kept (a second pooled store connection, the pipe to the waiting spare trainer) counts
-once, a steady leak does not pass. What the descriptors opened since the first job point
+kept (such as the pipe to the spare trainer waiting for the next job) counts once, a
+steady leak does not pass. What the descriptors opened since the first job point
 to is printed.
 
 Other processes on the machine slow the jobs (the trainers run at ``daemon.trainer_nice``
