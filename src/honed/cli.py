@@ -26,11 +26,13 @@ def init(
     directory: Annotated[Path, typer.Argument(help="Directory to make the workspace in.")],
     base: Annotated[str, typer.Option(help="'tiny' (built locally), a Hugging Face id, or a local model directory.")] = "tiny",
     store_url: Annotated[str, typer.Option(help="Store URL; default: SQLite file in the workspace.")] = "",
+    artifacts: Annotated[str, typer.Option(help="Directory for datasets, bases, runs and adapters "
+                                           "(store.artifacts); default: the workspace.")] = "",
 ) -> None:
     """Make a workspace: honed.toml, inbox/, the store, runs/, adapters/, logs/."""
     try:
         with console.status("building the workspace" + (" (first use builds the tiny base, ~2 min)" if base == "tiny" else "")):
-            workspace = init_workspace(directory, base=base, store_url=store_url)
+            workspace = init_workspace(directory, base=base, store_url=store_url, artifacts=artifacts)
     except (WorkspaceError, SettingsError) as exc:
         raise _fail(str(exc)) from None
     console.print(f"workspace ready at [bold]{workspace.root}[/] on base {base!r}")

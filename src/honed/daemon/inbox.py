@@ -78,7 +78,7 @@ class Inbox:
 
     @property
     def received_dir(self) -> Path:
-        return self.workspace.datasets_dir / RECEIVED_DIR
+        return self.workspace.local_datasets_dir / RECEIVED_DIR  # per workspace, not in shared artifacts
 
     @property
     def rejected_dir(self) -> Path:

@@ -26,7 +26,7 @@ class RunError(Exception):
 
 def new_run_id() -> str:
     """A sortable, unique run id: run-YYYYMMDD-HHMMSS-xxxx."""
-    return f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    return f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(4)}"
 
 
 def prepare_run(workspace: Workspace, store, dataset_ids: list[int], *, track: str,
