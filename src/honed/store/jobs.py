@@ -427,7 +427,8 @@ def take_command(conn: sa.Connection, job_id: int, step: int, fence: int | None 
     """For the trainer at a step boundary: the oldest pending command of its job, now
     marked taken at ``step``; None when there is none. With ``fence``, only while that
     claim holds the job (StaleClaimError otherwise)."""
-    check_claim(conn, job_id, fence)
+    if fence is not None:
+        check_claim(conn, job_id, fence)
     row = conn.execute(sa.select(job_commands).where(
         job_commands.c.job_id == job_id, job_commands.c.state == "pending",
     ).order_by(job_commands.c.id).limit(1)).first()

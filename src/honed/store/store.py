@@ -486,7 +486,8 @@ class Store:
         ``fence``, StaleClaimError as soon as that claim no longer holds the job: the
         check a trainer makes at every step."""
         with self._transaction(write=False) as conn:
-            jobs.check_claim(conn, job_id, fence, lock=False)
+            if fence is not None:
+                jobs.check_claim(conn, job_id, fence, lock=False)
             if not jobs.has_pending_command(conn, job_id):
                 return None
         with self._transaction(write=True) as conn:
