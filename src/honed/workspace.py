@@ -119,6 +119,13 @@ class Workspace:
         return base.source
 
 
+def looks_local(base: str) -> bool:
+    """Whether ``base`` names a directory rather than a hub id: it exists on disk, starts
+    like a path (``/``, ``./``, ``../``, ``~``), or has more slashes than ``org/name``."""
+    return (base.startswith(("/", "./", "../", "~")) or base in (".", "..") or base.count("/") > 1
+            or Path(base).expanduser().exists())
+
+
 def find_workspace(start: Path | None = None) -> Path:
     """The workspace to use: ``HONED_WORKSPACE``, else the nearest directory upwards
     from ``start`` (default: the current directory) that holds ``honed.toml``."""
@@ -164,7 +171,7 @@ def init_workspace(root: Path, base: str = "tiny", store_url: str = "", artifact
                              "honed init never overwrites one")
     source = base
     local_base = Path(base).expanduser()
-    if base != "tiny" and not local_base.exists() and (base.startswith(("/", "./", "../", "~")) or base.count("/") > 1):
+    if base != "tiny" and not local_base.exists() and looks_local(base):
         raise WorkspaceError(f"--base {base}: no such directory ({local_base.absolute()}); give a directory "
                              "that holds a Hugging Face model, or a hub id such as Qwen/Qwen3-0.6B")
     if base != "tiny" and local_base.exists():

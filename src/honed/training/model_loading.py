@@ -17,6 +17,7 @@ import torch
 
 from honed.config import LoraSettings, TrainSettings
 from honed.data.tokenization import ensure_chat_template
+from honed.workspace import looks_local
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +63,6 @@ def nvml_uuid(device: torch.device) -> str | None:
     except (AttributeError, RuntimeError, AssertionError):
         return None
     return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
-
-
-def looks_local(base: str) -> bool:
-    """Whether ``base`` names a directory rather than a hub id: it exists on disk, starts
-    like a path (``/``, ``./``, ``../``, ``~``), or has more slashes than ``org/name``."""
-    return (base.startswith(("/", "./", "../", "~")) or base in (".", "..") or base.count("/") > 1
-            or Path(base).expanduser().exists())
 
 
 def locate_base(base: str) -> str:
