@@ -47,6 +47,7 @@ from pathlib import Path
 import psutil
 
 from honed.daemon.inbox import Inbox
+from honed.daemon.launch import TRAINER_MODULE, launch_command
 from honed.daemon.lease import LeaseKeeper
 from honed.daemon.lock import DaemonLock
 from honed.daemon.schedule import backoff_delay, in_window, parse_window
@@ -61,7 +62,6 @@ SPARE_RESPAWN_S = 30.0
 # The daemon's writes wait this long for a SQLite writer (say, a hung trainer holding its
 # lock) before giving up and trying again on the next turn, so supervision never stalls.
 DAEMON_BUSY_TIMEOUT_S = 5.0
-TRAINER_MODULE = "honed.daemon.trainer_process"
 
 
 def run_daemon(workspace: Workspace) -> None:
@@ -305,8 +305,6 @@ class Supervisor:
         if trainer is None:
             command = self.trainer_command("--job", str(job.id), "--fence", str(job.fence))
             if nproc > 1:
-                from honed.daemon.launch import launch_command
-
                 command = launch_command(nproc, *command[3:], module=self.trainer_module)
             with open(log_path, "ab") as out:
                 trainer = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out,

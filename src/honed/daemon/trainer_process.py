@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 log = logging.getLogger("honed.trainer")
 
 EXIT_UNTRAINABLE = 3
@@ -108,7 +110,7 @@ class JobControl:
         if self.workspace.stop_file.exists():
             self.interrupted = "halted by the STOP file"
             return "pause"
-        if self.parent_pid is not None and (os.getppid() != self.launcher or not _alive(self.parent_pid)):
+        if self.parent_pid is not None and (os.getppid() != self.launcher or not psutil.pid_exists(self.parent_pid)):
             self.interrupted = "the daemon is gone"
             return "pause"
         if self.signalled:
@@ -234,16 +236,6 @@ def run_attempt(root: Path, job_id: int, parent_pid: int | None, fence: int | No
     except (ClaimLost, StaleAttemptError) as exc:  # StaleClaimError is a StaleAttemptError
         log.error("job %d: the store refused this trainer's writes, stopping without writing more: %s", job_id, exc)
         return EXIT_CLAIM_LOST
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def _join_world(root: Path, job):
