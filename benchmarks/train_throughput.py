@@ -48,7 +48,7 @@ try:
 except ImportError:  # run from a checkout without an editable install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from headline import figure, load_average, write_headline  # noqa: E402
+from headline import cpu_busy_seconds, figure, load_average, write_headline  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -410,26 +410,16 @@ def describe_data(spec: dict) -> dict:
     }
 
 
-def _cpu_busy_seconds() -> float:
-    """CPU seconds all processes of the machine have spent busy since boot (/proc/stat)."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return float("nan")
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
 def run_child(which: str, spec_path: Path, tmp_path: Path) -> dict:
     """Run one trainer in a fresh process; its result plus the CPU share others took meanwhile."""
     out = tmp_path / f"result-{which}.json"
     out.unlink(missing_ok=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    busy, t0 = _cpu_busy_seconds(), time.perf_counter()
+    busy, t0 = cpu_busy_seconds(), time.perf_counter()
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", which, str(spec_path)],
                           capture_output=True, text=True)
     wall = time.perf_counter() - t0
-    busy = _cpu_busy_seconds() - busy
+    busy = cpu_busy_seconds() - busy
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     own = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0 or not out.exists():
@@ -501,9 +491,9 @@ def main(argv: list[str] | None = None) -> int:
               f"projections, lr {LR} cosine, warm-up {WARMUP_STEPS}, {args.threads} torch threads; "
               f"first {args.warmup} steps untimed")
         print(f"before: {load_snapshot()}")
-        busy, t0 = _cpu_busy_seconds(), time.perf_counter()
+        busy, t0 = cpu_busy_seconds(), time.perf_counter()
         time.sleep(1.0)
-        others = (_cpu_busy_seconds() - busy) / ((time.perf_counter() - t0) * (os.cpu_count() or 1))
+        others = (cpu_busy_seconds() - busy) / ((time.perf_counter() - t0) * (os.cpu_count() or 1))
         if others > 0.1:
             print(f"WARNING: other processes are using {others:.0%} of the CPUs; with every core in use, "
                   "figures can drop several-fold. Watch the 'others CPU' column and re-run when quiet.")

@@ -119,12 +119,6 @@ class Dist:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor.tolist()
 
-    def barrier(self) -> None:
-        if self.active:
-            import torch.distributed as dist
-
-            dist.barrier()
-
     # --- the model --------------------------------------------------------------------
 
     def wrap(self, model, strategy: str = "ddp"):
