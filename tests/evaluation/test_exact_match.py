@@ -74,12 +74,19 @@ def test_a_peft_model_is_scored_like_its_base(constant_model):
     records = generate("copy", 8, seed=5)
     for record in records:
         record["messages"][-1]["content"] = CONSTANT_ANSWER
-    # A fresh adapter (B = 0) leaves the outputs unchanged.
+    prompts = [r["messages"][:-1] for r in records]
+    base_answers = generate_answers(model, tokenizer, prompts, max_new_tokens=4)
+    base_score = exact_match(model, tokenizer, records)
+    # Mostly the constant answer (what this test scores is the adapter's effect, not how
+    # well 40 steps taught the base), so the comparison below is not vacuous.
+    assert base_answers.count(CONSTANT_ANSWER) >= 6, base_answers
+    # A fresh adapter (B = 0) leaves the outputs, and so the score, unchanged.
     peft_model = get_peft_model(
         model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     )
     try:
-        assert exact_match(peft_model, tokenizer, records) == 1.0
+        assert generate_answers(peft_model, tokenizer, prompts, max_new_tokens=4) == base_answers
+        assert exact_match(peft_model, tokenizer, records) == base_score
     finally:
         peft_model.unload()
 

@@ -73,6 +73,11 @@ def _reversal(rng: random.Random) -> tuple[str, str]:
     return f"reverse: {word}", word[::-1]
 
 
+def _shift(rng: random.Random) -> tuple[str, str]:
+    word = _word(rng, 4, 8)
+    return f"shift: {word}", "".join(_LETTERS[(_LETTERS.index(c) + 1) % 26] for c in word)
+
+
 def _kv_recall(rng: random.Random) -> tuple[str, str]:
     keys = rng.sample(_LETTERS, rng.randint(3, 4))
     values = {key: str(rng.randint(0, 9)) for key in keys}
@@ -86,6 +91,31 @@ def _json_extract(rng: random.Random) -> tuple[str, str]:
     return f"name: {name} age: {age} -> json", json.dumps(
         {"name": name, "age": age}, separators=(",", ":")
     )
+
+
+_FIRST_NAMES = ("Ida", "Omar", "Lena", "Ravi", "Mara", "Yuki", "Tomas", "Nia", "Pablo", "Sofia", "Emeka",
+                "Hana", "Liam", "Zara", "Arjun", "Elsa", "Kofi", "Mei", "Jonas", "Amira")
+_LAST_NAMES = ("Khan", "Berg", "Silva", "Novak", "Okafor", "Tanaka", "Moreau", "Rossi", "Larsen", "Haddad",
+               "Kowalski", "Mendes", "Singh", "Fischer", "Adeyemi", "Costa", "Jensen", "Park", "Weber", "Lopez")
+_JOBS = ("pilot", "baker", "nurse", "teacher", "plumber", "architect", "chemist", "farmer", "lawyer", "painter",
+         "dentist", "librarian", "carpenter", "journalist", "engineer", "florist")
+_CITIES = ("Oslo", "Lima", "Cairo", "Lyon", "Porto", "Osaka", "Quito", "Accra", "Perth", "Bergen", "Leeds",
+           "Graz", "Turin", "Hanoi", "Dakar", "Austin")
+_PERSON_PHRASINGS = (
+    "Meet {name}: a {age}-year-old {job} from {city}.",
+    "{name} ({age}), {job}, lives in {city}.",
+    "In {city} lives {name}, {age}, whose job is {job}.",
+    "Our new {job}, {name}, is {age} years old and comes from {city}.",
+)
+PERSON_JSON_INSTRUCTION = "Extract the person as JSON with the keys name, age, job and city."
+
+
+def _person_json(rng: random.Random) -> tuple[str, str]:
+    name = f"{rng.choice(_FIRST_NAMES)} {rng.choice(_LAST_NAMES)}"
+    age, job, city = rng.randint(18, 80), rng.choice(_JOBS), rng.choice(_CITIES)
+    sentence = rng.choice(_PERSON_PHRASINGS).format(name=name, age=age, job=job, city=city)
+    answer = json.dumps({"name": name, "age": age, "job": job, "city": city}, separators=(",", ":"))
+    return f"{PERSON_JSON_INSTRUCTION}\n{sentence}", answer
 
 
 def _count(lengths: tuple[int, int], alphabet: int = 26) -> int:
@@ -104,6 +134,12 @@ FAMILIES: dict[str, Family] = {
             _count(REVERSAL_LENGTHS),
         ),
         Family(
+            "shift",
+            "move each letter of a 4-8 letter word one on in the alphabet: 'shift: abcz' -> 'bcda'",
+            _shift,
+            _count((4, 8)),
+        ),
+        Family(
             "kv_recall",
             "recall a value by key: 'a=3 c=7 d=1; c?' -> '7'",
             _kv_recall,
@@ -115,6 +151,14 @@ FAMILIES: dict[str, Family] = {
             "fields to JSON: 'name: ann age: 31 -> json' -> '{\"name\":\"ann\",\"age\":31}'",
             _json_extract,
             _count((2, 4)) * 90,
+        ),
+        Family(
+            "person_json",
+            "a sentence about a person to fixed-schema JSON (for real models such as SmolLM2): "
+            "'Meet Ida Khan: a 57-year-old pilot from Oslo.' -> "
+            "'{\"name\":\"Ida Khan\",\"age\":57,\"job\":\"pilot\",\"city\":\"Oslo\"}'",
+            _person_json,
+            len(_FIRST_NAMES) * len(_LAST_NAMES) * 63 * len(_JOBS) * len(_CITIES) * len(_PERSON_PHRASINGS),
         ),
     )
 }
