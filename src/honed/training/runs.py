@@ -117,7 +117,7 @@ def execute_run(spec, store, *, control=None, on_step=None, on_checkpoint=None, 
     manifest. With ``mark_trained`` (the one-shot path) a finished run's records count as
     learned at once; the daemon marks them only when the run's adapter is deployed."""
     from honed.telemetry.energy_log import record_attempt_energy, run_energy
-    from honed.training.manifest import write_manifest
+    from honed.training.manifest import base_record, write_manifest
     from honed.training.trainer import RunOutcome, train_run
 
     meter = start_energy_meter(spec)
@@ -144,11 +144,10 @@ def execute_run(spec, store, *, control=None, on_step=None, on_checkpoint=None, 
         mark_learned(store, spec.run_id, spec.run_dir, spec.track, spec.base_version)
     run = store.get_run(spec.run_id)
     datasets = [store.get_dataset(i) for i in run.dataset_ids]
-    base = store.get_base(spec.base_version)
     write_manifest(
         spec.run_dir, run=run, datasets=datasets, plan_info=run.config["plan"], outcome=outcome,
         checkpoints=[{"step": c.step, "path": c.path} for c in store.list_checkpoints(spec.run_id)],
-        base={"version": base.version, "source": base.source, "loaded_from": spec.base},
+        base=base_record(store, spec.base_version, spec.base),
         store_url=store.display_url, metrics_path=spec.run_dir / "metrics.jsonl",
         energy=run_energy(spec.run_dir, run.attempt),
     )
