@@ -450,7 +450,9 @@ class Supervisor:
                                           f"{reasons}; the deployment stays as it was", error=reasons, data=data,
                                           fence=job.fence)
         if adapter.state == "awaiting_approval":
-            return self.store.end_attempt(job.id, "succeeded", f"{how}; adapter {adapter.id} passed its gates and "
+            held = adapter.verdict.get("held")
+            why = (f"was held by its gates ({'; '.join(held)}) and" if held else "passed its gates and")
+            return self.store.end_attempt(job.id, "succeeded", f"{how}; adapter {adapter.id} {why} "
                                           f"awaits approval: 'honed approve {adapter.id}'", data=data,
                                           fence=job.fence)
         # Still ours, and for a whole lease more: a daemon that lost the job must not deploy.

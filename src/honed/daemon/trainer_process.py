@@ -166,7 +166,7 @@ def evaluate_job(workspace, store, job, run, spec, fence: int | None = None) -> 
     """Register the run's adapter, score it against what is live, and record the gates'
     verdict; the daemon deploys it (or not) from there. Each write carries ``fence``."""
     from honed.evaluation.evaluate import evaluate_candidate
-    from honed.evaluation.gates import decide
+    from honed.evaluation.gates import adapter_state, decide
 
     store.report_progress(job.id, {"phase": "evaluating"}, fence=fence)
     store.mark_job_evaluating(job.id, f"run {run.id} ended {run.status}; scoring its adapter", fence=fence)
@@ -175,17 +175,19 @@ def evaluate_job(workspace, store, job, run, spec, fence: int | None = None) -> 
         fence=fence)
     if adapter.state != "candidate" or adapter.verdict is not None:
         return  # evaluated already
+    gates = workspace.settings.gates_for(job.track)
     evaluation = evaluate_candidate(workspace, store, track=job.track, base_path=spec.base,
                                     base_version=run.base_version, candidate_path=Path(run.adapter_path),
-                                    run_dir=spec.run_dir, dataset_ids=run.dataset_ids)
-    gates = workspace.settings.gates_for(job.track)
+                                    run_dir=spec.run_dir, dataset_ids=run.dataset_ids,
+                                    general_control=any(r.kind == "retention" for r in gates.rules))
     verdict = decide(evaluation, gates.rules, gates.require_approval)
-    state = "rejected" if not verdict["passed"] else ("awaiting_approval" if gates.require_approval else "candidate")
-    store.record_evaluation(adapter.id, evaluation, verdict, state, fence=fence)
+    store.record_evaluation(adapter.id, evaluation, verdict, adapter_state(verdict), fence=fence)
+    outcome = "failed" if verdict["failed"] else "was held by" if verdict["held"] else "passed"
     summary = "; ".join(f"{r['rule']}: {r['detail']}" for r in verdict["rules"] if not r.get("skipped"))
-    store.add_job_event(job.id, "evaluated", f"adapter {adapter.id} {'passed' if verdict['passed'] else 'failed'} "
-                        f"its gates against {evaluation['baseline_name']} ({summary})",
-                        {"adapter": adapter.id, "passed": verdict["passed"]}, fence=fence)
+    store.add_job_event(job.id, "evaluated", f"adapter {adapter.id} {outcome} its gates against "
+                        f"{evaluation['baseline_name']} ({summary})",
+                        {"adapter": adapter.id, "passed": verdict["passed"], "held": bool(verdict["held"])},
+                        fence=fence)
 
 
 def claim_accelerator(workspace, store, job_id: int, fence: int | None = None):

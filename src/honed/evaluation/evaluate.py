@@ -3,21 +3,37 @@
 older base), on the same eval sets with the same greedy, batched decoding.
 
 Eval sets: ``heldout`` (the run's held-out split), ``regression`` (a fixed sample of
-the data the live model learned from: guards against forgetting) and the user's sets from
-``[eval] sets``. Each set is scored by its scorers; a sample of outputs is kept.
+the data the live model learned from: guards against forgetting), ``general`` (the prompts
+of a small set shipped with honed that the bare base answers right), ``control`` (the
+user's ``[eval] control_path``) and the user's sets from ``[eval] sets``. Each set is
+scored by its scorers; a sample of outputs is kept, and each record's right/wrong outcome
+per generation scorer, so the gates can pair candidate and baseline record by record.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from honed.data.plan import read_jsonl
-from honed.evaluation.scorers import contains, exact_match, function_score, json_scores, reference
+from honed.evaluation.scorers import (
+    contains,
+    exact_match,
+    function_score,
+    json_scores,
+    record_outcomes,
+    reference,
+)
+
+log = logging.getLogger(__name__)
 
 GENERATION_SCORERS = ("exact_match", "contains", "json")
+GENERAL_SET = Path(__file__).parent / "control" / "general.jsonl"
 
 
 @dataclass
@@ -78,17 +94,60 @@ def build_eval_sets(workspace, store, *, track: str, run_dir: Path, dataset_ids:
 
         sets.append(EvalSet(user_set.name, _sample(load_records(path), cfg.max_records), list(user_set.scorers),
                             list(user_set.required_fields)))
+    if cfg.control_path:
+        from honed.evaluation.exact_match import load_records
+
+        path = Path(cfg.control_path)
+        path = path if path.is_absolute() else workspace.root / path
+        sets.append(EvalSet("control", _sample(load_records(path), cfg.max_records), ["exact_match"]))
     return sets
 
 
-def score_sets(model, tokenizer, sets: list[EvalSet], workspace) -> dict:
-    """``{set: {figure: value, "n": records, "samples": [...]}}`` for one model."""
+def general_control_set(model, tokenizer, workspace, base_version: int) -> tuple[EvalSet | None, dict]:
+    """The records of the shipped general set that the bare base answers right, and how
+    many of how many were kept. Worked out the first time a base version is evaluated and
+    cached in the workspace's ``bases/vN/honed_control.json``: a base's knowledge does not
+    change, and a new shipped set (another hash) is worked out afresh."""
+    from honed.atomic_files import write_json_atomically
+    from honed.evaluation.exact_match import answer_budget, generate_answers, load_records
+
+    records = load_records(GENERAL_SET)
+    digest = hashlib.sha256(GENERAL_SET.read_bytes()).hexdigest()
+    # In bases/vN when the workspace holds the base; beside it when the base is a folder of
+    # the user's (or a hub id): honed writes nothing into those.
+    folder = workspace.bases_dir / f"v{base_version}"
+    cache = folder / "honed_control.json" if folder.is_dir() else folder.parent / f"{folder.name}.honed_control.json"
+    try:
+        cached = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        cached = None
+    if not isinstance(cached, dict) or cached.get("sha256") != digest:
+        with model.disable_adapter():  # the bare base, whatever the baseline is
+            outputs = generate_answers(model, tokenizer, [r["messages"][:-1] for r in records],
+                                       max_new_tokens=answer_budget(tokenizer, [reference(r) for r in records]),
+                                       batch_size=workspace.settings.eval.batch_size)
+        right = record_outcomes("exact_match", outputs, records)["exact_match"]
+        cached = {"set": "general", "sha256": digest, "base_version": base_version, "of": len(records),
+                  "kept": [r["id"] for r, ok in zip(records, right) if ok]}
+        try:
+            write_json_atomically(cache, cached)
+        except OSError as exc:  # a read-only shared bases/: work it out again next time
+            log.warning("general control set of base v%d not cached at %s: %s", base_version, cache, exc)
+    kept = set(cached["kept"])
+    info = {"kept": len(kept), "of": len(records), "cache": str(cache)}
+    chosen = [r for r in records if r["id"] in kept]
+    return (EvalSet("general", chosen, ["exact_match"]) if chosen else None), info
+
+
+def score_sets(model, tokenizer, sets: list[EvalSet], workspace) -> tuple[dict, dict]:
+    """For one model: ``{set: {figure: value, "n": records, "samples": [...]}}`` and the
+    per-record outcomes ``{set: {figure: [0 or 1 per chat record, in order]}}``."""
     from honed.data.tokenization import TokenizedRecords
     from honed.evaluation.exact_match import answer_budget, generate_answers
     from honed.training.trainer import validation_loss
 
     cfg, train_cfg = workspace.settings.eval, workspace.settings.train
-    results = {}
+    results, outcomes = {}, {}
     for eval_set in sets:
         figures: dict = {"n": len(eval_set.records)}
         chat = [r for r in eval_set.records if _is_chat(r)]
@@ -108,6 +167,8 @@ def score_sets(model, tokenizer, sets: list[EvalSet], workspace) -> dict:
                     figures.update(json_scores(outputs, chat, eval_set.required_fields))
                 else:
                     figures.update(function_score(scorer, outputs, chat))
+                outcomes.setdefault(eval_set.name, {}).update(
+                    record_outcomes(scorer, outputs, chat, eval_set.required_fields))
             figures["samples"] = [{"prompt": r["messages"][-2]["content"], "reference": reference(r), "output": o}
                                   for r, o in list(zip(chat, outputs))[:cfg.samples_kept]]
         if "loss" in eval_set.scorers:
@@ -117,13 +178,14 @@ def score_sets(model, tokenizer, sets: list[EvalSet], workspace) -> dict:
                 figures["loss"] = loss
                 figures["perplexity"] = math.exp(min(loss, 700.0))
         results[eval_set.name] = figures
-    return results
+    return results, outcomes
 
 
 def evaluate_candidate(workspace, store, *, track: str, base_path: str, base_version: int, candidate_path: Path,
-                       run_dir: Path, dataset_ids: list[int]) -> dict:
+                       run_dir: Path, dataset_ids: list[int], general_control: bool = True) -> dict:
     """Score the candidate and the baseline (deployed adapter, or bare base) on the
-    track's eval sets; returns what the gates decide on."""
+    track's eval sets; returns what the gates decide on. ``general_control`` adds the
+    shipped general set (what the bare base answers right) for the retention rule."""
     from peft import PeftModel
 
     from honed.training.model_loading import load_base_model, load_tokenizer, pick_device
@@ -135,21 +197,26 @@ def evaluate_candidate(workspace, store, *, track: str, base_path: str, base_ver
     model = PeftModel.from_pretrained(load_base_model(base_path, pick_device()), str(candidate_path),
                                       adapter_name="candidate")
     model.eval()
+    control = {"control_path": workspace.settings.eval.control_path or None}
+    if general_control:
+        general, control["general"] = general_control_set(model, tokenizer, workspace, base_version)
+        sets += [general] if general else []
     deployed = store.deployed_adapter(track)
     baseline_adapter = None
     if deployed is not None and deployed.base_version == base_version and Path(deployed.path).is_dir():
         model.load_adapter(deployed.path, adapter_name="deployed")
         baseline_adapter = deployed.id
     model.set_adapter("candidate")
-    candidate = score_sets(model, tokenizer, sets, workspace)
+    candidate, candidate_outcomes = score_sets(model, tokenizer, sets, workspace)
     if baseline_adapter is not None:
         model.set_adapter("deployed")
-        baseline = score_sets(model, tokenizer, sets, workspace)
+        baseline, baseline_outcomes = score_sets(model, tokenizer, sets, workspace)
         baseline_name = f"deployed adapter {baseline_adapter}"
     else:
         with model.disable_adapter():
-            baseline = score_sets(model, tokenizer, sets, workspace)
+            baseline, baseline_outcomes = score_sets(model, tokenizer, sets, workspace)
         baseline_name = f"base v{base_version}"
     return {"candidate": candidate, "baseline": baseline, "baseline_name": baseline_name,
             "baseline_adapter": baseline_adapter,
-            "sets": {s.name: {"records": len(s.records), "scorers": s.scorers} for s in sets}}
+            "sets": {s.name: {"records": len(s.records), "scorers": s.scorers} for s in sets},
+            "outcomes": {"candidate": candidate_outcomes, "baseline": baseline_outcomes}, "control": control}

@@ -76,6 +76,31 @@ def function_score(spec: str, outputs: list[str], records: list[dict]) -> dict[s
     return {spec: total / len(records)}
 
 
+def record_outcomes(scorer: str, outputs: list[str], records: list[dict],
+                    required_fields: list[str] = ()) -> dict[str, list[int]]:
+    """Per record, for each figure ``scorer`` produces: 1 when the output earns full marks,
+    else 0, in the records' order. The gates pair these between the candidate and the
+    live model (same records, same order) for their McNemar tests."""
+    if scorer == "exact_match":
+        return {"exact_match": [int(o.strip() == reference(r)) for o, r in zip(outputs, records)]}
+    if scorer == "contains":
+        return {"contains": [int(reference(r) in o) for o, r in zip(outputs, records)]}
+    if scorer == "json":
+        parsed = []
+        for output in outputs:
+            try:
+                value = json.loads(output)
+            except ValueError:
+                value = None
+            parsed.append(value if isinstance(value, dict) else None)
+        out = {"json_valid": [int(v is not None) for v in parsed]}
+        if required_fields:
+            out["json_fields"] = [int(v is not None and all(f in v for f in required_fields)) for v in parsed]
+        return out
+    function = load_function(scorer)
+    return {scorer: [int(float(function(o, r)) >= 1.0) for o, r in zip(outputs, records)]}
+
+
 def check_scorer(name: str) -> None:
     """Refuse an unknown scorer name early, naming the allowed ones."""
     if name in BUILTIN:
