@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -127,6 +127,14 @@ class TrainSettings(_Section):
         lt=1,
         description="Share of each epoch drawn from earlier datasets of the track (guards "
         "against forgetting).",
+    )
+    everyday_replay: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of each epoch drawn from honed's shipped everyday instructions (50 "
+        "short facts, lists and sentences): keeps a chat base that learns one narrow task "
+        "answering everything else as before, when the track has no history to replay yet.",
     )
     threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch's default.")
     nproc: int = Field(
@@ -266,25 +274,65 @@ class EvalSettings(_Section):
     batch_size: int = Field(64, gt=0, description="Prompts generated at once.")
     samples_kept: int = Field(5, ge=0, description="Outputs kept per set for inspection.")
     sets: list[EvalSetSettings] = Field(default_factory=list, description="User-defined eval sets.")
+    control_path: str = Field(
+        "", description="A chat JSONL of your own control prompts (relative to the workspace): what a "
+        "candidate may not forget. Empty: only the track's regression set and the general set shipped "
+        "with honed make the control set.",
+    )
 
 
 class GateRule(_Section):
-    """One condition a candidate must meet on one set and scorer."""
+    """One condition a candidate must meet on one set and scorer.
 
-    set: str = Field(description="heldout, regression, or the name of a user-defined set.")
+    ``kind`` says how it is judged: ``threshold`` compares the set's figure with ``min``
+    and ``max_regression`` (the rules honed had first); ``gain``, ``regression`` and
+    ``retention`` compare the candidate with the live model record by record (an exact
+    one-sided McNemar test on the same prompts), so a difference must be more than noise."""
+
+    set: str = Field(description="heldout, regression, control (the pooled control set), or the name of a "
+                     "user-defined set.")
     scorer: str = Field(description="exact_match, contains, json_valid, json_fields, loss, perplexity, "
                         "or a 'module:function' scorer.")
+    kind: Literal["threshold", "gain", "regression", "retention"] = Field(
+        "threshold", description="threshold: min and max_regression on the set's figure. gain: the candidate "
+        "must beat the live model on the set with confidence (p < alpha). regression: it must not be shown "
+        "worse (p < alpha), nor may the upper confidence bound of its drop exceed max_drop (or what the set "
+        "can resolve, if more). retention: on the records the live model answers right (for set 'control': "
+        "those of the regression set, the general set shipped with honed and eval.control_path), it must "
+        "not be shown worse nor drop more than max_drop.",
+    )
     min: float | None = Field(None, description="Lowest acceptable value (for loss: highest).")
     max_regression: float | None = Field(
-        None, description="How much worse than the deployed adapter (or the bare base) the candidate "
-        "may be, in the scorer's units.",
+        None, description="threshold only: how much worse than the deployed adapter (or the bare base) the "
+        "candidate may be, in the scorer's units.",
     )
+    alpha: float = Field(0.05, gt=0, lt=1, description="gain, regression, retention: significance level of "
+                         "the one-sided paired test.")
+    max_drop: float | None = Field(
+        None, ge=0, le=1, description="regression, retention: largest drop allowed, as a fraction of the "
+        "set's records (0.05 = 5 points).",
+    )
+    min_examples: int = Field(
+        20, ge=1, description="gain, regression: fewer records than this and the candidate is held for a "
+        "person (awaiting approval), never deployed on its own.",
+    )
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> GateRule:
+        # Paired tests need a right/wrong outcome per record; loss has none.
+        if self.kind != "threshold" and self.scorer in ("loss", "perplexity"):
+            raise ValueError(f"a {self.kind} rule needs a generation scorer (exact_match, contains, json_valid, "
+                             f"json_fields or 'module:function'), not {self.scorer}")
+        if self.kind != "threshold" and self.max_regression is not None:
+            raise ValueError(f"max_regression belongs to threshold rules; a {self.kind} rule takes max_drop")
+        return self
 
 
 def _default_rules() -> list[GateRule]:
     return [
-        GateRule(set="heldout", scorer="exact_match", max_regression=0.0),
-        GateRule(set="regression", scorer="exact_match", max_regression=0.05),
+        GateRule(kind="gain", set="heldout", scorer="exact_match"),
+        GateRule(kind="regression", set="regression", scorer="exact_match", max_drop=0.05),
+        GateRule(kind="retention", set="control", scorer="exact_match", max_drop=0.05),
     ]
 
 
@@ -292,7 +340,10 @@ class GateSettings(_Section):
     """The rules a candidate must pass to be deployed."""
 
     require_approval: bool = Field(False, description="Passing candidates wait for 'honed approve'.")
-    rules: list[GateRule] = Field(default_factory=_default_rules, description="All must hold.")
+    rules: list[GateRule] = Field(
+        default_factory=_default_rules, description="All must hold. A rule that has too little evidence "
+        "either way holds the candidate for 'honed approve' instead of deploying it.",
+    )
 
 
 class DeploySettings(_Section):

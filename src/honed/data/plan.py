@@ -60,8 +60,11 @@ def make_plan(
     replay_ratio: float,
     retrain_seen: bool,
     seed: int,
+    everyday_pool: Iterable[dict] = (),
+    everyday_ratio: float = 0.0,
 ) -> Plan:
-    """Split new records into train and held-out, skip already-trained ones, add replay."""
+    """Split new records into train and held-out, skip already-trained ones, add replay
+    (of the track's earlier datasets, and of ``everyday_pool`` at ``everyday_ratio``)."""
     train, heldout, skipped = [], [], 0
     for record in new_records:
         if is_heldout(record["hash"], heldout_fraction):
@@ -89,7 +92,25 @@ def make_plan(
             plan.train.extend(dict(r, replay=True) for r in picked)
             plan.replay = len(picked)
             plan.notes.append(f"mixed in {len(picked)} replay records from earlier datasets")
+    if everyday_ratio > 0:
+        own = len(train) - plan.replay
+        pool = list(everyday_pool)
+        want = min(len(pool), round(own * everyday_ratio / (1 - everyday_ratio)))
+        if want:
+            picked = random.Random(f"everyday:{seed}").sample(pool, want)
+            plan.train.extend(dict(r, replay=True, source="everyday") for r in picked)
+            plan.replay += want
+            plan.notes.append(f"mixed in {want} everyday instruction records (train.everyday_replay)")
     return plan
+
+
+def everyday_records() -> list[dict]:
+    """honed's shipped everyday instructions, normalised and hashed like ingested records."""
+    from honed.data.formats import record_hash
+
+    path = Path(__file__).resolve().parent / "shipped" / "everyday.jsonl"
+    records = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+    return [dict(r, hash=record_hash(r)) for r in records]
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
