@@ -132,9 +132,10 @@ class TrainSettings(_Section):
         0.0,
         ge=0,
         lt=1,
-        description="Share of each epoch drawn from honed's shipped everyday instructions (50 "
-        "short facts, lists and sentences): keeps a chat base that learns one narrow task "
-        "answering everything else as before, when the track has no history to replay yet.",
+        description="Share of each epoch made of the base's own answers to honed's 100 shipped "
+        "everyday prompts (worked out once per base version): keeps a chat base that learns one "
+        "narrow task answering everything else as before, when the track has no history to "
+        "replay yet.",
     )
     threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch's default.")
     nproc: int = Field(
@@ -254,7 +255,8 @@ class EvalSetSettings(_Section):
     path: str = Field(description="Chat JSONL file (relative to the workspace or absolute).")
     scorers: list[str] = Field(
         default_factory=lambda: ["exact_match"],
-        description="exact_match, contains, json (valid rate and required-field rate), loss "
+        description="exact_match, contains, answer (the reference as a whole word in the output, any "
+        "case), json (valid rate and required-field rate), loss "
         "(and perplexity), or a Python function 'module:function'(output, record) -> 0..1.",
     )
     required_fields: list[str] = Field(

@@ -26,7 +26,8 @@ def evaluation(sets: dict[str, tuple[list, list]], general_of: int = 40, name: s
     """What the evaluator hands the gates, built from per-record outcomes."""
     figures = {side: {s: {"exact_match": sum(v[i]) / len(v[i]), "n": len(v[i])} for s, v in sets.items()}
                for i, side in enumerate(("baseline", "candidate"))}
-    outcomes = {side: {s: {"exact_match": v[i]} for s, v in sets.items()}
+    # The shipped general set is judged by its own scorer ("answer"), the others by exact match.
+    outcomes = {side: {s: {"answer" if s == "general" else "exact_match": v[i]} for s, v in sets.items()}
                 for i, side in enumerate(("baseline", "candidate"))}
     kept = len(sets["general"][0]) if "general" in sets else 0
     return {**figures, "baseline_name": name, "outcomes": outcomes,

@@ -104,15 +104,6 @@ def make_plan(
     return plan
 
 
-def everyday_records() -> list[dict]:
-    """honed's shipped everyday instructions, normalised and hashed like ingested records."""
-    from honed.data.formats import record_hash
-
-    path = Path(__file__).resolve().parent / "shipped" / "everyday.jsonl"
-    records = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-    return [dict(r, hash=record_hash(r)) for r in records]
-
-
 def _write_jsonl(path: Path, records: list[dict]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as fh:

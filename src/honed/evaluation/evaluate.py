@@ -22,6 +22,8 @@ from pathlib import Path
 
 from honed.data.plan import read_jsonl
 from honed.evaluation.scorers import (
+    GENERAL_SET_SCORER,
+    answer,
     contains,
     exact_match,
     function_score,
@@ -32,7 +34,7 @@ from honed.evaluation.scorers import (
 
 log = logging.getLogger(__name__)
 
-GENERATION_SCORERS = ("exact_match", "contains", "json")
+GENERATION_SCORERS = ("exact_match", "contains", "answer", "json")
 GENERAL_SET = Path(__file__).parent / "control" / "general.jsonl"
 
 
@@ -103,16 +105,29 @@ def build_eval_sets(workspace, store, *, track: str, run_dir: Path, dataset_ids:
     return sets
 
 
+# A small base knows some facts only just: SmolLM2-135M answered 25 of the 40 right, and
+# any adapter, even one trained on nothing but its own answers, flipped 6-9 of those. A
+# prompt is kept only when the base answers it right however it is asked (as written,
+# under a system prompt, with "Question:" before it): losing such an answer is forgetting.
+ROBUSTNESS_RENDERINGS = (
+    lambda messages: messages,
+    lambda messages: [{"role": "system", "content": "You are a helpful assistant."}, *messages],
+    lambda messages: [*messages[:-1], {**messages[-1], "content": "Question: " + messages[-1]["content"]}],
+)
+
+
 def general_control_set(model, tokenizer, workspace, base_version: int) -> tuple[EvalSet | None, dict]:
-    """The records of the shipped general set that the bare base answers right, and how
-    many of how many were kept. Worked out the first time a base version is evaluated and
+    """The records of the shipped general set that the bare base answers right in every
+    one of ``ROBUSTNESS_RENDERINGS``, and how many of how many were kept. Worked out the first time a base version is evaluated and
     cached in the workspace's ``bases/vN/honed_control.json``: a base's knowledge does not
     change, and a new shipped set (another hash) is worked out afresh."""
     from honed.atomic_files import write_json_atomically
-    from honed.evaluation.exact_match import answer_budget, generate_answers, load_records
+    from honed.evaluation.exact_match import generate_answers, load_records
 
     records = load_records(GENERAL_SET)
-    digest = hashlib.sha256(GENERAL_SET.read_bytes()).hexdigest()
+    # The scorer is part of what was worked out: another scorer keeps other records.
+    digest = hashlib.sha256(GENERAL_SET.read_bytes() + GENERAL_SET_SCORER.encode()
+                            + str(len(ROBUSTNESS_RENDERINGS)).encode()).hexdigest()
     # In bases/vN when the workspace holds the base; beside it when the base is a folder of
     # the user's (or a hub id): honed writes nothing into those.
     folder = workspace.bases_dir / f"v{base_version}"
@@ -122,11 +137,14 @@ def general_control_set(model, tokenizer, workspace, base_version: int) -> tuple
     except (OSError, ValueError):
         cached = None
     if not isinstance(cached, dict) or cached.get("sha256") != digest:
+        right = [1] * len(records)
         with model.disable_adapter():  # the bare base, whatever the baseline is
-            outputs = generate_answers(model, tokenizer, [r["messages"][:-1] for r in records],
-                                       max_new_tokens=answer_budget(tokenizer, [reference(r) for r in records]),
-                                       batch_size=workspace.settings.eval.batch_size)
-        right = record_outcomes("exact_match", outputs, records)["exact_match"]
+            for rendering in ROBUSTNESS_RENDERINGS:
+                outputs = generate_answers(model, tokenizer, [rendering(r["messages"][:-1]) for r in records],
+                                           max_new_tokens=min(workspace.settings.eval.max_new_tokens, 48),
+                                           batch_size=workspace.settings.eval.batch_size)
+                outcome = record_outcomes(GENERAL_SET_SCORER, outputs, records)[GENERAL_SET_SCORER]
+                right = [a and b for a, b in zip(right, outcome)]
         cached = {"set": "general", "sha256": digest, "base_version": base_version, "of": len(records),
                   "kept": [r["id"] for r, ok in zip(records, right) if ok]}
         try:
@@ -136,7 +154,7 @@ def general_control_set(model, tokenizer, workspace, base_version: int) -> tuple
     kept = set(cached["kept"])
     info = {"kept": len(kept), "of": len(records), "cache": str(cache)}
     chosen = [r for r in records if r["id"] in kept]
-    return (EvalSet("general", chosen, ["exact_match"]) if chosen else None), info
+    return (EvalSet("general", chosen, [GENERAL_SET_SCORER]) if chosen else None), info
 
 
 def score_sets(model, tokenizer, sets: list[EvalSet], workspace) -> tuple[dict, dict]:
@@ -163,6 +181,8 @@ def score_sets(model, tokenizer, sets: list[EvalSet], workspace) -> tuple[dict, 
                     figures.update(exact_match(outputs, chat))
                 elif scorer == "contains":
                     figures.update(contains(outputs, chat))
+                elif scorer == "answer":
+                    figures.update(answer(outputs, chat))
                 elif scorer == "json":
                     figures.update(json_scores(outputs, chat, eval_set.required_fields))
                 else:

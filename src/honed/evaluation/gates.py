@@ -11,7 +11,7 @@ live model answers right must not be lost). A rule without enough evidence eithe
 
 from __future__ import annotations
 
-from honed.evaluation.scorers import LOWER_IS_BETTER, sane
+from honed.evaluation.scorers import GENERAL_SET_SCORER, LOWER_IS_BETTER, sane
 from honed.evaluation.statistics import discordant, drop_upper_bound, fewest_discordant, mcnemar_p
 
 CONTROL_PARTS = ("regression", "general", "control")  # what the pooled "control" set is made of
@@ -187,7 +187,8 @@ def _retention(rule, evaluation: dict, baseline_name: str) -> dict:
     kept = lost = gained = 0
     sizes = []
     for part in parts:
-        pairs = _pairs(evaluation, part, rule.scorer)
+        # The shipped general set has its own scorer (see GENERAL_SET_SCORER).
+        pairs = _pairs(evaluation, part, GENERAL_SET_SCORER if part == "general" else rule.scorer)
         if pairs is not None:
             b, c = discordant(*pairs)
             kept, lost, gained = kept + sum(pairs[0]), lost + c, gained + b

@@ -8,12 +8,16 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import re
 from collections.abc import Callable
 
 from honed.data.tokenization import reference_answer
 
 LOWER_IS_BETTER = {"loss", "perplexity"}
-BUILTIN = ("exact_match", "contains", "json", "loss")
+BUILTIN = ("exact_match", "contains", "json", "loss", "answer")
+# The shipped general control set is judged by "answer": chat models say "The capital of
+# France is Paris.", never just "Paris", and that is the right answer.
+GENERAL_SET_SCORER = "answer"
 
 
 class ScorerError(ValueError):
@@ -31,6 +35,17 @@ def exact_match(outputs: list[str], records: list[dict]) -> dict[str, float]:
 
 def contains(outputs: list[str], records: list[dict]) -> dict[str, float]:
     return {"contains": sum(reference(r) in o for o, r in zip(outputs, records)) / len(records)}
+
+
+def answer_matches(output: str, expected: str) -> bool:
+    """Whether ``expected`` appears in ``output`` as a whole word, number or token run
+    (case-insensitive): "Paris" in "The capital of France is Paris.", not "4" in "42"."""
+    pattern = r"(?<!\w)" + re.escape(expected.strip()) + r"(?!\w)"
+    return re.search(pattern, output, flags=re.IGNORECASE) is not None
+
+
+def answer(outputs: list[str], records: list[dict]) -> dict[str, float]:
+    return {"answer": sum(answer_matches(o, reference(r)) for o, r in zip(outputs, records)) / len(records)}
 
 
 def json_scores(outputs: list[str], records: list[dict], required_fields: list[str]) -> dict[str, float]:
@@ -85,6 +100,8 @@ def record_outcomes(scorer: str, outputs: list[str], records: list[dict],
         return {"exact_match": [int(o.strip() == reference(r)) for o, r in zip(outputs, records)]}
     if scorer == "contains":
         return {"contains": [int(reference(r) in o) for o, r in zip(outputs, records)]}
+    if scorer == "answer":
+        return {"answer": [int(answer_matches(o, reference(r))) for o, r in zip(outputs, records)]}
     if scorer == "json":
         parsed = []
         for output in outputs:

@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from honed.config import LoraSettings, TrainSettings
-from honed.data.plan import everyday_records, load_plan, make_plan, read_jsonl, write_plan
+from honed.data.plan import load_plan, make_plan, read_jsonl, write_plan
+from honed.training.everyday import everyday_records
 from honed.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ def prepare_run(workspace: Workspace, store, dataset_ids: list[int], *, track: s
         replay_pool=replay_pool() if cfg.replay_ratio > 0 else (),
         heldout_fraction=cfg.heldout_fraction, replay_ratio=cfg.replay_ratio,
         retrain_seen=cfg.retrain_seen, seed=cfg.seed,
-        everyday_pool=everyday_records() if cfg.everyday_replay > 0 else (),
+        everyday_pool=everyday_records(workspace, workspace.resolve_base_path(store, version), version)
+        if cfg.everyday_replay > 0 else (),
         everyday_ratio=cfg.everyday_replay,
     )
     run_id = run_id or new_run_id()
