@@ -7,13 +7,27 @@ import os
 from pathlib import Path
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside ``path`` durable."""
+def fsync_path(path: Path) -> None:
+    """fsync a file's data, or (for a directory) the renames made inside it."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable."""
+    fsync_path(path)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and directory under ``root`` (a model directory staged before its
+    rename: save_pretrained does not fsync what it writes)."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            fsync_path(Path(folder) / name)
+        fsync_path(Path(folder))
 
 
 def write_bytes_atomically(path: Path, data: bytes) -> None:

@@ -187,12 +187,10 @@ def _link_or_copy(src: str, dst: str) -> None:
             return
         except OSError:
             pass
+    from honed.atomic_files import fsync_path
+
     shutil.copy2(src, dst)
-    fd = os.open(dst, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(Path(dst))
 
 
 def place_base(source: Path, target: Path) -> Path:

@@ -24,7 +24,6 @@ Importing this module is cheap: torch, transformers and gguf load inside the fun
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import importlib.util
 import json
 import logging
@@ -40,7 +39,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from honed.atomic_files import fsync_dir, write_json_atomically
+from honed.atomic_files import fsync_dir, fsync_tree, write_json_atomically
+from honed.data.datasets import file_sha256  # re-exported: a GGUF base is keyed by it
 
 __all__ = [
     "GGUFBaseError",
@@ -251,15 +251,6 @@ def check_gguf(path: Path) -> dict[str, Any]:
             "tensors": len(reader.tensors)}
 
 
-def file_sha256(path: Path) -> str:
-    """The sha256 of ``path``, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # --- conversion -------------------------------------------------------------------
 
 
@@ -292,7 +283,7 @@ def convert_gguf(path: Path, cache_dir: Path | None = None) -> Path:
         staging = target.parent / f".{target.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             _convert_into(path, staging, {**info, "sha256": sha256})
-            _fsync_tree(staging)
+            fsync_tree(staging)
             staging.rename(target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -356,18 +347,6 @@ def _version(name: str) -> str:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return "not installed"
-
-
-def _fsync_tree(root: Path) -> None:
-    """fsync every file and directory under ``root`` (save_pretrained does not)."""
-    for folder, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(Path(folder) / name, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(folder))
 
 
 def base_lineage(converted: Path, source: Path | None = None) -> dict[str, Any]:

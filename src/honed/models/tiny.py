@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from honed.atomic_files import fsync_dir
+from honed.atomic_files import fsync_dir, fsync_tree
 
 __all__ = [
     "DEFAULT_PRETRAIN_STEPS",
@@ -214,7 +214,7 @@ def build_tiny_model(
             "torch_threads": torch.get_num_threads(),
         }
         (staging / "honed_tiny.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        _fsync_tree(staging)
+        fsync_tree(staging)
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above; rename cannot replace a directory
         os.rename(staging, out_dir)
@@ -224,13 +224,6 @@ def build_tiny_model(
         raise
     log.info("tiny base written to %s (%s)", out_dir, manifest)
     return out_dir
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in root.iterdir():
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
-    fsync_dir(root)
 
 
 def default_cache_dir() -> Path:
