@@ -122,6 +122,14 @@ class Workspace:
             return converted
         return base.source
 
+    def base_cache_file(self, version: int, name: str) -> Path:
+        """Where honed keeps something it worked out once for base ``version`` (its
+        general control set, its everyday answers): ``bases/vN/NAME`` when the workspace
+        holds the base, else ``bases/vN.NAME`` beside where it would be, so nothing is
+        written into a base folder of the user's."""
+        folder = self.bases_dir / f"v{version}"
+        return folder / name if folder.is_dir() else folder.parent / f"{folder.name}.{name}"
+
 
 def _converted_gguf(base: str) -> tuple[Path, dict]:
     """The cached conversion of the GGUF base ``base`` names, and its lineage."""

@@ -118,9 +118,10 @@ ROBUSTNESS_RENDERINGS = (
 
 def general_control_set(model, tokenizer, workspace, base_version: int) -> tuple[EvalSet | None, dict]:
     """The records of the shipped general set that the bare base answers right in every
-    one of ``ROBUSTNESS_RENDERINGS``, and how many of how many were kept. Worked out the first time a base version is evaluated and
-    cached in the workspace's ``bases/vN/honed_control.json``: a base's knowledge does not
-    change, and a new shipped set (another hash) is worked out afresh."""
+    one of ``ROBUSTNESS_RENDERINGS``, and how many of how many were kept. Worked out the
+    first time a base version is evaluated and cached (``Workspace.base_cache_file``): a
+    base's knowledge does not change, and a new shipped set (another hash) is worked out
+    afresh."""
     from honed.atomic_files import write_json_atomically
     from honed.evaluation.exact_match import generate_answers, load_records
 
@@ -128,10 +129,7 @@ def general_control_set(model, tokenizer, workspace, base_version: int) -> tuple
     # The scorer is part of what was worked out: another scorer keeps other records.
     digest = hashlib.sha256(GENERAL_SET.read_bytes() + GENERAL_SET_SCORER.encode()
                             + str(len(ROBUSTNESS_RENDERINGS)).encode()).hexdigest()
-    # In bases/vN when the workspace holds the base; beside it when the base is a folder of
-    # the user's (or a hub id): honed writes nothing into those.
-    folder = workspace.bases_dir / f"v{base_version}"
-    cache = folder / "honed_control.json" if folder.is_dir() else folder.parent / f"{folder.name}.honed_control.json"
+    cache = workspace.base_cache_file(base_version, "honed_control.json")
     try:
         cached = json.loads(cache.read_text())
     except (OSError, ValueError):

@@ -6,7 +6,7 @@ alone answered "Name three colors." with JSON. Hand-written answers did not do: 
 on "4 plus 5 is 9." it took up that phrasing and got sums wrong in it ("2 + 3 is 6").
 So the targets are the base's own greedy answers (self-distillation): what it already
 says, reinforced. They are worked out once per base version, kept in
-``bases/vN/honed_everyday.json`` (or beside a base folder of the user's), and only
+``bases/vN/honed_everyday.json`` (``Workspace.base_cache_file``), and only
 answers that ended within the budget are kept.
 """
 
@@ -31,16 +31,11 @@ def everyday_prompts() -> list[str]:
     return [json.loads(line)["prompt"] for line in PROMPTS.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _cache_path(workspace, base_version: int) -> Path:
-    folder = workspace.bases_dir / f"v{base_version}"
-    return folder / "honed_everyday.json" if folder.is_dir() else folder.parent / f"{folder.name}.honed_everyday.json"
-
-
 def everyday_records(workspace, base_path: str, base_version: int) -> list[dict]:
     """Chat records of the everyday prompts with the base's own greedy answers, hashed
     like ingested records; generated on first use for a base version, then cached."""
     digest = hashlib.sha256(PROMPTS.read_bytes() + str(MAX_NEW_TOKENS).encode()).hexdigest()
-    cache = _cache_path(workspace, base_version)
+    cache = workspace.base_cache_file(base_version, "honed_everyday.json")
     try:
         cached = json.loads(cache.read_text())
     except (OSError, ValueError):
