@@ -15,6 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.types import TypeDecorator
 
+from honed.states import AdapterState, Command, CommandState, DeployAction, JobState, Priority, RunStatus
+
 # Explicit constraint names: SQLite can only change constraints by rebuilding a table
 # (Alembic's batch mode), and that needs names to find them.
 NAMING_CONVENTION = {
@@ -27,18 +29,15 @@ NAMING_CONVENTION = {
 
 metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
-RUN_STATUSES = ("running", "succeeded", "failed", "stopped", "paused", "cancelled")
-# DESIGN.md's job states. "skipped" is set aside, not finished: it can be resumed.
-JOB_STATES = (
-    "queued", "running", "paused", "evaluating",
-    "succeeded", "rejected", "failed", "skipped", "cancelled",
-)
-JOB_FINAL_STATES = ("succeeded", "rejected", "failed", "cancelled")
-JOB_PRIORITIES = {"high": 0, "normal": 1, "low": 2}
-JOB_COMMANDS = ("pause", "resume", "stop", "skip", "cancel")
-COMMAND_STATES = ("pending", "taken", "done")
-ADAPTER_STATES = ("candidate", "awaiting_approval", "deployed", "rejected", "retired")
-DEPLOY_ACTIONS = ("deploy", "rollback", "approve", "consolidate")
+# The allowed values of the state columns: honed.states is their one definition.
+RUN_STATUSES = tuple(RunStatus)
+JOB_STATES = tuple(JobState)
+JOB_FINAL_STATES = tuple(s for s in JobState if s.final)
+JOB_PRIORITIES = {p: p.rank for p in Priority}
+JOB_COMMANDS = tuple(Command)
+COMMAND_STATES = tuple(CommandState)
+ADAPTER_STATES = tuple(AdapterState)
+DEPLOY_ACTIONS = tuple(DeployAction)
 DATASET_MODES = ("strict", "lenient")
 # "layers": per-layer LoRA delta norms ({"layer.3.q_proj": 0.012, ...}) every
 # telemetry.layer_stats_every steps.
