@@ -18,7 +18,6 @@ package, nothing fetched) with the ``shift`` family.
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import socket
@@ -28,6 +27,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from honed.atomic_files import write_bytes_atomically
 
 
 class DemoError(RuntimeError):
@@ -75,10 +76,9 @@ PLANS = {
 
 
 def _drop(workspace, name: str, records: list[dict]) -> None:
-    """Write a file beside the inbox and rename it in, as a producer should."""
-    staging = workspace.root / f".{name}.tmp"
-    staging.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.rename(staging, workspace.inbox / name)
+    """Drop ``records`` into the inbox as one whole file, as a producer should."""
+    # Complete at once: the inbox ignores the hidden temporary name until the rename.
+    write_bytes_atomically(workspace.inbox / name, "".join(json.dumps(r) + "\n" for r in records).encode())
 
 
 def _wait_for_job(store, dataset_name: str, on_progress: Callable[[dict], None], timeout_s: float = 1200):

@@ -203,23 +203,16 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 def place_base(source: Path, target: Path) -> Path:
     """Put the model directory ``source`` at ``target`` (a workspace's ``bases/vN``) whole:
-    linked or copied into a staging directory, then renamed. Another process that placed
-    ``target`` first wins; ours is removed. Returns ``target``."""
-    from honed.atomic_files import fsync_dir
+    linked or copied, durably (:func:`~honed.atomic_files.atomic_directory`). Another
+    process that placed ``target`` first wins; ours is removed. Returns ``target``."""
+    from honed.atomic_files import atomic_directory
 
-    # A staging name of our own: another workspace may be filling a shared bases/ too.
-    staging = target.parent / f".{target.name}.staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging, copy_function=_link_or_copy)
-    for folder, _, _ in os.walk(staging):  # the new names are durable before the rename
-        fsync_dir(Path(folder))
     try:
-        staging.rename(target)
-    except OSError:
+        with atomic_directory(target, replace=False) as staging:
+            shutil.copytree(source, staging, copy_function=_link_or_copy, dirs_exist_ok=True)
+    except FileExistsError:
         if not target.is_dir():
-            raise
-        shutil.rmtree(staging, ignore_errors=True)  # the other one got there first
-    fsync_dir(target.parent)
+            raise  # the other one got there first, or something else is in the way
     return target
 
 
@@ -280,7 +273,7 @@ def init_workspace(root: Path, base: str = "tiny", store_url: str = "", artifact
         store.close()
     # Written last: a workspace without honed.toml is not a workspace, so a crash above
     # leaves a directory that 'honed init' can simply be run on again.
-    tmp = root / f".{CONFIG_FILE}.tmp"
-    tmp.write_text(render_commented_toml(settings), encoding="utf-8")
-    tmp.replace(root / CONFIG_FILE)
+    from honed.atomic_files import write_bytes_atomically
+
+    write_bytes_atomically(root / CONFIG_FILE, render_commented_toml(settings).encode())
     return workspace

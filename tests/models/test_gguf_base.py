@@ -166,7 +166,7 @@ def test_a_kill_during_conversion_leaves_no_base_and_the_next_one_converts(
     deadline = time.monotonic() + 300
     try:
         # The tokenizer is saved first, the weights after: kill with a half-filled staging dir.
-        while not list((cache / "gguf-bases").glob(f".{key}.building-*/tokenizer.json")):
+        while not list((cache / "gguf-bases").glob(f".staging-{key}-*/tokenizer.json")):
             assert proc.poll() is None, "init ended before the conversion could be killed"
             assert time.monotonic() < deadline, "no conversion began within 300 s"
             time.sleep(0.05)
@@ -174,12 +174,12 @@ def test_a_kill_during_conversion_leaves_no_base_and_the_next_one_converts(
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert not (cache / "gguf-bases" / key).exists()
-    assert list((cache / "gguf-bases").glob(f".{key}.building-*"))  # the debris a kill leaves
+    assert list((cache / "gguf-bases").glob(f".staging-{key}-*"))  # the debris a kill leaves
     assert not (ws / "honed.toml").exists() and not (ws / "honed.db").exists()
 
     converted = request.getfixturevalue("smollm2_base") if shared else convert_gguf(smollm2_gguf_file, cache)
     assert converted == cache / "gguf-bases" / key and (converted / "honed_base.json").is_file()
-    assert not list((cache / "gguf-bases").glob(f".{key}.building-*"))
+    assert not list((cache / "gguf-bases").glob(f".staging-{key}-*"))
     monkeypatch.setenv("HONED_CACHE", str(cache))
     workspace = init_workspace(ws, base=str(smollm2_gguf_file))  # the interrupted init, again
     store = workspace.open_store()

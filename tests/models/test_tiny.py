@@ -179,7 +179,7 @@ def test_rebuild_uses_honed_cache_and_clears_debris_of_killed_builds(tmp_path, m
     real_build = tiny.build_tiny_model
     monkeypatch.setattr(tiny, "build_tiny_model", lambda out, **kw: real_build(out, pretrain=False))
     monkeypatch.setenv("HONED_CACHE", str(tmp_path))
-    debris = tmp_path / "tiny-base" / f".{RECIPE_VERSION}.building-abc"
+    debris = tmp_path / "tiny-base" / f".staging-{RECIPE_VERSION}-abc"
     debris.mkdir(parents=True)
     path = rebuild_tiny_base()
     assert path == tmp_path / "tiny-base" / RECIPE_VERSION

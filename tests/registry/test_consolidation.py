@@ -61,3 +61,44 @@ def test_consolidated_base_reproduces_base_plus_adapter_and_the_next_job_trains_
     next_run = store.get_run(after["run"])
     assert next_run.base_version == 1 and next_run.config["base"] == str(ws.bases_dir / "v1")
     store.close()
+
+
+@pytest.mark.slow
+def test_consolidation_killed_at_any_phase_leaves_the_previous_base_and_can_be_redone(make_workspace, tmp_path):
+    """SIGKILL (a power cut) at every phase of writing the merged base: the store still
+    has v0 only, v0 and the deployed adapter still load, and the next consolidation
+    replaces whatever the killed one left, becoming v1."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from honed.atomic_files import DIRECTORY_PHASES
+    from honed.models.tiny import tiny_base
+    from honed.training.model_loading import load_base_model, with_adapter
+    from tests.daemon.conftest import configure
+
+    ws = configure(make_workspace(tiny_base()), {"train": {"max_steps": 4}})
+    data, _ = write_synthetic("reversal", 40, tmp_path / "rev.jsonl", seed=1, eval_n=0)
+    trained = json.loads(run_honed("train", "-w", str(ws.root), "--dataset", str(data), "--json").stdout)
+    store = ws.open_store()
+    run = store.get_run(trained["run"])
+    adapter = store.add_adapter(track="main", run_id=run.id, job_id=None, base_version=0, path=run.adapter_path)
+    deploy(ws, store, adapter.id, force=True)
+    root = Path(__file__).resolve().parents[2]
+    # After a kill at or past "renamed" an unrecorded bases/v1 is there: the next
+    # consolidation replaces it, passing the two "old_*" phases.
+    for phase in ("staging_created", "staging_synced", "renamed", "old_moved_aside", "parent_synced", "old_removed"):
+        assert phase in DIRECTORY_PHASES
+        proc = subprocess.run([sys.executable, "-m", "tests.kill_at_phase", phase, "cli", "consolidate",
+                               "--description", "merged", "-w", str(ws.root)],
+                              cwd=root, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == -9, f"not killed at {phase}: {proc.stderr[-2000:]}"
+        assert [b.version for b in store.list_bases()] == [0], phase
+        assert store.get_track("main").base_version == 0 and store.deployed_adapter("main").id == adapter.id
+        with_adapter(load_base_model(ws.resolve_base_path(store, 0), torch.device("cpu")), adapter.path)
+    done = json.loads(run_honed("consolidate", "--description", "merged", "-w", str(ws.root), "--json").stdout)
+    assert done["version"] == 1 and store.get_track("main").base_version == 1
+    assert [p.name for p in ws.bases_dir.iterdir() if p.name.startswith(".")] == []  # no debris left
+    load_base_model(str(ws.bases_dir / "v1"), torch.device("cpu"))
+    store.close()

@@ -15,6 +15,7 @@ import random
 import signal
 from pathlib import Path
 
+from honed import atomic_files
 from honed.training import checkpoints
 
 FILE_SIZES = {"adapter_model.bin": 300_000, "optimizer/state.bin": 200_000}
@@ -71,7 +72,7 @@ def main() -> None:
 
     write(args.directory, 1, 0)
     if args.kill_at:
-        checkpoints._phase_hook = lambda phase: kill_self() if phase == args.kill_at else None
+        atomic_files._phase_hook = lambda phase: kill_self() if phase == args.kill_at else None
     write(args.directory, args.step, args.generation, kill_mid_file=args.kill_mid_file)
 
 

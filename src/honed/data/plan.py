@@ -9,7 +9,6 @@ in between. It is also the run's own copy of its data, which ``honed verify`` re
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import orjson
 
-from honed.atomic_files import fsync_dir
+from honed.atomic_files import write_bytes_atomically
 
 
 class PlanError(ValueError):
@@ -105,13 +104,7 @@ def make_plan(
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        for record in records:
-            fh.write(orjson.dumps(record) + b"\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+    write_bytes_atomically(path, b"".join(orjson.dumps(record) + b"\n" for record in records))
 
 
 def write_plan(plan: Plan, run_dir: Path) -> dict:
@@ -119,7 +112,6 @@ def write_plan(plan: Plan, run_dir: Path) -> dict:
     _write_jsonl(run_dir / "heldout.jsonl", plan.heldout)
     # train.jsonl last: its presence marks a complete plan.
     _write_jsonl(run_dir / "train.jsonl", plan.train)
-    fsync_dir(run_dir)
     return plan_digests(plan)
 
 

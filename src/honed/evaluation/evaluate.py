@@ -204,16 +204,14 @@ def evaluate_candidate(workspace, store, *, track: str, base_path: str, base_ver
     """Score the candidate and the baseline (deployed adapter, or bare base) on the
     track's eval sets; returns what the gates decide on. ``general_control`` adds the
     shipped general set (what the bare base answers right) for the retention rule."""
-    from peft import PeftModel
-
-    from honed.training.model_loading import load_base_model, load_tokenizer, pick_device
+    from honed.atomic_files import current_directory
+    from honed.training.model_loading import load_base_model, load_tokenizer, pick_device, with_adapter
 
     sets = build_eval_sets(workspace, store, track=track, run_dir=run_dir, dataset_ids=dataset_ids)
     if not sets:
         return {"candidate": {}, "baseline": {}, "baseline_name": "nothing", "sets": {}}
     tokenizer = load_tokenizer(base_path)
-    model = PeftModel.from_pretrained(load_base_model(base_path, pick_device()), str(candidate_path),
-                                      adapter_name="candidate")
+    model = with_adapter(load_base_model(base_path, pick_device()), candidate_path, adapter_name="candidate")
     model.eval()
     control = {"control_path": workspace.settings.eval.control_path or None}
     if general_control:
@@ -221,8 +219,9 @@ def evaluate_candidate(workspace, store, *, track: str, base_path: str, base_ver
         sets += [general] if general else []
     deployed = store.deployed_adapter(track)
     baseline_adapter = None
-    if deployed is not None and deployed.base_version == base_version and Path(deployed.path).is_dir():
-        model.load_adapter(deployed.path, adapter_name="deployed")
+    deployed_path = current_directory(Path(deployed.path)) if deployed is not None else None
+    if deployed is not None and deployed.base_version == base_version and deployed_path.is_dir():
+        model.load_adapter(str(deployed_path), adapter_name="deployed")
         baseline_adapter = deployed.id
     model.set_adapter("candidate")
     candidate, candidate_outcomes = score_sets(model, tokenizer, sets, workspace)

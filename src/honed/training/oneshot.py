@@ -29,14 +29,12 @@ def _dataset_ids(ws, store, datasets: list[str], track: str) -> list[int]:
 def score_exact_match(base: str, adapter: Path | None, eval_file: Path) -> float:
     """Exact match of the base (or base + adapter) on a chat JSONL file."""
     from honed.evaluation.exact_match import exact_match, load_records
-    from honed.training.model_loading import load_base_model, load_tokenizer, pick_device
+    from honed.training.model_loading import load_base_model, load_tokenizer, pick_device, with_adapter
 
     tokenizer = load_tokenizer(base)
     model = load_base_model(base, pick_device())
     if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter))
+        model = with_adapter(model, adapter)
     model.eval()
     return exact_match(model, tokenizer, load_records(eval_file))
 

@@ -34,7 +34,6 @@ def prepare_run(workspace: Workspace, store, dataset_ids: list[int], *, track: s
                 adapter_out: Path | None = None, base_version: int | None = None, run_id: str | None = None):
     """Plan a new run on ``dataset_ids`` and register it (as ``run_id`` when given, as
     the daemon does; a fresh id otherwise); returns its RunSpec."""
-    from honed.training.trainer import RunSpec
 
     settings = workspace.settings
     track_info = store.get_track(track)

@@ -23,7 +23,6 @@ import logging
 import math
 import random
 import resource
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -34,6 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from honed.atomic_files import atomic_directory, recover_directory
 from honed.config import LoraSettings, TelemetrySettings, TrainSettings
 from honed.data.packing import PackedBatch, pack_batch
 from honed.data.plan import load_plan
@@ -291,18 +291,12 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _save_adapter_atomically(model, out: Path, state_dict: dict | None = None) -> Path:
-    staging = out.with_name(f".{out.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, state_dict=state_dict)
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old)
-    else:
-        staging.rename(out)
+def save_adapter(model, out: Path, state_dict: dict | None = None) -> Path:
+    """Save the LoRA adapter as ``out`` in one durable step; a previous adapter there stays
+    loadable until the new one is in place (see :func:`honed.atomic_files.atomic_directory`)."""
+    recover_directory(out)  # what a trainer killed in an earlier save left behind
+    with atomic_directory(out) as staging:
+        model.save_pretrained(staging, state_dict=state_dict)
     return out
 
 
@@ -396,7 +390,7 @@ def train_run(spec: RunSpec, store, *, control: Control | None = None, on_step: 
                 _log_metrics([{"step": state.step, "val_loss": val}], "eval")
             whole = dist.lora_state(model)
             if dist.main:
-                adapter = _save_adapter_atomically(model, spec.adapter_out, whole)
+                adapter = save_adapter(model, spec.adapter_out, whole)
         return RunOutcome(status, state.step, total, attempt, final, adapter, error)
 
     metrics_path = spec.run_dir / "metrics.jsonl"
