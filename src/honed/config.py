@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -639,21 +640,46 @@ def _merge(base: dict, extra: dict) -> dict:
     return merged
 
 
+def _apply_changes(table: MutableMapping, changes: dict) -> None:
+    """Set ``changes`` into a tomlkit table in place: sections merge key by key, so the
+    lines and comments around what changed stay as the user wrote them."""
+    import tomlkit
+
+    for key, value in changes.items():
+        current = table.get(key)
+        if isinstance(value, dict) and isinstance(current, MutableMapping):
+            _apply_changes(current, value)
+        elif isinstance(value, list) and any(isinstance(v, dict) for v in value):
+            # Lists of tables (gate rules, eval sets) stay one inline array, as honed init writes them.
+            array = tomlkit.array()
+            for entry in value:
+                if isinstance(entry, dict):
+                    inline = tomlkit.inline_table()
+                    inline.update(entry)
+                    entry = inline
+                array.append(entry)
+            table[key] = array
+        else:
+            table[key] = value
+
+
 def update_config_file(workspace: Path, changes: dict) -> None:
     """Merge ``changes`` (e.g. ``{"train": {"lr": 1e-3}}``) into the workspace's
-    honed.toml. The result is validated first (SettingsError names what is wrong), then
-    written atomically; the file loses its comments."""
-    import tomli_w
+    honed.toml, keeping its comments, order and formatting. The result is validated
+    first (SettingsError names what is wrong, and the file is left alone), then written
+    atomically."""
+    import tomlkit
 
     from honed.atomic_files import write_bytes_atomically
 
     path = Path(workspace) / CONFIG_FILE
-    merged = _merge(tomllib.loads(path.read_text(encoding="utf-8")), changes)
+    document = tomlkit.parse(path.read_text(encoding="utf-8"))
+    _apply_changes(document, changes)
     try:
-        Settings.model_validate(merged)
+        Settings.model_validate(document.unwrap())
     except ValidationError as exc:
         raise SettingsError(_describe_errors(exc, str(path))) from None
-    write_bytes_atomically(path, tomli_w.dumps(merged).encode())
+    write_bytes_atomically(path, tomlkit.dumps(document).encode())
 
 
 def load_settings(workspace: Path | None, overrides: dict | None = None) -> Settings:
