@@ -13,6 +13,7 @@ from honed.config import (
     load_settings,
     parse_assignments,
     render_commented_toml,
+    update_config_file,
 )
 
 
@@ -86,3 +87,44 @@ required_fields = ["priority"]
     (tmp_path / "honed.toml").write_text(text + "\n[tracks.x.gates]\nrequire_aproval = true\n")
     with pytest.raises(SettingsError, match="unknown key 'tracks.x.gates.require_aproval'"):
         load_settings(tmp_path)
+
+
+COMMENTED_TOML = """\
+# My workspace: trained nightly.
+base = "tiny"  # the shipped base
+
+[train]
+# Tuned by hand on 2026-11-02; do not raise.
+lr = 0.002  # peak
+epochs   = 2.0
+
+[learn.teacher]
+# The local teacher.
+model = "qwen"   # served by llama.cpp
+max_tokens = 128
+"""
+
+
+def test_editing_the_file_keeps_comments_and_untouched_lines(tmp_path):
+    path = tmp_path / "honed.toml"
+    path.write_text(COMMENTED_TOML)
+    update_config_file(tmp_path, {"learn": {"teacher": {"max_tokens": 256}}, "train": {"lr": 0.001}})
+    before, after = COMMENTED_TOML.splitlines(), path.read_text().splitlines()
+    changed = {i: (a, b) for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b}
+    assert changed == {5: ("lr = 0.002  # peak", "lr = 0.001  # peak"),
+                       11: ("max_tokens = 128", "max_tokens = 256")}
+    assert load_settings(tmp_path).learn.teacher.max_tokens == 256
+
+
+def test_a_wrong_edit_names_file_key_and_allowed_and_leaves_the_file_alone(tmp_path):
+    path = tmp_path / "honed.toml"
+    path.write_text(COMMENTED_TOML)
+    with pytest.raises(SettingsError, match=r"honed.toml: learn.teacher.max_tokens = 0 is not allowed: "
+                                            r"Input should be greater than 0"):
+        update_config_file(tmp_path, {"learn": {"teacher": {"max_tokens": 0}}})
+    with pytest.raises(SettingsError, match=r"honed.toml: ingest.mode = 'loose' is not allowed: "
+                                            r"'strict' or 'lenient'"):
+        update_config_file(tmp_path, {"ingest": {"mode": "loose"}})
+    with pytest.raises(SettingsError, match="honed.toml: unknown key 'train.lrr'"):
+        update_config_file(tmp_path, {"train": {"lrr": 0.1}})
+    assert path.read_text() == COMMENTED_TOML

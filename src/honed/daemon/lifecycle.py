@@ -1,5 +1,5 @@
 """Starting and stopping the daemon from the command line: in the foreground with its
-log in ``logs/`` by day, detached in the background, and stopped gracefully."""
+log in ``logs/``, a file per day, detached in the background, and stopped gracefully."""
 
 from __future__ import annotations
 
@@ -9,51 +9,28 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import date
+from logging.handlers import TimedRotatingFileHandler
 from pathlib import Path
 
 from honed.daemon.lock import daemon_running, read_info
 
 
-class DailyFileHandler(logging.Handler):
-    """Appends to ``logs/daemon-YYYY-MM-DD.log``, a new file each (local) day."""
-
-    def __init__(self, directory: Path, prefix: str = "daemon") -> None:
-        super().__init__()
-        self.directory = Path(directory)
-        self.prefix = prefix
-        self._day: date | None = None
-        self._stream = None
-
-    def path_for(self, day: date) -> Path:
-        return self.directory / f"{self.prefix}-{day.isoformat()}.log"
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            today = date.today()
-            if today != self._day:
-                if self._stream is not None:
-                    self._stream.close()
-                self.directory.mkdir(parents=True, exist_ok=True)
-                self._stream = open(self.path_for(today), "a", encoding="utf-8")
-                self._day = today
-            self._stream.write(self.format(record) + "\n")
-            self._stream.flush()
-        except Exception:  # pragma: no cover - logging must never kill the daemon
-            self.handleError(record)
-
-    def close(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
-            self._stream = None
-        super().close()
+def _dated_name(default: str) -> str:
+    """``daemon.log.2026-12-01`` (the standard handler's name for a finished day) becomes
+    ``daemon-2026-12-01.log``, so old days sort and open as ordinary log files."""
+    path = Path(default)
+    current, _, day = path.name.rpartition(".")
+    return str(path.with_name(f"{current.removesuffix('.log')}-{day}.log"))
 
 
-def setup_daemon_logging(logs_dir: Path, to_console: bool, verbose: bool = False) -> DailyFileHandler:
-    """Log the daemon to ``logs/`` by day (and to stderr in the foreground)."""
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    handler = DailyFileHandler(logs_dir)
-    handler.setFormatter(fmt)
+def setup_daemon_logging(logs_dir: Path, to_console: bool, verbose: bool = False) -> TimedRotatingFileHandler:
+    """Log the daemon to ``logs/daemon.log`` (and to stderr in the foreground). At local
+    midnight the day's file becomes ``logs/daemon-YYYY-MM-DD.log``; none is deleted."""
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    handler = TimedRotatingFileHandler(logs_dir / "daemon.log", when="midnight", backupCount=0,
+                                       encoding="utf-8")
+    handler.namer = _dated_name
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for old in list(root.handlers):

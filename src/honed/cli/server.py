@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from honed.cli_common import WorkspaceOpt, app, err_console, fail, workspace_from
+from honed.cli.common import WorkspaceOpt, app, err_console, fail, workspace_from
 
 
 @app.command()

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from honed.cli_common import JsonOpt, WorkspaceOpt, app, console, fail, open_store, workspace_from
+from honed.cli.common import JsonOpt, WorkspaceOpt, app, console, fail, open_store, workspace_from
 
 learn_app = typer.Typer(help="The learning loop: experiences, teacher corrections, the trigger.",
                         no_args_is_help=True)

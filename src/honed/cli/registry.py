@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from honed.cli_common import JsonOpt, WorkspaceOpt, app, console, err_console, fail, open_store, workspace_from
+from honed.cli.common import JsonOpt, WorkspaceOpt, app, console, err_console, fail, open_store, workspace_from
 from honed.serialize import deploy_result, plain
 
 adapters_app = typer.Typer(help="Adapters the runs produced, with their evaluation and verdict.",

@@ -1,18 +1,10 @@
-"""Typed settings: one pydantic model per concern, read from ``honed.toml``, then
-``HONED_*`` environment variables, then command-line flags (later wins).
-
-Every field carries its description and unit; the commented ``honed.toml`` that
-``honed init`` writes is generated from these models, so the docs cannot drift from
-the code. A wrong value raises :class:`SettingsError` naming the key, the value and
-what is allowed.
-"""
+"""The settings themselves: one pydantic model per section of ``honed.toml``, every field
+with its description and unit. What reads and writes them is in :mod:`honed.config.layering`
+and :mod:`honed.config.toml_file`."""
 
 from __future__ import annotations
 
-import os
-import tomllib
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -568,11 +560,8 @@ class SettingsError(ValueError):
     """A setting has a wrong value; the message names key, value and what is allowed."""
 
 
-CONFIG_FILE = "honed.toml"
-ENV_PREFIX = "HONED_"
-
-
-def _describe_errors(err: ValidationError, origin: str) -> str:
+def describe_validation_error(err: ValidationError, origin: str) -> str:
+    """One line per wrong value: where it came from, the key, the value and what is allowed."""
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
@@ -583,151 +572,3 @@ def _describe_errors(err: ValidationError, origin: str) -> str:
         allowed = e.get("ctx", {}).get("expected") or e["msg"]
         lines.append(f"{origin}: {key} = {value!r} is not allowed: {allowed}")
     return "\n".join(lines)
-
-
-def _set_dotted(target: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        target = target.setdefault(part, {})
-        if not isinstance(target, dict):
-            raise SettingsError(f"'{dotted}': '{part}' is a value, not a section")
-    target[parts[-1]] = value
-
-
-def _parse_scalar(text: str) -> Any:
-    """Parse an env/flag value as a TOML value where it is one, else keep the string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def env_overrides(environ: dict[str, str] | None = None) -> dict:
-    """Settings from HONED_* variables: HONED_TRAIN__LR=1e-3 sets train.lr."""
-    environ = os.environ if environ is None else environ
-    out: dict = {}
-    known = set(Settings.model_fields)
-    for name, text in environ.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        dotted = name[len(ENV_PREFIX):].lower().replace("__", ".")
-        # HONED_WORKSPACE, HONED_CACHE, ... are not settings of honed.toml.
-        if dotted.split(".")[0] not in known:
-            continue
-        _set_dotted(out, dotted, _parse_scalar(text))
-    return out
-
-
-def parse_assignments(assignments: list[str]) -> dict:
-    """Turn ``["train.lr=1e-3", "lora.r=8"]`` (the CLI's --set) into a nested dict."""
-    out: dict = {}
-    for item in assignments:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise SettingsError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=1e-3")
-        _set_dotted(out, key.strip(), _parse_scalar(text.strip()))
-    return out
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def update_config_file(workspace: Path, changes: dict) -> None:
-    """Merge ``changes`` (e.g. ``{"train": {"lr": 1e-3}}``) into the workspace's
-    honed.toml. The result is validated first (SettingsError names what is wrong), then
-    written atomically; the file loses its comments."""
-    import tomli_w
-
-    from honed.atomic_files import write_bytes_atomically
-
-    path = Path(workspace) / CONFIG_FILE
-    merged = _merge(tomllib.loads(path.read_text(encoding="utf-8")), changes)
-    try:
-        Settings.model_validate(merged)
-    except ValidationError as exc:
-        raise SettingsError(_describe_errors(exc, str(path))) from None
-    write_bytes_atomically(path, tomli_w.dumps(merged).encode())
-
-
-def load_settings(workspace: Path | None, overrides: dict | None = None) -> Settings:
-    """Read honed.toml of ``workspace`` (if any), then HONED_* env, then ``overrides``."""
-    data: dict = {}
-    origin = "defaults"
-    if workspace is not None and (workspace / CONFIG_FILE).exists():
-        path = workspace / CONFIG_FILE
-        origin = str(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise SettingsError(f"{path}: not valid TOML: {exc}") from exc
-    layers = [(origin, data), ("environment (HONED_*)", env_overrides())]
-    if overrides:
-        layers.append(("command line", overrides))
-    merged: dict = {}
-    for name, layer in layers:
-        merged = _merge(merged, layer)
-        try:
-            # Validate each layer as it lands so the error names where the bad value came from.
-            Settings.model_validate(merged)
-        except ValidationError as exc:
-            raise SettingsError(_describe_errors(exc, name)) from None
-    return Settings.model_validate(merged)
-
-
-def _toml_value(value: Any) -> str:
-    import tomli_w
-
-    if isinstance(value, list):  # lists of models (gate rules, eval sets): inline tables
-        value = [v.model_dump(exclude_none=True) if isinstance(v, BaseModel) else v for v in value]
-        if value and isinstance(value[0], dict):
-            inline = ", ".join("{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
-                               for v in value)
-            return f"[{inline}]"
-    return tomli_w.dumps({"v": value}).strip()[len("v = "):]
-
-
-def render_commented_toml(settings: Settings) -> str:
-    """The honed.toml that ``honed init`` writes: every key with its description and unit."""
-    out = [
-        "# honed workspace settings. Every key is shown with its default.",
-        "# Environment variables override this file: HONED_TRAIN__LR=1e-3 sets [train] lr.",
-        "# Flags override both (honed train --set train.lr=1e-3).",
-        "",
-    ]
-    sections = []
-    for name, field in Settings.model_fields.items():
-        value = getattr(settings, name)
-        if isinstance(value, BaseModel):
-            sections.append((name, value))
-            continue
-        if isinstance(value, dict) and not value:  # tables of tables: shown as a commented example
-            out.append(f"# {field.description}")
-            out.append("# [tracks.support-bot.gates]\n# require_approval = true")
-            out.append("")
-            continue
-        out.append(f"# {field.description}")
-        out.append(f"{name} = {_toml_value(value)}")
-        out.append("")
-    while sections:
-        name, section = sections.pop(0)
-        out.append(f"[{name}]")
-        doc = " ".join(line.strip() for line in type(section).__doc__.strip().splitlines())
-        out.append(f"# {doc}")
-        nested = []
-        for key, field in type(section).model_fields.items():
-            value = getattr(section, key)
-            if isinstance(value, BaseModel):  # a sub-table, e.g. [learn.teacher], after its parent's keys
-                nested.append((f"{name}.{key}", value))
-                continue
-            out.append(f"# {field.description}")
-            out.append(f"{key} = {_toml_value(value)}")
-        out.append("")
-        sections[:0] = nested
-    return "\n".join(out)

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from honed.cli_common import JsonOpt, WorkspaceOpt, app, console, err_console, fail, open_store, workspace_from
+from honed.cli.common import JsonOpt, WorkspaceOpt, app, console, err_console, fail, open_store, workspace_from
 from honed.config import SettingsError, parse_assignments
 from honed.serialize import control_result, plain
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -15,9 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from honed.cli_common import JsonOpt, WorkspaceOpt, app, console, err_console
-from honed.cli_common import fail as _fail
-from honed.cli_common import workspace_from as _workspace
+from honed.cli.common import JsonOpt, WorkspaceOpt, app, console, err_console
+from honed.cli.common import fail as _fail
+from honed.cli.common import workspace_from as _workspace
 from honed.config import SettingsError
 from honed.workspace import Workspace, WorkspaceError, init_workspace
 
@@ -400,13 +399,9 @@ def verify(
         raise typer.Exit(1)
 
 
-# The daemon's commands (daemon, queue, events, pause…, status) register on the same app.
-from honed import cli_daemon, cli_learn, cli_mcp, cli_registry, cli_server  # noqa: E402,F401
+# The other commands (daemon, queue, status, learn, adapters, mcp, serve…) register on the same app.
+from honed.cli import daemon, learn, mcp, registry, server  # noqa: E402,F401
 
 
 def main() -> None:  # pragma: no cover - console entry point alias
     app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
