@@ -52,6 +52,25 @@ class RunStatus(StrEnum):
         return self in (RunStatus.SUCCEEDED, RunStatus.STOPPED)
 
 
+class AttemptStatus(StrEnum):
+    """How one trainer attempt at a job ended, as the trainer records it
+    (:class:`honed.daemon.outcome.AttemptOutcome`); the daemon settles the job from it."""
+
+    SUCCEEDED = "succeeded"  # trained to the end; the adapter was evaluated
+    STOPPED = "stopped"  # told to stop: the adapter from that step is the result
+    PAUSED = "paused"  # told to pause: checkpoint kept
+    SKIPPED = "skipped"  # told to skip: checkpoint kept, the job set aside
+    INTERRUPTED = "interrupted"  # halted by the STOP file, the daemon's SIGTERM or its exit
+    CANCELLED = "cancelled"
+    FAILED = "failed"  # the non-finite policy gave up
+    CRASHED = "crashed"  # an exception: another attempt may succeed
+    UNTRAINABLE = "untrainable"  # settings, data or base that no attempt can train
+
+    @property
+    def has_adapter(self) -> bool:
+        return self in (AttemptStatus.SUCCEEDED, AttemptStatus.STOPPED)
+
+
 class Command(StrEnum):
     """What a person (CLI, API, MCP, web monitor) can ask of a job."""
 

@@ -8,9 +8,10 @@ A daemon runs it instead of :mod:`honed.daemon.trainer_process` when
 the claim's fence as the real one does: reports its pid, creates the job's run (or
 continues it) and starts an attempt, then "trains" ``HONED_FAKE_TRAIN_S`` seconds (0.1 s
 a step) with the real trainer's :class:`JobControl` and :class:`ProgressReporter` at
-every step, and finishes the run succeeded. With the gates off and no adapter, the
-daemon settles such a job "succeeded (not evaluated)". A write the store refuses as
-stale ends it at once with ``EXIT_CLAIM_LOST``, writing nothing more.
+every step, and finishes the run succeeded, recording the attempt's outcome as the real
+one does (:func:`honed.daemon.outcome.record_outcome`). With no adapter, the daemon
+settles such a job "succeeded (not evaluated)". A write the store refuses as stale ends
+it at once with ``EXIT_CLAIM_LOST``, writing nothing more.
 
 To start in a fraction of a real trainer's time it loads no settings (only ``store.url``
 from ``honed.toml``) and opens the store without checking its schema (its daemon did).
@@ -27,7 +28,9 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+from honed.daemon.outcome import AttemptOutcome, record_outcome
 from honed.daemon.trainer_process import EXIT_CLAIM_LOST, ClaimLost, JobControl, ProgressReporter
+from honed.states import RunStatus
 
 log = logging.getLogger("honed.trainer")
 
@@ -63,18 +66,22 @@ def fake_attempt(root: Path, job_id: int, parent_pid: int | None, fence: int | N
         log.info("job %d: fake attempt %d on run %s (fence %s) for %gs", job_id, attempt, job.run_id, fence, train_s)
         report = ProgressReporter(store, job_id, fence)
         steps = max(1, round(train_s / STEP_S))
-        for step in range(steps):
-            action = control(step)
+        status, step = RunStatus.SUCCEEDED, steps
+        for n in range(steps):
+            action = control(n)
             if action is not None:
-                status = {"pause": "paused", "stop": "stopped", "cancel": "cancelled"}[action]
-                store.finish_run(job.run_id, status=status, final_metrics={"step": step, "total_steps": steps},
-                                 attempt=attempt)
-                return 0
+                status = {"pause": RunStatus.PAUSED, "stop": RunStatus.STOPPED, "cancel": RunStatus.CANCELLED}[action]
+                step = n
+                break
             time.sleep(STEP_S if train_s > 0 else 0)
-            report({"step": step + 1, "total_steps": steps, "loss": 1.0, "tokens_per_s": 0.0, "attempt": attempt})
-        store.finish_run(job.run_id, status="succeeded", final_metrics={"step": steps, "total_steps": steps},
+            report({"step": n + 1, "total_steps": steps, "loss": 1.0, "tokens_per_s": 0.0, "attempt": attempt})
+        store.finish_run(job.run_id, status=status, final_metrics={"step": step, "total_steps": steps},
                          attempt=attempt)
-        log.info("job %d: fake attempt %d succeeded", job_id, attempt)
+        ended = control.attempt_status(status)
+        record_outcome(root, store, AttemptOutcome(job_id=job_id, fence=fence, status=ended, run_id=job.run_id,
+                                                   reason=f"fake attempt {attempt} {ended}", step=step,
+                                                   total_steps=steps))
+        log.info("job %d: fake attempt %d %s", job_id, attempt, ended)
         return 0
     finally:
         store.close()

@@ -46,7 +46,7 @@ def test_every_stale_write_of_the_training_code_raises_claim_lost(taken_over) ->
 def test_claim_lost_passes_a_crash_handler_that_would_write_under_the_current_attempt(taken_over) -> None:
     store, trainer_store, _ = taken_over
 
-    def attempt_with_crash_handler(store) -> None:  # the shape of honed.training.runs.execute_run
+    def attempt_with_crash_handler(store) -> None:  # the shape of honed.training.recipe.run_attempt_of
         try:
             store.record_checkpoint("run-a", 5, "/ckpt", attempt=1)
         except Exception:

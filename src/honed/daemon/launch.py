@@ -6,8 +6,10 @@ honed.daemon.trainer_process TRAINER ARGS``, through torchrun's own argument par
 launcher (``torch.distributed.run``), with one difference the daemon needs: when a rank
 fails, torchrun exits 1 whatever happened, while this exits with the code of the failure
 that came first, so that "the job cannot be trained" (3) and "the claim was lost" (4)
-from rank 0 reach the daemon as they do from a single trainer, and its last line names
-the rank that failed and how.
+from rank 0 reach the daemon as they do from a single trainer. Rank 0 records the
+attempt's outcome as a single trainer does; when another rank failed first, rank 0's
+record only tells the consequence (a broken connection), so this records the cause
+in its place: which rank failed and how.
 
 ``--max-restarts 0``: a rank that dies ends the attempt (torchrun stops the others); the
 daemon counts it and starts the next attempt from the last checkpoint, with its bounded
@@ -41,6 +43,13 @@ def describe_failure(rank: int, exitcode: int, pid: int) -> str:
     return f"rank {rank} (pid {pid}) {how}"
 
 
+def cause_of(failures: dict) -> tuple | None:
+    """The rank killed by a signal, if one was: the others' errors (a connection reset by
+    their peer) follow from it, whichever torchrun saw first."""
+    killed = sorted((rank, f) for rank, f in failures.items() if f.exitcode < 0)
+    return killed[0] if killed else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m honed.daemon.launch")
     parser.add_argument("--nproc", type=int, required=True, help="processes on this machine")
@@ -61,13 +70,40 @@ def main(argv: list[str] | None = None) -> int:
     try:
         elastic_launch(config=config, entrypoint=entrypoint)(*entry_args)
     except ChildFailedError as exc:
-        rank, failure = exc.get_first_failure()
+        rank, failure = cause_of(exc.failures) or exc.get_first_failure()
         others = sorted(r for r in exc.failures if r != rank)
         after = f"; then rank{'s' if len(others) > 1 else ''} {', '.join(map(str, others))} ended" if others else ""
-        print(f"TrainerRankError: {describe_failure(rank, failure.exitcode, failure.pid)}{after}",
-              file=sys.stderr, flush=True)
+        reason = f"TrainerRankError: {describe_failure(rank, failure.exitcode, failure.pid)}{after}"
+        print(reason, file=sys.stderr, flush=True)
+        if rank != 0:
+            record_rank_failure(trainer_args, reason)
         return failure.exitcode if failure.exitcode > 0 else 1
     return 0
+
+
+def record_rank_failure(trainer_args: list[str], reason: str) -> None:
+    """Record a crashed attempt whose cause is a rank other than 0, for the job and
+    claim named in the trainer's arguments (``--workspace WS --job N --fence F``)."""
+    from pathlib import Path
+
+    from honed.daemon.outcome import AttemptOutcome, record_outcome
+    from honed.states import AttemptStatus
+    from honed.store import StaleAttemptError, StoreError
+    from honed.workspace import WorkspaceError, open_workspace
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--workspace", type=Path)
+    parser.add_argument("--job", type=int)
+    parser.add_argument("--fence", type=int)
+    known, _ = parser.parse_known_args(trainer_args)
+    if known.workspace is None or known.job is None:
+        return
+    outcome = AttemptOutcome(job_id=known.job, fence=known.fence, status=AttemptStatus.CRASHED, reason=reason)
+    try:
+        with open_workspace(known.workspace).open_store() as store:
+            record_outcome(known.workspace, store, outcome)
+    except (StoreError, WorkspaceError, StaleAttemptError) as exc:  # the file is written first in any case
+        print(f"the rank failure was not recorded in the store: {exc}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -51,7 +50,9 @@ from honed.daemon.launch import TRAINER_MODULE, launch_command
 from honed.daemon.lease import LeaseKeeper
 from honed.daemon.lock import DaemonLock
 from honed.daemon.schedule import backoff_delay, in_window, parse_window
-from honed.daemon.trainer_process import EXIT_CLAIM_LOST, EXIT_UNTRAINABLE
+from honed.daemon.outcome import AttemptOutcome, read_outcome
+from honed.daemon.trainer_process import EXIT_CLAIM_LOST
+from honed.states import AttemptStatus, JobState
 from honed.store import JobInfo, StaleClaimError, StoreError, StoreUnavailableError
 from honed.workspace import Workspace
 
@@ -106,7 +107,6 @@ class Supervisor:
         self.last_idle: float | None = None
         self.activity = "starting"
         self.current: JobInfo | None = None
-        self.log_offset = 0  # where the current attempt's output starts in its job log
         self.lease = LeaseKeeper(store, self.cfg.lease_s, on_lost=self.inbox.wake)
         self.trainer_module = os.environ.get("HONED_TRAINER_MODULE") or TRAINER_MODULE
 
@@ -289,7 +289,6 @@ class Supervisor:
         ``train.nproc > 1`` starts under torchrun (:mod:`honed.daemon.launch`)."""
         log_path = self.job_log(job.id)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.log_offset = log_path.stat().st_size if log_path.exists() else 0
         nproc = self.processes_for(job)
         trainer = None
         if nproc == 1:
@@ -371,78 +370,92 @@ class Supervisor:
     # --- settling a job ----------------------------------------------------------------
 
     def settle(self, claimed: JobInfo, returncode: int, killed: str | None = None) -> JobInfo:
-        """Move the job on from how its attempt ended (see the module's docstring).
-        Every write carries the claim's fence: StaleClaimError when the job was taken
-        over meanwhile (its new owner settles it)."""
-        job_id = claimed.id
-        job = self.store.check_claim(job_id, claimed.fence)
-        run = self.store.get_run(job.run_id) if job.run_id else None
-        if returncode == 0 and run is not None and run.status != "running":
-            return self.settle_outcome(job, run)
-        if returncode == EXIT_UNTRAINABLE:
-            reason = _last_line(self.job_log(job_id), self.log_offset) or "the job cannot be trained"
-            return self.store.end_attempt(job_id, "failed", reason, error=reason, fence=job.fence)
-        reason = killed or _describe_exit(returncode)
-        detail = _last_exception(self.job_log(job_id), self.log_offset)
-        if detail and not killed:
-            reason += f": {detail}"
+        """Move the job on from how its attempt ended: the outcome its trainer recorded,
+        or (when it recorded none: killed, out of memory) its exit status. Every write
+        carries the claim's fence: StaleClaimError when the job was taken over meanwhile
+        (its new owner settles it)."""
+        job = self.store.check_claim(claimed.id, claimed.fence)
+        outcome = None if killed else read_outcome(self.ws.root, self.store, job.id, job.fence)
+        return self.settle_outcome(job, outcome, exit_reason=killed or _describe_exit(returncode),
+                                   returncode=returncode)
+
+    def settle_outcome(self, job: JobInfo, outcome: AttemptOutcome | None, *, exit_reason: str = "",
+                       returncode: int | None = None) -> JobInfo:
+        """The one place that decides a job's next state from an attempt's outcome."""
+        def end(state: JobState, message: str, **kwargs) -> JobInfo:
+            return self.store.end_attempt(job.id, state, message, fence=job.fence, **kwargs)
+
+        where = outcome.where if outcome is not None else ""
+        data = ({"run_id": outcome.run_id, "step": outcome.step, "adapter": outcome.adapter_path}
+                if outcome is not None else {})
+        match outcome:
+            case None:
+                return self.retry_or_fail(job, exit_reason, returncode)
+            case AttemptOutcome(status=AttemptStatus.CRASHED):
+                return self.retry_or_fail(job, f"{exit_reason}: {outcome.reason}", returncode)
+            case AttemptOutcome(status=AttemptStatus.UNTRAINABLE):
+                return end(JobState.FAILED, outcome.reason, error=outcome.reason)
+            case AttemptOutcome(status=AttemptStatus.SUCCEEDED):
+                self.mark_experiences_trained(job, outcome.run_id)
+                return self.settle_candidate(job, outcome, f"run {outcome.run_id} finished at {where}", data)
+            case AttemptOutcome(status=AttemptStatus.STOPPED):
+                return self.settle_candidate(
+                    job, outcome, f"stopped at {where}; the adapter from that point is the result", data)
+            case AttemptOutcome(status=AttemptStatus.CANCELLED):
+                return end(JobState.CANCELLED, f"cancelled at {where}; no result", data=data)
+            case AttemptOutcome(status=AttemptStatus.PAUSED):
+                return end(JobState.PAUSED, f"paused at {where}; checkpoint kept, 'honed resume {job.id}' "
+                           "continues from there", data=data)
+            case AttemptOutcome(status=AttemptStatus.SKIPPED):
+                return end(JobState.SKIPPED, f"set aside at {where}; 'honed resume {job.id}' brings it back",
+                           data=data)
+            case AttemptOutcome(status=AttemptStatus.INTERRUPTED):
+                return end(JobState.QUEUED, f"interrupted at {where}; it continues from that checkpoint when "
+                           "the daemon next runs it", kind="requeued", data=data)
+            case AttemptOutcome(status=AttemptStatus.FAILED):
+                reason = (outcome.error or "failed").splitlines()[0]
+                return end(JobState.FAILED, f"run {outcome.run_id} failed at {where}: {reason}",
+                           error=outcome.error, data=data)
+        raise AssertionError(f"unhandled attempt outcome {outcome!r}")
+
+    def retry_or_fail(self, job: JobInfo, reason: str, returncode: int | None) -> JobInfo:
+        """A crashed attempt: back to the queue after a backoff, or failed after
+        ``daemon.max_attempts``."""
         failures = job.failures + 1
+        data = {"attempt": failures, "returncode": returncode}
         if failures >= self.cfg.max_attempts:
             message = f"attempt {failures} failed ({reason}); giving up after {failures} attempts"
-            log.error("job %d: %s", job_id, message)
-            return self.store.end_attempt(job_id, "failed", message, failed=True, error=reason,
-                                          data={"attempt": failures, "returncode": returncode}, fence=job.fence)
+            log.error("job %d: %s", job.id, message)
+            return self.store.end_attempt(job.id, JobState.FAILED, message, failed=True, error=reason, data=data,
+                                          fence=job.fence)
         delay = backoff_delay(failures, self.cfg.backoff_s, self.cfg.backoff_max_s)
+        left = self.cfg.max_attempts - failures
         message = (f"attempt {failures} failed ({reason}); retrying in {delay:g}s from the last checkpoint "
-                   f"({self.cfg.max_attempts - failures} attempt{'s' if self.cfg.max_attempts - failures > 1 else ''} left)")
-        log.warning("job %d: %s", job_id, message)
-        return self.store.end_attempt(job_id, "queued", message, kind="attempt_failed", failed=True, error=reason,
-                                      not_before=datetime.now(UTC) + timedelta(seconds=delay),
-                                      data={"attempt": failures, "returncode": returncode}, fence=job.fence)
-
-    def settle_outcome(self, job: JobInfo, run) -> JobInfo:
-        """The trainer ended its attempt and the run recorded how."""
-        metrics = run.final_metrics or {}
-        where = f"step {metrics.get('step', '?')}/{metrics.get('total_steps', '?')}"
-        loss = f", loss {metrics['loss']:.4f}" if isinstance(metrics.get("loss"), float) else ""
-        data = {"run_id": run.id, "step": metrics.get("step"), "adapter": run.adapter_path}
-        taken = self.store.taken_command(job.id)
-        if run.status == "succeeded":  # experiences assembled into its datasets are now trained, once
-            marked = self.store.mark_experiences_trained(run.id, run.dataset_ids)
-            if marked:
-                self.record_event(job.id, "learned", f"{marked} experiences marked as trained by run {run.id}",
-                                  fence=job.fence)
-        if run.status in ("succeeded", "stopped"):
-            how = (f"run {run.id} finished at {where}{loss}" if run.status == "succeeded"
-                   else f"stopped at {where}{loss}; the adapter from that point is the result")
-            return self.settle_candidate(job, run, how, data)
-        if run.status == "cancelled":
-            return self.store.end_attempt(job.id, "cancelled", f"cancelled at {where}; no result", data=data,
-                                          fence=job.fence)
-        if run.status == "paused" and taken == "pause":
-            return self.store.end_attempt(job.id, "paused", f"paused at {where}; checkpoint kept, "
-                                          f"'honed resume {job.id}' continues from there", data=data,
-                                          fence=job.fence)
-        if run.status == "paused" and taken == "skip":
-            return self.store.end_attempt(job.id, "skipped", f"set aside at {where}; 'honed resume {job.id}' "
-                                          "brings it back", data=data, fence=job.fence)
-        if run.status == "paused":
-            return self.store.end_attempt(job.id, "queued", f"interrupted at {where}; it continues from that "
-                                          "checkpoint when the daemon next runs it", kind="requeued", data=data,
-                                          fence=job.fence)
-        reason = (run.error or "failed").splitlines()[0]
-        return self.store.end_attempt(job.id, "failed", f"run {run.id} failed at {where}: {reason}", error=run.error,
+                   f"({left} attempt{'s' if left > 1 else ''} left)")
+        log.warning("job %d: %s", job.id, message)
+        return self.store.end_attempt(job.id, JobState.QUEUED, message, kind="attempt_failed", failed=True,
+                                      error=reason, not_before=datetime.now(UTC) + timedelta(seconds=delay),
                                       data=data, fence=job.fence)
 
-    def settle_candidate(self, job: JobInfo, run, how: str, data: dict) -> JobInfo:
+    def mark_experiences_trained(self, job: JobInfo, run_id: str | None) -> None:
+        """Experiences assembled into a succeeded run's datasets are now trained, once."""
+        run = self.store.get_run(run_id) if run_id else None
+        if run is None:
+            return
+        marked = self.store.mark_experiences_trained(run.id, run.dataset_ids)
+        if marked:
+            self.record_event(job.id, "learned", f"{marked} experiences marked as trained by run {run.id}",
+                              fence=job.fence)
+
+    def settle_candidate(self, job: JobInfo, outcome: AttemptOutcome, how: str, data: dict) -> JobInfo:
         """After training and evaluation: deploy a candidate that passed its gates, leave
         one awaiting approval, or end the job rejected with the numbers that failed it."""
         from honed.registry.deployment import DeployError, deploy
 
-        adapter = self.store.adapter_for_run(run.id)
+        adapter = self.store.get_adapter(outcome.adapter_id) if outcome.adapter_id is not None else None
         if adapter is None or adapter.verdict is None:
-            return self.store.end_attempt(job.id, "succeeded", f"{how}; adapter {run.adapter_path} (not evaluated)",
-                                          data=data, fence=job.fence)
+            return self.store.end_attempt(job.id, "succeeded", f"{how}; adapter {outcome.adapter_path} "
+                                          "(not evaluated)", data=data, fence=job.fence)
         data = {**data, "adapter": adapter.id}
         if adapter.state == "rejected":
             reasons = "; ".join(adapter.verdict.get("failed", []))
@@ -489,10 +502,9 @@ class Supervisor:
                 continue
             self.wait_for_orphan(job)
             try:
-                run = self.store.get_run(job.run_id) if job.run_id else None
-                ended = run is not None and run.status not in ("running", "failed")
-                if ended and not (run.status == "paused" and self.store.taken_command(job.id) is None):
-                    settled = self.settle_outcome(job, run)  # it ended on its own, or as commanded
+                outcome = read_outcome(self.ws.root, self.store, job.id, job.fence)
+                if outcome is not None and outcome.status not in (AttemptStatus.CRASHED, AttemptStatus.INTERRUPTED):
+                    settled = self.settle_outcome(job, outcome)  # it ended on its own, or as commanded
                 else:
                     settled = self.store.end_attempt(
                         job.id, "queued", "recovered after the daemon restarted; it continues from its last "
@@ -614,29 +626,3 @@ def _describe_exit(returncode: int) -> str:
         hint = " (out of memory, or killed from outside)" if name == "SIGKILL" else ""
         return f"the trainer was killed by {name}{hint}"
     return f"the trainer exited with code {returncode}"
-
-
-_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit|Diverged)\b.*")
-
-
-def _tail(path: Path, start: int, size: int = 16384) -> list[str]:
-    """The last lines of ``path`` written after byte ``start``."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(max(start, fh.seek(0, 2) - size))
-            return fh.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        return []
-
-
-def _last_exception(path: Path, start: int) -> str | None:
-    """The last ``SomeError: message`` line of a trainer's log (its crash, if it raised)."""
-    for line in reversed(_tail(path, start)):
-        if _EXCEPTION_LINE.match(line):
-            return line.strip()
-    return None
-
-
-def _last_line(path: Path, start: int) -> str | None:
-    lines = [line for line in _tail(path, start) if line.strip()]
-    return lines[-1].strip() if lines else None

@@ -10,12 +10,13 @@ of input means "not needed", and it exits).
 the job carries it, and once the store refuses one (the job was taken over by another
 daemon after this one's lease ran out) the trainer stops at once, writing nothing more.
 
-It exits 0 when the attempt ended in any way the run recorded (succeeded, paused,
-stopped, cancelled, or failed by the non-finite policy), 3 when the job cannot be
-trained at all (its data plans to nothing, a setting is wrong; the last line on stderr
-says why), 4 when the store refused its writes as stale (its claim or attempt is no
-longer the job's), and otherwise crashes like any Python process (traceback on stderr, exit 1),
-which the daemon counts as a failed attempt.
+Every attempt it can end, it ends by recording one
+:class:`~honed.daemon.outcome.AttemptOutcome` (to a file, then through the store): how
+it ended, why, how far it got, the adapter and its verdict. The daemon settles the job
+from that record alone. The exit status says the same for people reading a process
+list: 0 for an outcome recorded, 3 when the job cannot be trained at all, 1 for a
+crash, 4 when the store refused its writes as stale (its claim or attempt is no longer
+the job's: then it records nothing at all).
 
 Before it loads a model on an accelerator it claims that device (see
 :mod:`honed.device_claims`) and waits, at most ``server.yield_timeout_s``, until the
@@ -34,12 +35,17 @@ import os
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import psutil
 
+from honed.daemon.outcome import AttemptOutcome, record_outcome
+from honed.states import AttemptStatus, Command, RunStatus
+
 log = logging.getLogger("honed.trainer")
 
+EXIT_CRASHED = 1
 EXIT_UNTRAINABLE = 3
 EXIT_CLAIM_LOST = 4
 PROGRESS_EVERY_S = 1.0
@@ -100,6 +106,7 @@ class JobControl:
         self.fence = fence
         self.signalled: str | None = None
         self.interrupted: str | None = None  # why the trainer halted without a command
+        self.taken: Command | None = None  # the store command that halted it
 
     def on_signal(self, signum, frame) -> None:
         self.signalled = signal.Signals(signum).name
@@ -123,7 +130,17 @@ class JobControl:
         except StoreError as exc:
             log.warning("job %d: cannot read control commands (%s); training on", self.job_id, exc)
             return None
-        return {"pause": "pause", "skip": "pause", "stop": "stop", "cancel": "cancel"}.get(command or "")
+        if command in (Command.PAUSE, Command.SKIP, Command.STOP, Command.CANCEL):
+            self.taken = Command(command)
+            return "pause" if command == Command.SKIP else str(command)  # a skip halts as a pause does
+        return None
+
+    def attempt_status(self, run_status: RunStatus) -> AttemptStatus:
+        """How the attempt ended, from the run's status and what halted it."""
+        if run_status != RunStatus.PAUSED:
+            return AttemptStatus(run_status)
+        return {Command.PAUSE: AttemptStatus.PAUSED, Command.SKIP: AttemptStatus.SKIPPED}.get(
+            self.taken, AttemptStatus.INTERRUPTED)
 
 
 class ProgressReporter:
@@ -160,34 +177,6 @@ class ProgressReporter:
             raise ClaimLost(str(exc)) from exc
         except StoreError as exc:
             log.warning("job %d: heartbeat not written (%s)", self.job_id, exc)
-
-
-def evaluate_job(workspace, store, job, run, spec, fence: int | None = None) -> None:
-    """Register the run's adapter, score it against what is live, and record the gates'
-    verdict; the daemon deploys it (or not) from there. Each write carries ``fence``."""
-    from honed.evaluation.evaluate import evaluate_candidate
-    from honed.evaluation.gates import adapter_state, decide
-
-    store.report_progress(job.id, {"phase": "evaluating"}, fence=fence)
-    store.mark_job_evaluating(job.id, f"run {run.id} ended {run.status}; scoring its adapter", fence=fence)
-    adapter = store.adapter_for_run(run.id) or store.add_adapter(
-        track=job.track, run_id=run.id, job_id=job.id, base_version=run.base_version, path=run.adapter_path,
-        fence=fence)
-    if adapter.state != "candidate" or adapter.verdict is not None:
-        return  # evaluated already
-    gates = workspace.settings.gates_for(job.track)
-    evaluation = evaluate_candidate(workspace, store, track=job.track, base_path=spec.base,
-                                    base_version=run.base_version, candidate_path=Path(run.adapter_path),
-                                    run_dir=spec.run_dir, dataset_ids=run.dataset_ids,
-                                    general_control=any(r.kind == "retention" for r in gates.rules))
-    verdict = decide(evaluation, gates.rules, gates.require_approval)
-    store.record_evaluation(adapter.id, evaluation, verdict, adapter_state(verdict), fence=fence)
-    outcome = "failed" if verdict["failed"] else "was held by" if verdict["held"] else "passed"
-    summary = "; ".join(f"{r['rule']}: {r['detail']}" for r in verdict["rules"] if not r.get("skipped"))
-    store.add_job_event(job.id, "evaluated", f"adapter {adapter.id} {outcome} its gates against "
-                        f"{evaluation['baseline_name']} ({summary})",
-                        {"adapter": adapter.id, "passed": verdict["passed"], "held": bool(verdict["held"])},
-                        fence=fence)
 
 
 def claim_accelerator(workspace, store, job_id: int, fence: int | None = None):
@@ -229,15 +218,40 @@ def claim_accelerator(workspace, store, job_id: int, fence: int | None = None):
 
 
 def run_attempt(root: Path, job_id: int, parent_pid: int | None, fence: int | None = None) -> int:
-    """One attempt at ``job_id`` for the claim with ``fence``; returns the exit code (see
-    the module's docstring)."""
+    """One attempt at ``job_id`` for the claim with ``fence``: carry it out, record its
+    outcome, return the exit code (see the module's docstring)."""
     from honed.store import StaleAttemptError
+    from honed.workspace import open_workspace
 
+    store = None
     try:
-        return _attempt(root, job_id, parent_pid, fence)
+        store = open_workspace(root).open_store()
+        outcome = _attempt(root, store, job_id, parent_pid, fence)
     except (ClaimLost, StaleAttemptError) as exc:  # StaleClaimError is a StaleAttemptError
         log.error("job %d: the store refused this trainer's writes, stopping without writing more: %s", job_id, exc)
+        _close(store)
         return EXIT_CLAIM_LOST
+    except Exception as exc:  # the attempt crashed: say so, and how, in its outcome
+        log.exception("job %d: the attempt crashed", job_id)
+        outcome = AttemptOutcome(job_id=job_id, fence=fence, status=AttemptStatus.CRASHED,
+                                 reason=f"{type(exc).__name__}: {exc}", error=traceback.format_exc())
+    if outcome is None:  # a rank other than 0: rank 0 records
+        _close(store)
+        return 0
+    try:
+        record_outcome(root, store, outcome)
+    except (ClaimLost, StaleAttemptError) as exc:
+        log.error("job %d: the store refused the outcome as stale: %s", job_id, exc)
+        return EXIT_CLAIM_LOST
+    finally:
+        _close(store)
+    log.info("job %d: attempt ended %s: %s", job_id, outcome.status, outcome.reason)
+    return {AttemptStatus.CRASHED: EXIT_CRASHED, AttemptStatus.UNTRAINABLE: EXIT_UNTRAINABLE}.get(outcome.status, 0)
+
+
+def _close(store) -> None:
+    if store is not None:
+        store.close()
 
 
 def _join_world(root: Path, job):
@@ -255,46 +269,43 @@ def _join_world(root: Path, job):
     return Dist.start(backend)
 
 
-def _follow(root: Path, store, job, dist) -> int:
-    """A rank other than 0: train the run rank 0 prepared, as rank 0 decides at every
-    step, writing nothing (rank 0 records and saves for all)."""
-    from honed.training.runs import resume_spec
-    from honed.training.trainer import train_run
-    from honed.workspace import open_workspace
-
-    run_id = dist.broadcast(None)
-    if run_id is None:
-        return 0  # nothing to train: rank 0 says why
-    train_run(resume_spec(open_workspace(root, job.overrides), store, run_id), store, dist=dist)
-    return 0
-
-
-def _attempt(root: Path, job_id: int, parent_pid: int | None, fence: int | None) -> int:
+def _attempt(root: Path, store, job_id: int, parent_pid: int | None, fence: int | None) -> AttemptOutcome | None:
+    """Carry out the attempt: plan or resume the job's run, train it with the recipe,
+    evaluate and gate its adapter; returns how it ended (None on ranks other than 0)."""
     from honed.config import SettingsError
     from honed.data.plan import PlanError
     from honed.data.tokenization import TokenizationError
+    from honed.evaluation.evaluate import evaluate_and_gate
     from honed.store import StaleClaimError, StoreError
     from honed.training.model_loading import BaseNotFound, UnsupportedSetting, check_training_support, pick_device
-    from honed.training.runs import RunError, execute_run, prepare_run, resume_spec
+    from honed.training.recipe import run_attempt_of
+    from honed.training.runs import RunError, prepare_run, resume_spec
     from honed.workspace import open_workspace
 
-    base_ws = open_workspace(root)
-    store = base_ws.open_store()
+    job = store.get_job(job_id)
+    # Under torchrun (train.nproc > 1) every rank runs this; rank 0 does what a single
+    # trainer does and tells the others which run to train, or that there is none.
+    dist = _join_world(root, job)
     claim = None
-    dist = None
     try:
-        job = store.get_job(job_id)
-        # Under torchrun (train.nproc > 1) every rank runs this; rank 0 does what a single
-        # trainer does and tells the others which run to train, or that there is none.
-        dist = _join_world(root, job)
         if not dist.main:
-            return _follow(root, store, job, dist)
-        control = JobControl(base_ws, store, job_id, parent_pid, fence)
+            run_id = dist.broadcast(None)
+            if run_id is not None:  # nothing to train otherwise: rank 0 says why
+                run_attempt_of(resume_spec(open_workspace(root, job.overrides), store, run_id), store, dist=dist)
+            return None
+        control = JobControl(open_workspace(root), store, job_id, parent_pid, fence)
         signal.signal(signal.SIGTERM, control.on_signal)
         signal.signal(signal.SIGINT, control.on_signal)
         # Under torchrun the daemon knows torchrun's pid as the trainer's: it stays.
         store.report_progress(job_id, {"phase": "loading"}, trainer_pid=None if dist.active else os.getpid(),
                               fence=fence)
+
+        def untrainable(exc: Exception, run_id: str | None = None) -> AttemptOutcome:
+            reason = f"job {job_id} cannot be trained: {exc}"
+            print(reason, file=sys.stderr, flush=True)
+            return AttemptOutcome(job_id=job_id, fence=fence, status=AttemptStatus.UNTRAINABLE, reason=reason,
+                                  run_id=run_id)
+
         try:
             workspace = open_workspace(root, job.overrides)
             if job.run_id and store.get_run(job.run_id) is not None:
@@ -304,8 +315,7 @@ def _attempt(root: Path, job_id: int, parent_pid: int | None, fence: int | None)
             check_training_support(spec.train, pick_device())
         except (SettingsError, PlanError, RunError, StoreError, ValueError) as exc:
             dist.broadcast(None)
-            print(f"job {job_id} cannot be trained: {exc}", file=sys.stderr, flush=True)
-            return EXIT_UNTRAINABLE
+            return untrainable(exc, job.run_id)
 
         def on_checkpoint(step: int, path: Path) -> None:
             try:
@@ -318,34 +328,45 @@ def _attempt(root: Path, job_id: int, parent_pid: int | None, fence: int | None)
 
         claim = claim_accelerator(workspace, store, job_id, fence)  # before any model loads: training or evaluating
         run = store.get_run(spec.run_id)
-        if run is not None and run.status in ("succeeded", "stopped") and run.adapter_path:
+        if run is not None and RunStatus(run.status).has_adapter and run.adapter_path:
             # Trained already; an earlier attempt died while evaluating.
             dist.broadcast(None)
-            evaluate_job(workspace, store, job, run, spec, fence)
-            return 0
+            adapter = evaluate_and_gate(workspace, store, job, run, spec.base, fence)
+            return _ended(job_id, fence, AttemptStatus(run.status), run, adapter)
         log.info("job %d: attempt on run %s starts", job_id, spec.run_id)
         dist.broadcast(spec.run_id)
         try:
-            outcome = execute_run(spec, FencedRunStore(store, job_id, fence), control=control,
-                                  on_step=ProgressReporter(store, job_id, fence), on_checkpoint=on_checkpoint,
-                                  mark_trained=False)
+            trained = run_attempt_of(spec, FencedRunStore(store, job_id, fence), control=control,
+                                     on_step=ProgressReporter(store, job_id, fence), on_checkpoint=on_checkpoint)
         except (TokenizationError, UnsupportedSetting, BaseNotFound) as exc:  # retrying cannot help
-            print(f"job {job_id} cannot be trained: {exc}", file=sys.stderr, flush=True)
-            return EXIT_UNTRAINABLE
-        if control.interrupted and outcome.status == "paused":
+            return untrainable(exc, spec.run_id)
+        status = control.attempt_status(trained.status)
+        if status == AttemptStatus.INTERRUPTED:
             store.add_job_event(job_id, "interrupted", f"{control.interrupted}; checkpoint at step "
-                                f"{outcome.step}", {"step": outcome.step}, fence=fence)
-        log.info("job %d: attempt ended %s at step %d/%d", job_id, outcome.status, outcome.step,
-                 outcome.total_steps)
-        if outcome.status in ("succeeded", "stopped") and outcome.adapter_path:
-            evaluate_job(workspace, store, job, store.get_run(spec.run_id), spec, fence)
-        return 0
+                                f"{trained.step}", {"step": trained.step}, fence=fence)
+        run = store.get_run(spec.run_id)
+        adapter = None
+        if status.has_adapter and trained.adapter_path:
+            adapter = evaluate_and_gate(workspace, store, job, run, spec.base, fence)
+        return _ended(job_id, fence, status, run, adapter)
     finally:
         if claim is not None:
             claim.withdraw()
-        if dist is not None:
-            dist.close()
-        store.close()
+        dist.close()
+
+
+def _ended(job_id: int, fence: int | None, status: AttemptStatus, run, adapter) -> AttemptOutcome:
+    """The outcome of an attempt that ran its course, from what the run recorded."""
+    metrics = run.final_metrics or {}
+    loss = metrics.get("loss")
+    where = f"step {metrics.get('step', '?')}/{metrics.get('total_steps', '?')}"
+    return AttemptOutcome(
+        job_id=job_id, fence=fence, status=status, reason=f"run {run.id} {status} at {where}", run_id=run.id,
+        step=metrics.get("step"), total_steps=metrics.get("total_steps"),
+        loss=loss if isinstance(loss, float) else None, adapter_path=run.adapter_path,
+        adapter_id=adapter.id if adapter is not None else None,
+        verdict=adapter.verdict if adapter is not None else None,
+        error=run.error if status == AttemptStatus.FAILED else None)
 
 
 def warm_up(root: Path) -> None:
@@ -354,8 +375,8 @@ def warm_up(root: Path) -> None:
     base simply loads its own. On a device the server must give up first
     (``server.yield_devices``) the weights wait in CPU memory: a spare claims nothing,
     and the job moves them over once it has its claim."""
-    import honed.training.runs  # noqa: F401
-    import honed.training.trainer  # noqa: F401
+    import honed.evaluation.evaluate  # noqa: F401
+    import honed.training.recipe  # noqa: F401
     from honed.store import StoreError
     from honed.training.model_loading import pick_device, preload
     from honed.workspace import WorkspaceError, open_workspace

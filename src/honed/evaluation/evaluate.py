@@ -237,3 +237,32 @@ def evaluate_candidate(workspace, store, *, track: str, base_path: str, base_ver
             "baseline_adapter": baseline_adapter,
             "sets": {s.name: {"records": len(s.records), "scorers": s.scorers} for s in sets},
             "outcomes": {"candidate": candidate_outcomes, "baseline": baseline_outcomes}, "control": control}
+
+
+def evaluate_and_gate(workspace, store, job, run, base_path: str, fence: int | None = None):
+    """Register ``run``'s adapter as a candidate of ``job``, score it against what is
+    live, and record the gates' verdict (the adapter's state follows from it; the daemon
+    deploys, or not, from there). Each write carries ``fence``. Returns the adapter."""
+    from honed.evaluation.gates import adapter_state, decide
+
+    store.report_progress(job.id, {"phase": "evaluating"}, fence=fence)
+    store.mark_job_evaluating(job.id, f"run {run.id} ended {run.status}; scoring its adapter", fence=fence)
+    adapter = store.adapter_for_run(run.id) or store.add_adapter(
+        track=job.track, run_id=run.id, job_id=job.id, base_version=run.base_version, path=run.adapter_path,
+        fence=fence)
+    if adapter.state != "candidate" or adapter.verdict is not None:
+        return adapter  # evaluated already
+    gates = workspace.settings.gates_for(job.track)
+    evaluation = evaluate_candidate(workspace, store, track=job.track, base_path=base_path,
+                                    base_version=run.base_version, candidate_path=Path(run.adapter_path),
+                                    run_dir=workspace.runs_dir / run.id, dataset_ids=run.dataset_ids,
+                                    general_control=any(r.kind == "retention" for r in gates.rules))
+    verdict = decide(evaluation, gates.rules, gates.require_approval)
+    adapter = store.record_evaluation(adapter.id, evaluation, verdict, adapter_state(verdict), fence=fence)
+    outcome = "failed" if verdict["failed"] else "was held by" if verdict["held"] else "passed"
+    summary = "; ".join(f"{r['rule']}: {r['detail']}" for r in verdict["rules"] if not r.get("skipped"))
+    store.add_job_event(job.id, "evaluated", f"adapter {adapter.id} {outcome} its gates against "
+                        f"{evaluation['baseline_name']} ({summary})",
+                        {"adapter": adapter.id, "passed": verdict["passed"], "held": bool(verdict["held"])},
+                        fence=fence)
+    return adapter

@@ -8,7 +8,7 @@ from pathlib import Path
 from honed.data.datasets import add_dataset_file
 from honed.data.plan import PlanError
 from honed.data.tokenization import TokenizationError
-from honed.training.runs import RunError, execute_run, prepare_run, resume_spec
+from honed.training.runs import RunError, prepare_run, resume_spec
 
 KNOWN_ERRORS = (RunError, PlanError, TokenizationError, FileNotFoundError, ValueError)
 
@@ -71,7 +71,9 @@ def train_once(ws, store, *, datasets: list[str], eval_file: Path | None, base_v
     if eval_file is not None:
         summary["exact_match_before"] = score_exact_match(spec.base, None, eval_file)
         say(f"exact match before training: {summary['exact_match_before']:.1%} on {eval_file}")
-    outcome = execute_run(spec, store, control=control, on_step=on_step)
+    from honed.training.recipe import run_attempt_of
+
+    outcome = run_attempt_of(spec, store, control=control, on_step=on_step, mark_trained=True)
     summary.update(status=outcome.status, step=outcome.step, total_steps=outcome.total_steps,
                    attempt=outcome.attempt, final_metrics=outcome.final_metrics, error=outcome.error,
                    adapter=str(outcome.adapter_path) if outcome.adapter_path else None,

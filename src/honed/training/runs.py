@@ -1,21 +1,22 @@
-"""Runs: plan one, carry out an attempt of it, record the outcome.
+"""Runs: plan one and register it, or rebuild the spec of an existing one.
 
-The one-shot ``honed train`` and (later) the daemon both go through these functions:
+The one-shot ``honed train`` and the daemon's trainer both go through these functions:
 ``prepare_run`` plans and registers a new run, ``resume_spec`` rebuilds the spec of an
-existing one, and ``execute_run`` carries out one attempt and records its outcome.
+existing one; :func:`honed.training.recipe.run_attempt_of` then carries out an attempt.
+Torch-free: planning needs no model.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
 from honed.config import LoraSettings, TrainSettings
 from honed.data.plan import load_plan, make_plan, read_jsonl, write_plan
 from honed.training.everyday import everyday_records
+from honed.training.spec import RunSpec
 from honed.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,6 @@ def prepare_run(workspace: Workspace, store, dataset_ids: list[int], *, track: s
 
 def resume_spec(workspace: Workspace, store, run_id: str):
     """The RunSpec of an existing run, as it was planned."""
-    from honed.training.trainer import RunSpec
-
     run = store.get_run(run_id)
     if run is None:
         known = [r.id for r in store.list_runs(limit=5)]
@@ -113,55 +112,3 @@ def mark_learned(store, run_id: str, run_dir: Path, track: str, base_version: in
     base, so later plans skip them and replay draws from them."""
     plan = load_plan(run_dir)
     store.mark_records_trained(run_id, track, base_version, (r["hash"] for r in plan.train if not r.get("replay")))
-
-
-def execute_run(spec, store, *, control=None, on_step=None, on_checkpoint=None, mark_trained=True):
-    """Carry out one attempt of ``spec`` and record its outcome, energy, checkpoints and
-    manifest. With ``mark_trained`` (the one-shot path) a finished run's records count as
-    learned at once; the daemon marks them only when the run's adapter is deployed."""
-    from honed.telemetry.energy_log import record_attempt_energy, run_energy
-    from honed.training.manifest import base_record, write_manifest
-    from honed.training.trainer import RunOutcome, train_run
-
-    meter = start_energy_meter(spec)
-
-    def step_and_meter(row: dict) -> None:
-        meter.poll()
-        if on_step:
-            on_step(row)
-
-    try:
-        outcome = train_run(spec, store, control=control, on_step=step_and_meter, on_checkpoint=on_checkpoint)
-    except Exception as exc:  # an attempt that crashes is recorded, then re-raised
-        run = store.get_run(spec.run_id)
-        outcome = RunOutcome("failed", 0, 0, run.attempt if run else 0, error=f"{type(exc).__name__}: {exc}")
-        record_attempt_energy(spec.run_dir, attempt=outcome.attempt, status="crashed", reading=meter.read())
-        store.finish_run(spec.run_id, status="failed", error=outcome.error + "\n" + traceback.format_exc(),
-                         attempt=outcome.attempt or None)
-        raise
-    record_attempt_energy(spec.run_dir, attempt=outcome.attempt, status=outcome.status, reading=meter.read())
-    store.finish_run(spec.run_id, status=outcome.status, final_metrics=outcome.final_metrics,
-                     error=outcome.error, adapter_path=str(outcome.adapter_path) if outcome.adapter_path else None,
-                     attempt=outcome.attempt)
-    if mark_trained and outcome.status in ("succeeded", "stopped"):
-        mark_learned(store, spec.run_id, spec.run_dir, spec.track, spec.base_version)
-    run = store.get_run(spec.run_id)
-    datasets = [store.get_dataset(i) for i in run.dataset_ids]
-    write_manifest(
-        spec.run_dir, run=run, datasets=datasets, plan_info=run.config["plan"], outcome=outcome,
-        checkpoints=[{"step": c.step, "path": c.path} for c in store.list_checkpoints(spec.run_id)],
-        base=base_record(store, spec.base_version, spec.base),
-        store_url=store.display_url, metrics_path=spec.run_dir / "metrics.jsonl",
-        energy=run_energy(spec.run_dir, run.attempt),
-    )
-    return outcome
-
-
-def start_energy_meter(spec):
-    """An :class:`EnergyMeter` for one attempt of ``spec``, started: on the GPU the
-    attempt trains on, if any, with the workspace's watts per core for the estimate."""
-    from honed.telemetry.energy import EnergyMeter
-    from honed.training.model_loading import nvml_uuid, pick_device
-
-    gpu = nvml_uuid(pick_device())
-    return EnergyMeter(spec.telemetry.cpu_watts_per_core, gpu_uuids=[gpu] if gpu else []).start()

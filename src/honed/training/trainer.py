@@ -1,4 +1,4 @@
-"""One training attempt of a run, top to bottom: setup → resume → train → save.
+"""The pieces a training attempt is made of; :mod:`honed.training.recipe` puts them in order.
 
 This is honed's own loop over torch + transformers + peft (DESIGN.md, "Training
 engine"). It owns what stock trainers fight: control checked at every optimizer-step
@@ -23,65 +23,25 @@ import logging
 import math
 import random
 import resource
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from honed.atomic_files import atomic_directory, recover_directory
-from honed.config import LoraSettings, TelemetrySettings, TrainSettings
+from honed.config import TrainSettings
 from honed.data.packing import PackedBatch, pack_batch
-from honed.data.plan import load_plan
-from honed.data.tokenization import IGNORE, Example, TokenizationError, TokenizedRecords
-from honed.telemetry.system import training_step_stats
+from honed.data.tokenization import IGNORE, Example, TokenizationError
 from honed.training import checkpoints as ckpt
 from honed.training.distributed import Dist
-from honed.training.layer_stats import lora_delta_norms
-from honed.training.model_loading import load_tokenizer, load_training_model, nvml_uuid, pick_device
 
 log = logging.getLogger(__name__)
 
-Control = Callable[[int], str | None]  # step -> None, "pause", "stop" or "cancel"
-StepCallback = Callable[[dict], None]
-CheckpointCallback = Callable[[int, Path], None]
-
-
 class TrainingDiverged(RuntimeError):
     """The non-finite policy gave up on the run."""
-
-
-@dataclass
-class RunSpec:
-    """Everything one attempt needs; the run directory already holds its plan."""
-
-    run_id: str
-    run_dir: Path
-    base: str
-    base_version: int
-    track: str
-    lora: LoraSettings
-    train: TrainSettings
-    adapter_out: Path
-    # What to observe, not what to train: taken from the workspace at each attempt.
-    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
-
-
-@dataclass
-class RunOutcome:
-    """How an attempt ended."""
-
-    status: str  # succeeded | paused | stopped | cancelled | failed
-    step: int
-    total_steps: int
-    attempt: int
-    final_metrics: dict = field(default_factory=dict)
-    adapter_path: Path | None = None
-    error: str | None = None
 
 
 @dataclass
@@ -287,7 +247,7 @@ def restore_training_state(path: Path, model, optimizer, dist: Dist | None = Non
 # --- the attempt --------------------------------------------------------------------------
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -298,174 +258,3 @@ def save_adapter(model, out: Path, state_dict: dict | None = None) -> Path:
     with atomic_directory(out) as staging:
         model.save_pretrained(staging, state_dict=state_dict)
     return out
-
-
-def train_run(spec: RunSpec, store, *, control: Control | None = None, on_step: StepCallback | None = None,
-              on_checkpoint: CheckpointCallback | None = None, dist: Dist | None = None) -> RunOutcome:
-    """Run one attempt of ``spec``: continue from its last complete checkpoint if any,
-    train until done or told to pause, stop or cancel, and record everything in ``store``.
-
-    ``control(step)`` is asked before every optimizer step: "pause" checkpoints and
-    returns, "stop" checkpoints and ends the run with what it has as its result,
-    "cancel" returns at once with no result.
-
-    Under torchrun (``dist``, by default the world this process was started in) every
-    rank calls this; rank 0 alone uses ``store``, ``control`` and the callbacks, and
-    writes files, and the other ranks follow its decisions."""
-    cfg = spec.train
-    dist = dist or Dist.current()
-    if dist.world != cfg.nproc:
-        raise ValueError(
-            f"train.nproc = {cfg.nproc}, but this trainer runs in {dist.world} process(es): "
-            + ("the daemon starts runs with nproc > 1 under torchrun; queue the data "
-               "('honed queue') for the daemon, or set train.nproc = 1" if dist.world == 1
-               else "torchrun's --nproc-per-node must match train.nproc")
-        )
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    attempt = dist.broadcast(store.start_attempt(spec.run_id) if dist.main else None)
-    plan = load_plan(spec.run_dir)
-    device = pick_device()
-    tokenizer = load_tokenizer(spec.base)
-    model = load_training_model(spec.base, device, spec.lora, cfg)  # QLoRA, checkpointing as cfg says
-    train_examples = TokenizedRecords(tokenizer, plan.train, cfg.max_seq_len, "train")
-    heldout_examples = TokenizedRecords(tokenizer, plan.heldout, cfg.max_seq_len, "held-out")
-    total = total_steps(len(train_examples), cfg)
-    spe = steps_per_epoch(len(train_examples), cfg)
-    gpu = nvml_uuid(device)
-    layer_stats_every = spec.telemetry.layer_stats_every
-
-    checkpoints_dir = spec.run_dir / "checkpoints"
-    recorded: set[int] = set()
-    latest_path = None
-    if dist.main:
-        checkpoints_dir.mkdir(exist_ok=True)
-        ckpt.remove_stale_staging(checkpoints_dir)
-        recorded = {c.step for c in store.list_checkpoints(spec.run_id)}
-        latest = ckpt.latest_complete_checkpoint(checkpoints_dir, recorded) if recorded else None
-        latest_path = str(latest.path) if latest is not None else None
-    latest_path = dist.broadcast(latest_path)  # every rank restores the checkpoint rank 0 chose
-    init_file = spec.run_dir / "adapter_init.safetensors"  # what the manifest's proof of change compares with
-    if latest_path is not None:
-        restore_adapter(Path(latest_path), model)
-    elif dist.main and not init_file.exists():
-        from peft import get_peft_model_state_dict
-        from safetensors.torch import save_file
-
-        save_file(get_peft_model_state_dict(model), str(init_file))
-    wrapped = dist.wrap(model, cfg.distributed)  # FSDP shards the parameters in place: take them after
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    together = dist.main or dist.sharded  # who takes part in saving and validating
-    training_step_stats(gpu)  # CPU shares are measured between calls: start the clock now
-    state = LoopState()
-    if latest_path is not None:
-        state = restore_training_state(Path(latest_path), model, optimizer, dist)
-        log.info("run %s: resuming at step %d of %d (attempt %d)", spec.run_id, state.step, total, attempt)
-    else:
-        random.seed(cfg.seed)
-        torch.manual_seed(cfg.seed)
-
-    def checkpoint() -> None:
-        info = save_checkpoint(model, optimizer, state, checkpoints_dir, dist)
-        if info is None:
-            return  # not rank 0
-        store.record_checkpoint(spec.run_id, state.step, str(info.path), attempt=attempt)
-        recorded.add(state.step)
-        ckpt.prune_checkpoints(checkpoints_dir, cfg.keep_checkpoints)
-        if on_checkpoint:
-            on_checkpoint(state.step, info.path)
-
-    def finish(status: str, error: str | None = None) -> RunOutcome:
-        final = {"step": state.step, "total_steps": total, "tokens_seen": state.tokens_seen,
-                 "bad_steps": state.bad_total}
-        if last_row:
-            final["loss"] = last_row["loss"]
-        result = status in ("succeeded", "stopped")
-        adapter = None
-        if result and together:
-            val = validation_loss(model, heldout_examples, cfg, tokenizer.pad_token_id)
-            if val is not None:
-                final["val_loss"] = val
-                _log_metrics([{"step": state.step, "val_loss": val}], "eval")
-            whole = dist.lora_state(model)
-            if dist.main:
-                adapter = save_adapter(model, spec.adapter_out, whole)
-        return RunOutcome(status, state.step, total, attempt, final, adapter, error)
-
-    metrics_path = spec.run_dir / "metrics.jsonl"
-    metrics_file = open(metrics_path, "a", encoding="utf-8") if dist.main else None
-    filler = pack_batch([train_examples[0]], cfg.max_seq_len, tokenizer.pad_token_id, cfg.pack) if dist.active else None
-
-    def _log_metrics(rows: list[dict], kind: str = "train") -> None:
-        if metrics_file is None:
-            return
-        for row in rows:
-            metrics_file.write(json.dumps({"kind": kind, "attempt": attempt, **row}) + "\n")
-        metrics_file.flush()
-        store.append_metrics(spec.run_id, rows, attempt=attempt, kind=kind)
-
-    last_row: dict = {}
-    model.train()
-    try:
-        while state.step < total:
-            action = dist.broadcast(control(state.step) if control and dist.main else None)
-            if action == "cancel":
-                log.info("run %s: cancelled at step %d", spec.run_id, state.step)
-                return finish("cancelled")
-            if action in ("pause", "stop"):
-                if dist.broadcast(state.step not in recorded if dist.main else None) and together:
-                    checkpoint()
-                log.info("run %s: %s at step %d", spec.run_id, action, state.step)
-                return finish("paused" if action == "pause" else "stopped")
-            started = time.perf_counter()
-            indices = examples_for_step(state.step, len(train_examples), cfg, dist.rank)
-            batches = [pack_batch([train_examples[i] for i in mb], cfg.max_seq_len,
-                                  tokenizer.pad_token_id, cfg.pack) for mb in indices]
-            lr = learning_rate(state.step, total, cfg, state.lr_scale)
-            result = train_step(wrapped, optimizer, params, batches, cfg, lr, dist, filler)
-            state.step += 1
-            state.tokens_seen += result["tokens"]
-            elapsed = time.perf_counter() - started
-            row = {
-                "step": state.step, "epoch": round(state.step / spe, 4), "loss": result["loss"],
-                "lr": lr, "grad_norm": result["grad_norm"], "tokens": result["tokens"],
-                "tokens_per_s": result["tokens"] / elapsed if elapsed > 0 else 0.0,
-                "peak_rss_mb": round(_peak_rss_mb(), 1), "time": datetime.now(UTC).isoformat(),
-                **training_step_stats(gpu),
-            }
-            if device.type == "cuda":
-                row["peak_accel_mb"] = torch.cuda.max_memory_allocated() / 2**20
-            if result["problem"]:  # the same on every rank: loss and gradients are the world's
-                state.bad_in_a_row += 1
-                state.bad_total += 1
-                row["skipped"] = result["problem"]
-                log.warning("run %s step %d: %s (policy %s)", spec.run_id, state.step, result["problem"], cfg.nonfinite_policy)
-                if cfg.nonfinite_policy == "fail" or state.bad_in_a_row >= cfg.max_bad_steps:
-                    _log_metrics([row])
-                    raise TrainingDiverged(f"step {state.step}: {result['problem']} "
-                                           f"(train.nonfinite_policy = {cfg.nonfinite_policy})")
-                if cfg.nonfinite_policy == "lower_lr":
-                    state.lr_scale *= 0.5
-            else:
-                state.bad_in_a_row = 0
-            _log_metrics([row])
-            last_row = row
-            if not together:
-                continue  # what follows is rank 0's (with FSDP, every rank's): observing, validating, saving
-            if layer_stats_every and (state.step % layer_stats_every == 0 or state.step == total):
-                _log_metrics([{"step": state.step, **lora_delta_norms(model)}], "layers")
-            if on_step and dist.main:
-                on_step({**row, "total_steps": total, "attempt": attempt})
-            if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < total:
-                val = validation_loss(model, heldout_examples, cfg, tokenizer.pad_token_id)
-                if val is not None:
-                    _log_metrics([{"step": state.step, "val_loss": val}], "eval")
-            if state.step % cfg.checkpoint_every == 0 or state.step == total:
-                checkpoint()
-        return finish("succeeded")
-    except TrainingDiverged as exc:
-        return finish("failed", str(exc))
-    finally:
-        if metrics_file is not None:
-            metrics_file.close()

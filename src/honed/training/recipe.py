@@ -1,0 +1,347 @@
+"""One attempt of a run, top to bottom: setup → train → save_checkpoint → finish → cleanup.
+
+:func:`run_attempt_of` is the whole of it, in the torchtune manner: a recipe object whose
+steps read in the order they happen. ``setup`` starts the attempt in the store, loads
+the plan, the tokenizer and the model, and continues from the last complete checkpoint;
+``train`` runs optimizer steps, asking ``control`` before each one (pause, stop,
+cancel); ``save_checkpoint`` writes an atomic checkpoint and records it; ``finish``
+validates and saves the adapter when there is a result, then records the outcome, the
+attempt's energy and the manifest (an attempt that crashed records its crash, energy
+included, and the exception goes on up); ``cleanup`` closes what setup opened.
+
+The pieces these steps are made of (learning rate, data order, one optimizer step,
+validation loss, checkpoint contents, adapter save) are in :mod:`honed.training.trainer`.
+A new objective (DPO, KTO) changes one step: the loss inside ``train``.
+
+Under torchrun (``dist``) every rank runs the recipe; rank 0 alone asks ``control``,
+calls the callbacks, writes files and records in the store, and the other ranks follow
+its decisions (with FSDP every rank takes part in saving and validating).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from honed.data.packing import pack_batch
+from honed.data.plan import load_plan
+from honed.data.tokenization import TokenizedRecords
+from honed.states import RunStatus
+from honed.telemetry.system import training_step_stats
+from honed.training import checkpoints as ckpt
+from honed.training.distributed import Dist
+from honed.training.layer_stats import lora_delta_norms
+from honed.training.model_loading import load_tokenizer, load_training_model, nvml_uuid, pick_device
+from honed.training.runs import mark_learned
+from honed.training.spec import CheckpointCallback, Control, RunOutcome, RunSpec, StepCallback
+from honed.training.trainer import (
+    LoopState,
+    TrainingDiverged,
+    examples_for_step,
+    learning_rate,
+    peak_rss_mb,
+    restore_adapter,
+    restore_training_state,
+    save_adapter,
+    save_checkpoint,
+    steps_per_epoch,
+    total_steps,
+    train_step,
+    validation_loss,
+)
+
+log = logging.getLogger(__name__)
+
+
+def run_attempt_of(spec: RunSpec, store, *, control: Control | None = None, on_step: StepCallback | None = None,
+                   on_checkpoint: CheckpointCallback | None = None, dist: Dist | None = None,
+                   mark_trained: bool = False) -> RunOutcome:
+    """Carry out one attempt of ``spec`` and record how it ended (see the module's
+    docstring). ``control(step)`` is asked before every optimizer step: "pause"
+    checkpoints and returns, "stop" checkpoints and ends the run with what it has as
+    its result, "cancel" returns at once with no result. With ``mark_trained`` (the
+    one-shot path) a finished run's records count as learned at once; the daemon marks
+    them only when the run's adapter is deployed."""
+    recipe = TrainingRecipe(spec, store, control=control, on_step=on_step, on_checkpoint=on_checkpoint, dist=dist)
+    try:
+        recipe.setup()
+        status, error = recipe.train()
+        return recipe.finish(status, error, mark_trained=mark_trained)
+    except Exception as exc:  # an attempt that crashes is recorded, then re-raised
+        recipe.finish_crashed(exc)
+        raise
+    finally:
+        recipe.cleanup()
+
+
+class TrainingRecipe:
+    """The state of one attempt, and its steps in order."""
+
+    def __init__(self, spec: RunSpec, store, *, control: Control | None, on_step: StepCallback | None,
+                 on_checkpoint: CheckpointCallback | None, dist: Dist | None) -> None:
+        self.spec = spec
+        self.cfg = spec.train
+        self.store = store
+        self.control = control
+        self.on_step = on_step
+        self.on_checkpoint = on_checkpoint
+        self.dist = dist or Dist.current()
+        self.state = LoopState()
+        self.attempt = 0
+        self.last_row: dict = {}
+        self.recorded: set[int] = set()  # checkpoint steps the store knows
+        self.checkpoints_dir = spec.run_dir / "checkpoints"
+        self.metrics_file = None
+        self.meter = None
+
+    # --- setup ---------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Start the attempt, load plan, tokenizer and model, and continue from the last
+        complete checkpoint (or start from the run's seed)."""
+        spec, cfg, dist = self.spec, self.cfg, self.dist
+        if dist.world != cfg.nproc:
+            raise ValueError(
+                f"train.nproc = {cfg.nproc}, but this trainer runs in {dist.world} process(es): "
+                + ("the daemon starts runs with nproc > 1 under torchrun; queue the data "
+                   "('honed queue') for the daemon, or set train.nproc = 1" if dist.world == 1
+                   else "torchrun's --nproc-per-node must match train.nproc")
+            )
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if dist.main:
+            self.meter = start_energy_meter(spec)
+        self.attempt = dist.broadcast(self.store.start_attempt(spec.run_id) if dist.main else None)
+        plan = load_plan(spec.run_dir)
+        self.device = pick_device()
+        self.gpu = nvml_uuid(self.device)
+        self.tokenizer = load_tokenizer(spec.base)
+        self.model = load_training_model(spec.base, self.device, spec.lora, cfg)  # QLoRA, checkpointing as cfg says
+        self.train_examples = TokenizedRecords(self.tokenizer, plan.train, cfg.max_seq_len, "train")
+        self.heldout_examples = TokenizedRecords(self.tokenizer, plan.heldout, cfg.max_seq_len, "held-out")
+        self.total = total_steps(len(self.train_examples), cfg)
+        self.steps_per_epoch = steps_per_epoch(len(self.train_examples), cfg)
+
+        latest_path = None
+        if dist.main:
+            self.checkpoints_dir.mkdir(exist_ok=True)
+            ckpt.remove_stale_staging(self.checkpoints_dir)
+            self.recorded = {c.step for c in self.store.list_checkpoints(spec.run_id)}
+            latest = ckpt.latest_complete_checkpoint(self.checkpoints_dir, self.recorded) if self.recorded else None
+            latest_path = str(latest.path) if latest is not None else None
+        latest_path = dist.broadcast(latest_path)  # every rank restores the checkpoint rank 0 chose
+        init_file = spec.run_dir / "adapter_init.safetensors"  # what the manifest's proof of change compares with
+        if latest_path is not None:
+            restore_adapter(Path(latest_path), self.model)
+        elif dist.main and not init_file.exists():
+            from peft import get_peft_model_state_dict
+            from safetensors.torch import save_file
+
+            save_file(get_peft_model_state_dict(self.model), str(init_file))
+        self.wrapped = dist.wrap(self.model, cfg.distributed)  # FSDP shards the parameters in place: take them after
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.together = dist.main or dist.sharded  # who takes part in saving and validating
+        training_step_stats(self.gpu)  # CPU shares are measured between calls: start the clock now
+        if latest_path is not None:
+            self.state = restore_training_state(Path(latest_path), self.model, self.optimizer, dist)
+            log.info("run %s: resuming at step %d of %d (attempt %d)", spec.run_id, self.state.step, self.total,
+                     self.attempt)
+        else:
+            random.seed(cfg.seed)
+            torch.manual_seed(cfg.seed)
+        if dist.main:
+            self.metrics_file = open(spec.run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (cleanup closes it)
+        self.filler = (pack_batch([self.train_examples[0]], cfg.max_seq_len, self.tokenizer.pad_token_id, cfg.pack)
+                       if dist.active else None)
+
+    # --- train -------------------------------------------------------------------------
+
+    def train(self) -> tuple[RunStatus, str | None]:
+        """Optimizer steps until the plan is done or ``control`` says otherwise; returns
+        how the run ends and, for a failed one, why."""
+        spec, cfg, dist, state = self.spec, self.cfg, self.dist, self.state
+        self.model.train()
+        try:
+            while state.step < self.total:
+                action = dist.broadcast(self.control(state.step) if self.control and dist.main else None)
+                if action == "cancel":
+                    log.info("run %s: cancelled at step %d", spec.run_id, state.step)
+                    return RunStatus.CANCELLED, None
+                if action in ("pause", "stop"):
+                    if dist.broadcast(state.step not in self.recorded if dist.main else None) and self.together:
+                        self.save_checkpoint()
+                    log.info("run %s: %s at step %d", spec.run_id, action, state.step)
+                    return (RunStatus.PAUSED if action == "pause" else RunStatus.STOPPED), None
+                row = self.train_one_step()
+                if not self.together:
+                    continue  # what follows is rank 0's (with FSDP, every rank's): observing, validating, saving
+                if spec.telemetry.layer_stats_every and (state.step % spec.telemetry.layer_stats_every == 0
+                                                         or state.step == self.total):
+                    self.log_metrics([{"step": state.step, **lora_delta_norms(self.model)}], "layers")
+                if self.meter is not None:
+                    self.meter.poll()
+                if self.on_step and dist.main:
+                    self.on_step({**row, "total_steps": self.total, "attempt": self.attempt})
+                if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < self.total:
+                    self.validate()
+                if state.step % cfg.checkpoint_every == 0 or state.step == self.total:
+                    self.save_checkpoint()
+            return RunStatus.SUCCEEDED, None
+        except TrainingDiverged as exc:
+            return RunStatus.FAILED, str(exc)
+
+    def train_one_step(self) -> dict:
+        """One optimizer step under the non-finite policy; returns its metrics row."""
+        spec, cfg, dist, state = self.spec, self.cfg, self.dist, self.state
+        started = time.perf_counter()
+        indices = examples_for_step(state.step, len(self.train_examples), cfg, dist.rank)
+        batches = [pack_batch([self.train_examples[i] for i in mb], cfg.max_seq_len,
+                              self.tokenizer.pad_token_id, cfg.pack) for mb in indices]
+        lr = learning_rate(state.step, self.total, cfg, state.lr_scale)
+        result = train_step(self.wrapped, self.optimizer, self.params, batches, cfg, lr, dist, self.filler)
+        state.step += 1
+        state.tokens_seen += result["tokens"]
+        elapsed = time.perf_counter() - started
+        row = {
+            "step": state.step, "epoch": round(state.step / self.steps_per_epoch, 4), "loss": result["loss"],
+            "lr": lr, "grad_norm": result["grad_norm"], "tokens": result["tokens"],
+            "tokens_per_s": result["tokens"] / elapsed if elapsed > 0 else 0.0,
+            "peak_rss_mb": round(peak_rss_mb(), 1), "time": datetime.now(UTC).isoformat(),
+            **training_step_stats(self.gpu),
+        }
+        if self.device.type == "cuda":
+            row["peak_accel_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        if result["problem"]:  # the same on every rank: loss and gradients are the world's
+            state.bad_in_a_row += 1
+            state.bad_total += 1
+            row["skipped"] = result["problem"]
+            log.warning("run %s step %d: %s (policy %s)", spec.run_id, state.step, result["problem"],
+                        cfg.nonfinite_policy)
+            if cfg.nonfinite_policy == "fail" or state.bad_in_a_row >= cfg.max_bad_steps:
+                self.log_metrics([row])
+                raise TrainingDiverged(f"step {state.step}: {result['problem']} "
+                                       f"(train.nonfinite_policy = {cfg.nonfinite_policy})")
+            if cfg.nonfinite_policy == "lower_lr":
+                state.lr_scale *= 0.5
+        else:
+            state.bad_in_a_row = 0
+        self.log_metrics([row])
+        self.last_row = row
+        return row
+
+    def validate(self) -> float | None:
+        """The held-out loss now, logged (None without held-out examples)."""
+        val = validation_loss(self.model, self.heldout_examples, self.cfg, self.tokenizer.pad_token_id)
+        if val is not None:
+            self.log_metrics([{"step": self.state.step, "val_loss": val}], "eval")
+        return val
+
+    def log_metrics(self, rows: list[dict], kind: str = "train") -> None:
+        if self.metrics_file is None:
+            return
+        for row in rows:
+            self.metrics_file.write(json.dumps({"kind": kind, "attempt": self.attempt, **row}) + "\n")
+        self.metrics_file.flush()
+        self.store.append_metrics(self.spec.run_id, rows, attempt=self.attempt, kind=kind)
+
+    # --- save_checkpoint -------------------------------------------------------------------
+
+    def save_checkpoint(self) -> None:
+        """Write an atomic checkpoint of this step and record it; keep the last few."""
+        info = save_checkpoint(self.model, self.optimizer, self.state, self.checkpoints_dir, self.dist)
+        if info is None:
+            return  # not rank 0
+        self.store.record_checkpoint(self.spec.run_id, self.state.step, str(info.path), attempt=self.attempt)
+        self.recorded.add(self.state.step)
+        ckpt.prune_checkpoints(self.checkpoints_dir, self.cfg.keep_checkpoints)
+        if self.on_checkpoint:
+            self.on_checkpoint(self.state.step, info.path)
+
+    # --- finish ------------------------------------------------------------------------------
+
+    def finish(self, status: RunStatus, error: str | None, *, mark_trained: bool) -> RunOutcome:
+        """Validate and save the adapter when the run has a result, then (rank 0) record
+        the outcome, the attempt's energy, what was learned and the manifest."""
+        spec, state, dist = self.spec, self.state, self.dist
+        final = {"step": state.step, "total_steps": self.total, "tokens_seen": state.tokens_seen,
+                 "bad_steps": state.bad_total}
+        if self.last_row:
+            final["loss"] = self.last_row["loss"]
+        adapter = None
+        if status.has_adapter and self.together:
+            val = self.validate()
+            if val is not None:
+                final["val_loss"] = val
+            whole = dist.lora_state(self.model)
+            if dist.main:
+                adapter = save_adapter(self.model, spec.adapter_out, whole)
+        outcome = RunOutcome(status, state.step, self.total, self.attempt, final, adapter, error)
+        if not dist.main:
+            return outcome
+        self.record_energy(status)
+        self.store.finish_run(spec.run_id, status=status, final_metrics=final, error=error,
+                              adapter_path=str(adapter) if adapter else None, attempt=self.attempt)
+        if mark_trained and status.has_adapter:
+            mark_learned(self.store, spec.run_id, spec.run_dir, spec.track, spec.base_version)
+        self.write_manifest(outcome)
+        return outcome
+
+    def finish_crashed(self, exc: Exception) -> None:
+        """Record a crashed attempt (its energy too) before the exception goes on up."""
+        if not self.dist.main:
+            return
+        error = f"{type(exc).__name__}: {exc}"
+        attempt = self.attempt
+        if not attempt:  # it crashed before starting in the store: the run's current attempt
+            run = self.store.get_run(self.spec.run_id)
+            attempt = run.attempt if run else 0
+        self.attempt = attempt
+        self.record_energy("crashed")
+        self.store.finish_run(self.spec.run_id, status=RunStatus.FAILED, error=error + "\n" + traceback.format_exc(),
+                              attempt=attempt or None)
+
+    def record_energy(self, status: str) -> None:
+        from honed.telemetry.energy_log import record_attempt_energy
+
+        if self.meter is not None:
+            record_attempt_energy(self.spec.run_dir, attempt=self.attempt, status=status, reading=self.meter.read())
+
+    def write_manifest(self, outcome: RunOutcome) -> None:
+        """The run's manifest: what it trained on, from which base, with what result."""
+        from honed.telemetry.energy_log import run_energy
+        from honed.training.manifest import base_record, write_manifest
+
+        spec, store = self.spec, self.store
+        run = store.get_run(spec.run_id)
+        write_manifest(
+            spec.run_dir, run=run, datasets=[store.get_dataset(i) for i in run.dataset_ids],
+            plan_info=run.config["plan"], outcome=outcome,
+            checkpoints=[{"step": c.step, "path": c.path} for c in store.list_checkpoints(spec.run_id)],
+            base=base_record(store, spec.base_version, spec.base),
+            store_url=store.display_url, metrics_path=spec.run_dir / "metrics.jsonl",
+            energy=run_energy(spec.run_dir, run.attempt),
+        )
+
+    # --- cleanup --------------------------------------------------------------------------
+
+    def cleanup(self) -> None:
+        if self.metrics_file is not None:
+            self.metrics_file.close()
+            self.metrics_file = None
+
+
+def start_energy_meter(spec: RunSpec):
+    """An :class:`EnergyMeter` for one attempt of ``spec``, started: on the GPU the
+    attempt trains on, if any, with the workspace's watts per core for the estimate."""
+    from honed.telemetry.energy import EnergyMeter
+
+    gpu = nvml_uuid(pick_device())
+    return EnergyMeter(spec.telemetry.cpu_watts_per_core, gpu_uuids=[gpu] if gpu else []).start()
