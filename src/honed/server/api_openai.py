@@ -72,7 +72,21 @@ def _released(exc: ModelReleased, store, settings) -> HTTPException:
     return HTTPException(503, f"{exc}; retry after {wait} s", headers={"Retry-After": str(wait)})
 
 
-@router.get("/models")
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    owned_by: str
+    created: int
+
+
+class ModelList(BaseModel):
+    """OpenAI's model list."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+@router.get("/models", response_model=ModelList)
 def list_models(store: StoreDep) -> dict:
     """Tracks (their live model), each adapter that could serve as ``TRACK@ADAPTER``, and the bare bases."""
     data = []
