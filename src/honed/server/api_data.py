@@ -21,7 +21,7 @@ from honed.daemon.control import ControlError, queue_job
 from honed.serialize import plain
 from honed.server.deps import StoreDep, WorkspaceDep
 from honed.server.security import check_file_name
-from honed.store import DatasetInfo, NotFoundError, RunInfo
+from honed.store import DatasetInfo, NotFoundError, RunInfo, Store
 from honed.store.info import Time
 from honed.store.schema import METRIC_KINDS
 
@@ -154,7 +154,7 @@ async def _receive(request: Request, folder: Path, name: str, limit: int) -> Pat
         raise
 
 
-def _add(workspace, store, path: Path, track: str):
+def _add(workspace, store: Store, path: Path, track: str):
     from honed.data.datasets import add_dataset_file
 
     return add_dataset_file(workspace, store, path, track=track, mode=workspace.settings.ingest.mode)

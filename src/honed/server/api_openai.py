@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 from honed.server.api_experiences import ChatMessage
 from honed.server.deps import StoreDep, WorkspaceDep
 from honed.server.serving import DeltaStreamer, ModelNameError, ModelPool, ModelReleased, generate, resolve
-from honed.store import StoreError
+from honed.store import Store, StoreError
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -58,7 +58,7 @@ def _error_event(exc: Exception) -> str:
     return f"data: {json.dumps({'error': {'message': str(exc)}})}\n\n"
 
 
-def _released(exc: ModelReleased, store, settings) -> HTTPException:
+def _released(exc: ModelReleased, store: Store, settings) -> HTTPException:
     """The 503 for a request refused while the models are released: Retry-After is
     ``server.retry_after_s``, or the training job's own estimate when that is sooner."""
     wait = settings.retry_after_s
