@@ -6,16 +6,24 @@ from __future__ import annotations
 import dataclasses
 import math
 from datetime import datetime
+from enum import Enum
 from typing import Any
+
+from pydantic import BaseModel
 
 
 def plain(value: Any) -> Any:
-    """``value`` with dataclasses turned into dicts, datetimes into ISO 8601 strings and
-    non-finite floats into the strings "nan", "inf" and "-inf" (JSON has no NaN)."""
+    """``value`` with dataclasses and models turned into dicts, datetimes into ISO 8601
+    strings, enums into their values and non-finite floats into the strings "nan", "inf"
+    and "-inf" (JSON has no NaN)."""
+    if isinstance(value, BaseModel):
+        return {name: plain(field) for name, field in value}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, datetime):
         return value.isoformat(timespec="milliseconds")
+    if isinstance(value, Enum):
+        return value.value
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

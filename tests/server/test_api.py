@@ -28,6 +28,32 @@ def test_status_and_openapi(client):
         assert path in schema["paths"], path
 
 
+def test_openapi_names_the_shapes_of_jobs_runs_and_adapters(client):
+    """A client generated from /openapi.json gets typed jobs, runs and adapters, not bare objects."""
+    schema = client.get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+
+    def answer(method: str, path: str) -> dict:
+        return schema["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+
+    assert answer("get", "/api/jobs") == {"type": "array", "items": {"$ref": "#/components/schemas/JobInfo"},
+                                          "title": "Response List Jobs Api Jobs Get"}
+    assert answer("patch", "/api/jobs/{job_id}") == {"$ref": "#/components/schemas/JobInfo"}
+    for method, path, name, extra in [("get", "/api/jobs/{job_id}", "JobDetail", {"checkpoints", "adapters"}),
+                                      ("get", "/api/runs/{run_id}", "RunDetail", {"checkpoints", "manifest"}),
+                                      ("get", "/api/adapters/{adapter_id}", "AdapterDetail", {"deployments"})]:
+        assert answer(method, path) == {"$ref": f"#/components/schemas/{name}"}
+        assert extra <= components[name]["properties"].keys(), name
+    job = components["JobInfo"]["properties"]
+    assert job["state"] == {"$ref": "#/components/schemas/JobState"}
+    assert job["created_at"] == {"type": "string", "format": "date-time", "title": "Created At"}
+    assert "queued" in components["JobState"]["enum"]
+    # Server paths stay on the server, in the answers and in the schema.
+    assert "path" not in components["Adapter"]["properties"]
+    assert "adapter_path" not in components["Run"]["properties"]
+    assert "stored_path" not in components["Dataset"]["properties"]
+
+
 def test_upload_queue_and_control_a_job(client, tmp_path):
     data = synth(tmp_path / "reversal.jsonl", 40)
     answer = _upload(client, data, queue="true", priority="low")

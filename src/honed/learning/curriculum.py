@@ -10,7 +10,7 @@ tries, and its last try is older than ``retry_after_s``. Every call is recorded
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from honed.config import LearnSettings
@@ -75,7 +75,8 @@ def auto_score(store, cfg: LearnSettings, experiences: list[ExperienceInfo]) -> 
     if not scores:
         return experiences
     store.set_auto_scores(scores)
-    return [replace(e, auto_score=scores[e.id]) if e.id in scores else e for e in experiences]
+    return [e.model_copy(update={"auto_score": scores[e.id]}) if e.id in scores else e
+            for e in experiences]
 
 
 def teacher_pass(workspace, store, track: str, *, now: datetime | None = None, force: bool = False) -> TeacherPass:

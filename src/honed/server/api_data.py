@@ -9,41 +9,60 @@ import secrets
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from honed.daemon.control import ControlError, queue_job
 from honed.serialize import plain
 from honed.server.deps import StoreDep, WorkspaceDep
 from honed.server.security import check_file_name
-from honed.store import NotFoundError
+from honed.store import DatasetInfo, NotFoundError, RunInfo, Store
+from honed.store.info import Time
 from honed.store.schema import METRIC_KINDS
 
 router = APIRouter(prefix="/api", tags=["data"])
+
+# Where files lie on the server is not the client's business.
+_ServerPath = SkipJsonSchema[str | None]
 
 
 # --- datasets --------------------------------------------------------------------------
 
 
-def _dataset(dataset, with_report: bool = False) -> dict:
-    out = plain(dataset)
-    for key in ("source_path", "stored_path", "reject_path"):  # server paths are not the client's business
-        out.pop(key, None)
-    if with_report:
-        report = Path(dataset.stored_path).with_suffix(".report.json")
-        out["report"] = json.loads(report.read_text()) if report.is_file() else None
-    return out
+class Dataset(DatasetInfo):
+    """A dataset as the API shows it."""
+
+    source_path: _ServerPath = Field(None, exclude=True)
+    stored_path: _ServerPath = Field(None, exclude=True)
+    reject_path: _ServerPath = Field(None, exclude=True)
 
 
-@router.get("/datasets")
-def list_datasets(store: StoreDep, track: str | None = None) -> list[dict]:
+class DatasetDetail(Dataset):
+    """A dataset with its ingest report (every bad line with its number and reason)."""
+
+    report: dict[str, Any] | None
+
+
+@router.get("/datasets", response_model=list[Dataset])
+def list_datasets(store: StoreDep, track: str | None = None) -> list[DatasetInfo]:
     """Ingested datasets, newest first."""
-    return [_dataset(d) for d in sorted(store.list_datasets(track), key=lambda d: d.id, reverse=True)]
+    return sorted(store.list_datasets(track), key=lambda d: d.id, reverse=True)
 
 
-@router.get("/datasets/rejected")
+class RejectedFile(BaseModel):
+    """A file the inbox rejected: its name, when (ISO 8601, to the second) and why."""
+
+    file: str
+    at: str
+    errors: str
+
+
+@router.get("/datasets/rejected", response_model=list[RejectedFile])
 def rejected_files(workspace: WorkspaceDep) -> list[dict]:
     """Files the inbox rejected, with their error reports (inbox/rejected/)."""
     out = []
@@ -56,12 +75,13 @@ def rejected_files(workspace: WorkspaceDep) -> list[dict]:
 
 
 @router.get("/datasets/{dataset_id}")
-def get_dataset(dataset_id: int, store: StoreDep) -> dict:
+def get_dataset(dataset_id: int, store: StoreDep) -> DatasetDetail:
     """One dataset with its ingest report (every bad line with its number and reason)."""
     dataset = store.get_dataset(dataset_id)
     if dataset is None:
         raise NotFoundError(f"no dataset {dataset_id}")
-    return _dataset(dataset, with_report=True)
+    report = Path(dataset.stored_path).with_suffix(".report.json")
+    return DatasetDetail(**dict(dataset), report=json.loads(report.read_text()) if report.is_file() else None)
 
 
 @router.post("/datasets", status_code=201)
@@ -92,7 +112,7 @@ async def upload_dataset(
     out["message"] = added.describe().replace(str(path), name)
     if not added.accepted:
         return JSONResponse({"error": out["message"], **out}, status_code=422)
-    out["dataset"] = _dataset(added.dataset)
+    out["dataset"] = Dataset.model_validate(added.dataset).model_dump(mode="json")
     if queue:
         try:
             job, _ = await run_in_threadpool(queue_job, workspace, store, [str(added.dataset.id)],
@@ -134,7 +154,7 @@ async def _receive(request: Request, folder: Path, name: str, limit: int) -> Pat
         raise
 
 
-def _add(workspace, store, path: Path, track: str):
+def _add(workspace, store: Store, path: Path, track: str):
     from honed.data.datasets import add_dataset_file
 
     return add_dataset_file(workspace, store, path, track=track, mode=workspace.settings.ingest.mode)
@@ -143,33 +163,55 @@ def _add(workspace, store, path: Path, track: str):
 # --- runs and metrics -------------------------------------------------------------------
 
 
-def _run(run) -> dict:
-    out = plain(run)
-    out.pop("adapter_path", None)
-    return out
+class Run(RunInfo):
+    """A run as the API shows it."""
+
+    adapter_path: _ServerPath = Field(None, exclude=True)
 
 
-@router.get("/runs")
-def list_runs(store: StoreDep, track: str | None = None, limit: int = Query(50, ge=1, le=1000)) -> list[dict]:
+class RunCheckpoint(BaseModel):
+    step: int
+    complete: bool
+    created_at: Time
+
+
+class RunDetail(Run):
+    """A run with its checkpoints and, once written, its manifest."""
+
+    checkpoints: list[RunCheckpoint]
+    manifest: dict[str, Any] | None
+
+
+class MetricsPage(BaseModel):
+    """Metric rows by step (``{"step": n, "loss": ..., ...}``, non-finite values as
+    "nan", "inf", "-inf"); ``next_after_step`` is null on the last page."""
+
+    run: str
+    kind: str
+    rows: list[dict[str, Any]]
+    next_after_step: int | None
+
+
+@router.get("/runs", response_model=list[Run])
+def list_runs(store: StoreDep, track: str | None = None,
+              limit: int = Query(50, ge=1, le=1000)) -> list[RunInfo]:
     """Runs, newest first."""
-    return [_run(r) for r in store.list_runs(track, limit=limit)]
+    return store.list_runs(track, limit=limit)
 
 
 @router.get("/runs/{run_id}")
-def get_run(run_id: str, workspace: WorkspaceDep, store: StoreDep) -> dict:
+def get_run(run_id: str, workspace: WorkspaceDep, store: StoreDep) -> RunDetail:
     """One run with its checkpoints and, once written, its manifest."""
     run = store.get_run(run_id)
     if run is None:
         raise NotFoundError(f"no run {run_id!r}")
-    out = _run(run)
-    out["checkpoints"] = [{"step": c.step, "complete": c.complete, "created_at": plain(c.created_at)}
-                          for c in store.list_checkpoints(run_id)]
     manifest = workspace.runs_dir / run_id / "manifest.json"
-    out["manifest"] = json.loads(manifest.read_text()) if run_id.isidentifier() and manifest.is_file() else None
-    return out
+    return RunDetail(
+        **dict(run), checkpoints=[dict(c) for c in store.list_checkpoints(run_id)],
+        manifest=json.loads(manifest.read_text()) if run_id.isidentifier() and manifest.is_file() else None)
 
 
-@router.get("/runs/{run_id}/metrics")
+@router.get("/runs/{run_id}/metrics", response_model=MetricsPage)
 def run_metrics(run_id: str, store: StoreDep,
                 kind: str = Query("train", description=f"One of {', '.join(METRIC_KINDS)}."),
                 after_step: int = Query(-1, description="Only steps above this one (page with next_after_step)."),
@@ -188,7 +230,14 @@ def run_metrics(run_id: str, store: StoreDep,
 # --- system -------------------------------------------------------------------------
 
 
-@router.get("/system")
+class SystemFigures(BaseModel):
+    """CPU and memory of the machine and this process, and one entry per GPU."""
+
+    system: dict[str, Any]
+    accelerators: list[dict[str, Any]]
+
+
+@router.get("/system", response_model=SystemFigures)
 def system() -> dict:
     """This machine now: CPU, RAM, and each GPU where NVML sees one."""
     from honed.telemetry.system import accelerator_stats, system_stats

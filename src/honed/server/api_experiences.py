@@ -9,8 +9,8 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from honed.serialize import plain
 from honed.server.deps import StoreDep, WorkspaceDep
+from honed.store import ExperienceInfo
 
 router = APIRouter(tags=["experiences"])
 
@@ -42,32 +42,32 @@ class Feedback(BaseModel):
 
 
 @router.post("/v1/experiences", status_code=201)
-def log_experience(body: LoggedExperience, workspace: WorkspaceDep, store: StoreDep) -> dict:
+def log_experience(body: LoggedExperience, workspace: WorkspaceDep, store: StoreDep) -> ExperienceInfo:
     """Log an interaction served elsewhere; answers with its id (for feedback later)."""
     experience = store.add_experience(
         track=body.track or workspace.settings.track, messages=[m.model_dump() for m in body.messages],
         output=body.output, adapter_id=body.adapter_id, source="logged", latency_ms=body.latency_ms,
         prompt_tokens=body.prompt_tokens, completion_tokens=body.completion_tokens, meta=body.metadata)
-    return plain(experience)
+    return experience
 
 
 @router.get("/v1/experiences/{experience_id}")
-def get_experience(experience_id: int, store: StoreDep) -> dict:
+def get_experience(experience_id: int, store: StoreDep) -> ExperienceInfo:
     """One experience with its feedback."""
-    return plain(store.get_experience(experience_id))
+    return store.get_experience(experience_id)
 
 
 @router.post("/v1/experiences/{experience_id}/feedback")
-def give_feedback(experience_id: int, body: Feedback, store: StoreDep) -> dict:
+def give_feedback(experience_id: int, body: Feedback, store: StoreDep) -> ExperienceInfo:
     """Attach a score, thumbs up/down and/or a corrected output to an experience."""
-    return plain(store.add_feedback(experience_id, score=body.score, thumbs=body.thumbs,
-                                    corrected_output=body.corrected_output))
+    return store.add_feedback(experience_id, score=body.score, thumbs=body.thumbs,
+                              corrected_output=body.corrected_output)
 
 
 @router.get("/api/experiences")
 def list_experiences(store: StoreDep, track: str | None = None,
                      untrained: bool = Query(False, description="Only those no successful run trained on."),
                      before_id: int | None = Query(None, description="Page back: only ids below this one."),
-                     limit: int = Query(100, ge=1, le=1000)) -> list[dict]:
+                     limit: int = Query(100, ge=1, le=1000)) -> list[ExperienceInfo]:
     """Experiences, newest first."""
-    return plain(store.list_experiences(track, untrained_only=untrained, limit=limit, before_id=before_id))
+    return store.list_experiences(track, untrained_only=untrained, limit=limit, before_id=before_id)

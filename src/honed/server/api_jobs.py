@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from honed.daemon.control import ControlError, control_job, queue_job, remove_job
-from honed.serialize import control_result, plain
+from honed.serialize import control_result
 from honed.server.deps import StoreDep, WorkspaceDep
+from honed.states import CommandState
+from honed.store import AdapterInfo, CheckpointInfo, JobEvent, JobInfo
 from honed.store.schema import JOB_STATES
 
 router = APIRouter(prefix="/api", tags=["jobs"])
@@ -19,7 +21,41 @@ Priority = Literal["high", "normal", "low"]
 Command = Literal["pause", "resume", "stop", "skip", "cancel"]
 
 
-@router.get("/status")
+class Status(BaseModel):
+    """What ``honed status`` shows; ``daemon`` says ``up`` and, while it is, its pid,
+    host, activity and heartbeat, else when it was last seen."""
+
+    workspace: str
+    store: str
+    daemon: dict[str, Any]
+    stop_file: bool
+    running: list[dict[str, Any]]
+    queue: list[dict[str, Any]]
+    base: dict[str, Any] | None
+    tracks: list[dict[str, Any]]
+    datasets: int
+    runs: list[dict[str, Any]]
+
+
+class JobDetail(JobInfo):
+    """A job with its run's checkpoints and the adapters it produced."""
+
+    checkpoints: list[CheckpointInfo]
+    adapters: list[AdapterInfo]
+
+
+class ControlAnswer(BaseModel):
+    """Where a control command got: ``reached`` once the job is in the state asked for."""
+
+    job: JobInfo
+    command: Command
+    reached: bool
+    command_state: CommandState
+    taken_step: int | None
+    message: str
+
+
+@router.get("/status", response_model=Status)
 async def get_status(request: Request) -> dict:
     """The daemon (up or down), the running job with its progress, the queue, tracks (at
     most ``server.status_cache_s`` old; a change made through this server shows at once)."""
@@ -29,14 +65,14 @@ async def get_status(request: Request) -> dict:
 
 @router.get("/jobs")
 def list_jobs(store: StoreDep, state: list[str] | None = Query(None, description="Only jobs in these states."),
-              limit: int = Query(100, ge=1, le=1000)) -> list[dict]:
+              limit: int = Query(100, ge=1, le=1000)) -> list[JobInfo]:
     """Jobs, newest first."""
     for s in state or ():
         if s not in JOB_STATES:
             raise HTTPException(400, f"state {s!r}: allowed: {', '.join(JOB_STATES)}")
     jobs = store.list_jobs(states=tuple(state) if state else None)
     jobs.sort(key=lambda j: j.id, reverse=True)
-    return plain(jobs[:limit])
+    return jobs[:limit]
 
 
 class NewJob(BaseModel):
@@ -49,7 +85,7 @@ class NewJob(BaseModel):
 
 
 @router.post("/jobs", status_code=201)
-def create_job(new: NewJob, workspace: WorkspaceDep, store: StoreDep) -> dict:
+def create_job(new: NewJob, workspace: WorkspaceDep, store: StoreDep) -> JobInfo:
     """Queue a job; the daemon picks it up by priority, then age."""
     try:
         job, _ = queue_job(workspace, store, [str(d) for d in new.datasets],
@@ -57,27 +93,25 @@ def create_job(new: NewJob, workspace: WorkspaceDep, store: StoreDep) -> dict:
                            overrides=new.overrides, source="api")
     except ControlError as exc:
         raise HTTPException(400, str(exc)) from None
-    return plain(job)
+    return job
 
 
 @router.get("/jobs/{job_id}")
-def get_job(job_id: int, store: StoreDep) -> dict:
+def get_job(job_id: int, store: StoreDep) -> JobDetail:
     """One job in full, with its run's checkpoints and the adapter it produced."""
     job = store.get_job(job_id)
-    out = plain(job)
     # The daemon names the run when it claims the job, a moment before the trainer records it.
     recorded = job.run_id is not None and store.get_run(job.run_id) is not None
-    out["checkpoints"] = plain(store.list_checkpoints(job.run_id)) if recorded else []
-    out["adapters"] = [plain(a) for a in store.list_adapters(job.track) if a.job_id == job.id]
-    return out
+    return JobDetail(**dict(job), checkpoints=store.list_checkpoints(job.run_id) if recorded else [],
+                     adapters=[a for a in store.list_adapters(job.track) if a.job_id == job.id])
 
 
 @router.get("/jobs/{job_id}/events")
 def job_events(job_id: int, store: StoreDep, after: int = Query(0, ge=0, description="Only events after this id."),
-               limit: int = Query(500, ge=1, le=5000)) -> list[dict]:
+               limit: int = Query(500, ge=1, le=5000)) -> list[JobEvent]:
     """A job's event log, oldest first; page with ``after`` = the last id you have."""
     store.get_job(job_id)
-    return plain(store.job_events(job_id, after_id=after, limit=limit))
+    return store.job_events(job_id, after_id=after, limit=limit)
 
 
 class PriorityChange(BaseModel):
@@ -85,18 +119,18 @@ class PriorityChange(BaseModel):
 
 
 @router.patch("/jobs/{job_id}")
-def move_job(job_id: int, change: PriorityChange, store: StoreDep) -> dict:
+def move_job(job_id: int, change: PriorityChange, store: StoreDep) -> JobInfo:
     """Change a waiting job's priority."""
-    return plain(store.set_job_priority(job_id, change.priority))
+    return store.set_job_priority(job_id, change.priority)
 
 
 @router.delete("/jobs/{job_id}")
-def delete_job(job_id: int, store: StoreDep) -> dict:
+def delete_job(job_id: int, store: StoreDep) -> JobInfo:
     """Take a job that is not running out of the queue (it is kept as cancelled)."""
-    return plain(remove_job(store, job_id))
+    return remove_job(store, job_id)
 
 
-@router.post("/jobs/{job_id}/{command}")
+@router.post("/jobs/{job_id}/{command}", response_model=ControlAnswer)
 async def control(job_id: int, command: Command, workspace: WorkspaceDep, store: StoreDep, response: Response,
                   wait_s: float = Query(30.0, ge=0, le=600, description="How long to wait for the new state.")) -> dict:
     """pause, resume, stop, skip or cancel a job. Answers once the job reached its new

@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 from honed.server.api_experiences import ChatMessage
 from honed.server.deps import StoreDep, WorkspaceDep
 from honed.server.serving import DeltaStreamer, ModelNameError, ModelPool, ModelReleased, generate, resolve
-from honed.store import StoreError
+from honed.store import Store, StoreError
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -58,7 +58,7 @@ def _error_event(exc: Exception) -> str:
     return f"data: {json.dumps({'error': {'message': str(exc)}})}\n\n"
 
 
-def _released(exc: ModelReleased, store, settings) -> HTTPException:
+def _released(exc: ModelReleased, store: Store, settings) -> HTTPException:
     """The 503 for a request refused while the models are released: Retry-After is
     ``server.retry_after_s``, or the training job's own estimate when that is sooner."""
     wait = settings.retry_after_s
@@ -72,7 +72,21 @@ def _released(exc: ModelReleased, store, settings) -> HTTPException:
     return HTTPException(503, f"{exc}; retry after {wait} s", headers={"Retry-After": str(wait)})
 
 
-@router.get("/models")
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    owned_by: str
+    created: int
+
+
+class ModelList(BaseModel):
+    """OpenAI's model list."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+@router.get("/models", response_model=ModelList)
 def list_models(store: StoreDep) -> dict:
     """Tracks (their live model), each adapter that could serve as ``TRACK@ADAPTER``, and the bare bases."""
     data = []

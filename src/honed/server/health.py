@@ -19,12 +19,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from honed.server.deps import StoreDep
-from honed.store import StoreError
+from honed.store import Store, StoreError
 
 router = APIRouter(tags=["health"])
 
 
-def _store_reachable(store) -> tuple[bool, str | None]:
+def _store_reachable(store: Store) -> tuple[bool, str | None]:
     try:
         store.last_event_id()
     except StoreError as exc:

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from honed.serialize import plain
-from honed.store import StoreError
+from honed.store import Store, StoreError
 from honed.store.schema import METRIC_KINDS
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ SYSTEM_EVERY_S = 2.0
 class LiveFeed:
     """Reads what changed in the store and hands it to every subscriber's queue."""
 
-    def __init__(self, workspace, store, status_cache, poll_s: float) -> None:
+    def __init__(self, workspace, store: Store, status_cache, poll_s: float) -> None:
         self.workspace, self.store, self.status_cache, self.poll_s = workspace, store, status_cache, poll_s
         self.subscribers: set[asyncio.Queue] = set()
         self.task: asyncio.Task | None = None

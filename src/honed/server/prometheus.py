@@ -11,6 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from honed.daemon.lock import daemon_running
+from honed.store import Store
 from honed.store.schema import JOB_STATES
 
 router = APIRouter(tags=["metrics"])
@@ -19,7 +20,7 @@ router = APIRouter(tags=["metrics"])
 class StoreCollector:
     """A prometheus-client collector that reads the store at scrape time."""
 
-    def __init__(self, workspace, store) -> None:
+    def __init__(self, workspace, store: Store) -> None:
         self.workspace, self.store = workspace, store
 
     def collect(self):

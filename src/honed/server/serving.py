@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from honed.store import AdapterInfo, NotFoundError
+from honed.store import AdapterInfo, NotFoundError, Store
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class Answer:
     finish_reason: str
 
 
-def resolve(store, model: str, default_track: str) -> Target:
+def resolve(store: Store, model: str, default_track: str) -> Target:
     """``track`` (its deployed adapter), ``track@ADAPTER`` (name like ``main-a3`` or id),
     ``track@base`` or ``base`` (the default track's bare base)."""
     track_name, _, pick = model.partition("@")
@@ -116,7 +116,7 @@ class ModelPool:
     the device when the first request chooses it, and from then on releases and restores
     the pool while trainers claim that device."""
 
-    def __init__(self, workspace, store, yielder=None) -> None:
+    def __init__(self, workspace, store: Store, yielder=None) -> None:
         self.workspace, self.store, self.yielder = workspace, store, yielder
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # a lease ended or a move is done

@@ -16,12 +16,13 @@ import time
 
 from honed.daemon.status import status_info
 from honed.serialize import plain
+from honed.store import Store
 
 
 class StatusCache:
     """The last status and when it was computed; thread-safe, one computation at a time."""
 
-    def __init__(self, workspace, store, ttl_s: float) -> None:
+    def __init__(self, workspace, store: Store, ttl_s: float) -> None:
         self.workspace, self.store, self.ttl_s = workspace, store, ttl_s
         self._lock = threading.Lock()
         self._value: dict | None = None

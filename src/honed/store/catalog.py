@@ -30,17 +30,6 @@ log = logging.getLogger(__name__)
 # --- bases -------------------------------------------------------------------------
 
 
-def _base(row: sa.Row) -> BaseInfo:
-    return BaseInfo(
-        version=row.version,
-        source=row.source,
-        description=row.description,
-        parent_version=row.parent_version,
-        lineage=dict(row.lineage or {}),
-        created_at=row.created_at,
-    )
-
-
 def add_base(
     conn: sa.Connection,
     source: str,
@@ -78,25 +67,22 @@ def get_base(conn: sa.Connection, version: int | None) -> BaseInfo | None:
     else:
         query = query.where(bases.c.version == version)
     row = conn.execute(query).first()
-    return _base(row) if row else None
+    return BaseInfo.model_validate(row) if row else None
 
 
 def list_bases(conn: sa.Connection) -> list[BaseInfo]:
     """All base versions, oldest first."""
-    return [_base(r) for r in conn.execute(sa.select(bases).order_by(bases.c.version))]
+    rows = conn.execute(sa.select(bases).order_by(bases.c.version))
+    return [BaseInfo.model_validate(r) for r in rows]
 
 
 # --- tracks ------------------------------------------------------------------------
 
 
-def _track(row: sa.Row) -> TrackInfo:
-    return TrackInfo(name=row.name, base_version=row.base_version, created_at=row.created_at)
-
-
 def get_track(conn: sa.Connection, name: str) -> TrackInfo | None:
     """The track called ``name``, if any."""
     row = conn.execute(sa.select(tracks).where(tracks.c.name == name)).first()
-    return _track(row) if row else None
+    return TrackInfo.model_validate(row) if row else None
 
 
 def require_track(conn: sa.Connection, name: str) -> TrackInfo:
@@ -134,14 +120,11 @@ def set_track_base(conn: sa.Connection, name: str, base_version: int) -> TrackIn
 
 def list_tracks(conn: sa.Connection) -> list[TrackInfo]:
     """All tracks by name."""
-    return [_track(r) for r in conn.execute(sa.select(tracks).order_by(tracks.c.name))]
+    rows = conn.execute(sa.select(tracks).order_by(tracks.c.name))
+    return [TrackInfo.model_validate(r) for r in rows]
 
 
 # --- datasets and records ----------------------------------------------------------
-
-
-def _dataset(row: sa.Row) -> DatasetInfo:
-    return DatasetInfo(**{column: row._mapping[column] for column in datasets.c.keys()})
 
 
 def find_dataset(conn: sa.Connection, track: str, file_hash: str) -> DatasetInfo | None:
@@ -149,13 +132,13 @@ def find_dataset(conn: sa.Connection, track: str, file_hash: str) -> DatasetInfo
     row = conn.execute(
         sa.select(datasets).where(datasets.c.track == track, datasets.c.file_hash == file_hash)
     ).first()
-    return _dataset(row) if row else None
+    return DatasetInfo.model_validate(row) if row else None
 
 
 def get_dataset(conn: sa.Connection, dataset_id: int) -> DatasetInfo | None:
     """The dataset with ``dataset_id``, if any."""
     row = conn.execute(sa.select(datasets).where(datasets.c.id == dataset_id)).first()
-    return _dataset(row) if row else None
+    return DatasetInfo.model_validate(row) if row else None
 
 
 def _duplicate(existing: DatasetInfo) -> DuplicateDatasetError:
@@ -225,7 +208,7 @@ def list_datasets(conn: sa.Connection, track: str | None) -> list[DatasetInfo]:
     query = sa.select(datasets).order_by(datasets.c.id)
     if track is not None:
         query = query.where(datasets.c.track == track)
-    return [_dataset(r) for r in conn.execute(query)]
+    return [DatasetInfo.model_validate(r) for r in conn.execute(query)]
 
 
 def count_datasets(conn: sa.Connection) -> int:

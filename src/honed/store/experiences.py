@@ -16,17 +16,6 @@ from honed.store.info import ExperienceInfo
 from honed.store.schema import EXPERIENCE_SOURCES, THUMBS, adapters, experiences, utc_now
 
 
-def _experience(row: sa.Row) -> ExperienceInfo:
-    return ExperienceInfo(
-        id=row.id, track=row.track, base_version=row.base_version, adapter_id=row.adapter_id, source=row.source,
-        messages=list(row.messages), output=row.output, latency_ms=row.latency_ms, prompt_tokens=row.prompt_tokens,
-        completion_tokens=row.completion_tokens, meta=dict(row.meta) if row.meta else None, score=row.score,
-        thumbs=row.thumbs, corrected_output=row.corrected_output, feedback_at=row.feedback_at,
-        trained_run_id=row.trained_run_id, created_at=row.created_at, auto_score=row.auto_score,
-        batch_id=row.batch_id,
-    )
-
-
 def add_experience(conn: sa.Connection, *, track: str, messages: list[dict[str, Any]], output: str,
                    adapter_id: int | None, base_version: int | None, source: str, latency_ms: float | None = None,
                    prompt_tokens: int | None = None, completion_tokens: int | None = None,
@@ -56,7 +45,7 @@ def get_experience(conn: sa.Connection, experience_id: int) -> ExperienceInfo:
     row = conn.execute(sa.select(experiences).where(experiences.c.id == experience_id)).first()
     if row is None:
         raise NotFoundError(f"no experience {experience_id}")
-    return _experience(row)
+    return ExperienceInfo.model_validate(row)
 
 
 def add_feedback(conn: sa.Connection, experience_id: int, *, score: float | None = None, thumbs: str | None = None,
@@ -87,4 +76,4 @@ def list_experiences(conn: sa.Connection, track: str | None, *, untrained_only: 
         query = query.where(experiences.c.trained_run_id.is_(None))
     if before_id is not None:
         query = query.where(experiences.c.id < before_id)
-    return [_experience(r) for r in conn.execute(query)]
+    return [ExperienceInfo.model_validate(r) for r in conn.execute(query)]

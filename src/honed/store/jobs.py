@@ -40,33 +40,12 @@ from honed.store.schema import (
     workers,
 )
 
-PRIORITY_NAMES = {v: k for k, v in JOB_PRIORITIES.items()}
 # States a job may be put into by a control command while no trainer holds it.
 _DIRECT = {
     "pause": ({"queued"}, "paused"),
     "skip": ({"queued", "paused"}, "skipped"),
     "cancel": ({"queued", "paused", "skipped"}, "cancelled"),
 }
-
-
-def _job(row: sa.Row) -> JobInfo:
-    return JobInfo(
-        id=row.id, track=row.track, dataset_ids=list(row.dataset_ids or []),
-        overrides=dict(row.overrides or {}), priority=PRIORITY_NAMES.get(row.priority, str(row.priority)),
-        state=row.state, source=row.source, run_id=row.run_id, failures=row.failures,
-        not_before=row.not_before, error=row.error, worker=row.worker, trainer_pid=row.trainer_pid,
-        heartbeat_at=row.heartbeat_at, progress=dict(row.progress) if row.progress else None,
-        created_at=row.created_at, updated_at=row.updated_at, started_at=row.started_at,
-        ended_at=row.ended_at, fence=row.fence, lease_until=row.lease_until,
-    )
-
-
-def _command(row: sa.Row) -> CommandInfo:
-    return CommandInfo(
-        id=row.id, job_id=row.job_id, command=row.command, state=row.state,
-        requested_at=row.requested_at, taken_at=row.taken_at, taken_step=row.taken_step,
-        done_at=row.done_at, outcome=row.outcome,
-    )
 
 
 def priority_value(priority: str) -> int:
@@ -173,7 +152,7 @@ def get_job(conn: sa.Connection, job_id: int, lock: bool = False) -> JobInfo:
     row = conn.execute(query).first()
     if row is None:
         raise NotFoundError(f"no job {job_id}")
-    return _job(row)
+    return JobInfo.model_validate(row)
 
 
 def list_jobs(conn: sa.Connection, states: tuple[str, ...] | None, limit: int | None) -> list[JobInfo]:
@@ -186,7 +165,7 @@ def list_jobs(conn: sa.Connection, states: tuple[str, ...] | None, limit: int | 
         query = query.where(jobs.c.state.in_(states))
     if limit:
         query = query.limit(limit)
-    return [_job(r) for r in conn.execute(query)]
+    return [JobInfo.model_validate(r) for r in conn.execute(query)]
 
 
 def _update(conn: sa.Connection, job_id: int, **values: Any) -> None:
@@ -336,7 +315,7 @@ def open_commands(conn: sa.Connection, job_id: int) -> list[CommandInfo]:
     """The job's commands that are not done, oldest first."""
     rows = conn.execute(sa.select(job_commands).where(
         job_commands.c.job_id == job_id, job_commands.c.state != "done").order_by(job_commands.c.id))
-    return [_command(r) for r in rows]
+    return [CommandInfo.model_validate(r) for r in rows]
 
 
 def get_command(conn: sa.Connection, command_id: int) -> CommandInfo:
@@ -344,7 +323,7 @@ def get_command(conn: sa.Connection, command_id: int) -> CommandInfo:
     row = conn.execute(sa.select(job_commands).where(job_commands.c.id == command_id)).first()
     if row is None:
         raise NotFoundError(f"no command {command_id}")
-    return _command(row)
+    return CommandInfo.model_validate(row)
 
 
 def _finish_command(conn: sa.Connection, command_id: int, outcome: str) -> None:
@@ -456,8 +435,7 @@ def events_after(conn: sa.Connection, after_id: int, limit: int | None,
         query = query.where(job_events.c.job_id == job_id)
     if limit:
         query = query.limit(limit)
-    return [JobEvent(id=r.id, job_id=r.job_id, at=r.at, kind=r.kind, message=r.message,
-                     data=dict(r.data) if r.data else None) for r in conn.execute(query)]
+    return [JobEvent.model_validate(r) for r in conn.execute(query)]
 
 
 def last_event_id(conn: sa.Connection) -> int:
@@ -475,12 +453,6 @@ def job_counts(conn: sa.Connection) -> dict[str, dict[str, int]]:
 # --- workers -----------------------------------------------------------------------
 
 
-def _worker(row: sa.Row) -> WorkerInfo:
-    return WorkerInfo(id=row.id, host=row.host, pid=row.pid, workspace=row.workspace,
-                      started_at=row.started_at, heartbeat_at=row.heartbeat_at,
-                      stopped_at=row.stopped_at, state=dict(row.state) if row.state else None)
-
-
 def register_worker(conn: sa.Connection, worker_id: str, host: str, pid: int, workspace: str) -> WorkerInfo:
     """Record a daemon that starts now."""
     now = utc_now()
@@ -492,7 +464,7 @@ def register_worker(conn: sa.Connection, worker_id: str, host: str, pid: int, wo
 def get_worker(conn: sa.Connection, worker_id: str) -> WorkerInfo | None:
     """The worker with this id, if any."""
     row = conn.execute(sa.select(workers).where(workers.c.id == worker_id)).first()
-    return _worker(row) if row else None
+    return WorkerInfo.model_validate(row) if row else None
 
 
 def beat_worker(conn: sa.Connection, worker_id: str, state: dict[str, Any] | None, stopped: bool) -> None:
@@ -508,4 +480,4 @@ def list_workers(conn: sa.Connection, workspace: str | None, limit: int) -> list
     query = sa.select(workers).order_by(workers.c.started_at.desc()).limit(limit)
     if workspace is not None:
         query = query.where(workers.c.workspace == workspace)
-    return [_worker(r) for r in conn.execute(query)]
+    return [WorkerInfo.model_validate(r) for r in conn.execute(query)]

@@ -12,7 +12,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from honed.store.errors import NotFoundError, StoreError
-from honed.store.experiences import _experience
 from honed.store.info import ExperienceInfo, LearningBatchInfo, TeacherAnswerInfo
 from honed.store.schema import (
     JOB_FINAL_STATES,
@@ -25,21 +24,6 @@ from honed.store.schema import (
 )
 
 
-def _answer(row: sa.Row) -> TeacherAnswerInfo:
-    return TeacherAnswerInfo(
-        id=row.id, experience_id=row.experience_id, track=row.track, model=row.model, status=row.status,
-        output=row.output, reason=row.reason, score=row.score, latency_ms=row.latency_ms, created_at=row.created_at,
-    )
-
-
-def _batch(row: sa.Row) -> LearningBatchInfo:
-    return LearningBatchInfo(
-        id=row.id, track=row.track, base_version=row.base_version, dataset_id=row.dataset_id, job_id=row.job_id,
-        trigger=row.trigger, experience_ids=list(row.experience_ids), counts=dict(row.counts),
-        provenance_path=row.provenance_path, trained_run_id=row.trained_run_id, created_at=row.created_at,
-    )
-
-
 def open_experiences(conn: sa.Connection, track: str) -> list[ExperienceInfo]:
     """The track's experiences that no run has trained on and that no batch still in
     the queue holds, oldest first: what the loop may classify, correct and assemble."""
@@ -50,7 +34,7 @@ def open_experiences(conn: sa.Connection, track: str) -> list[ExperienceInfo]:
              .where(experiences.c.track == track, experiences.c.trained_run_id.is_(None))
              .where(sa.or_(experiences.c.batch_id.is_(None), experiences.c.batch_id.not_in(in_flight)))
              .order_by(experiences.c.id))
-    return [_experience(r) for r in conn.execute(query)]
+    return [ExperienceInfo.model_validate(r) for r in conn.execute(query)]
 
 
 def set_auto_scores(conn: sa.Connection, scores: dict[int, float]) -> None:
@@ -69,7 +53,8 @@ def add_teacher_answer(conn: sa.Connection, *, experience_id: int, track: str, m
         experience_id=experience_id, track=track, model=model, status=status, output=output, reason=reason,
         score=score, latency_ms=latency_ms, created_at=utc_now(),
     )).inserted_primary_key[0]
-    return _answer(conn.execute(sa.select(teacher_answers).where(teacher_answers.c.id == new_id)).one())
+    row = conn.execute(sa.select(teacher_answers).where(teacher_answers.c.id == new_id)).one()
+    return TeacherAnswerInfo.model_validate(row)
 
 
 def teacher_answers_for(conn: sa.Connection, experience_ids: Iterable[int]) -> dict[int, list[TeacherAnswerInfo]]:
@@ -81,7 +66,7 @@ def teacher_answers_for(conn: sa.Connection, experience_ids: Iterable[int]) -> d
         query = (sa.select(teacher_answers).where(teacher_answers.c.experience_id.in_(chunk))
                  .order_by(teacher_answers.c.id))
         for row in conn.execute(query):
-            out[row.experience_id].append(_answer(row))
+            out[row.experience_id].append(TeacherAnswerInfo.model_validate(row))
     return out
 
 
@@ -93,7 +78,7 @@ def list_teacher_answers(conn: sa.Connection, track: str | None, *, status: str 
         query = query.where(teacher_answers.c.track == track)
     if status is not None:
         query = query.where(teacher_answers.c.status == status)
-    return [_answer(r) for r in conn.execute(query)]
+    return [TeacherAnswerInfo.model_validate(r) for r in conn.execute(query)]
 
 
 def teacher_calls_since(conn: sa.Connection, track: str, since: datetime) -> tuple[int, datetime | None]:
@@ -123,7 +108,7 @@ def get_batch(conn: sa.Connection, batch_id: int) -> LearningBatchInfo:
     row = conn.execute(sa.select(learning_batches).where(learning_batches.c.id == batch_id)).first()
     if row is None:
         raise NotFoundError(f"no learning batch {batch_id}")
-    return _batch(row)
+    return LearningBatchInfo.model_validate(row)
 
 
 def list_batches(conn: sa.Connection, track: str | None, limit: int = 20) -> list[LearningBatchInfo]:
@@ -131,7 +116,7 @@ def list_batches(conn: sa.Connection, track: str | None, limit: int = 20) -> lis
     query = sa.select(learning_batches).order_by(learning_batches.c.id.desc()).limit(limit)
     if track is not None:
         query = query.where(learning_batches.c.track == track)
-    return [_batch(r) for r in conn.execute(query)]
+    return [LearningBatchInfo.model_validate(r) for r in conn.execute(query)]
 
 
 def mark_batches_trained(conn: sa.Connection, run_id: str, dataset_ids: Iterable[int]) -> int:

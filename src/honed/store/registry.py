@@ -20,27 +20,6 @@ from honed.store.info import AdapterInfo, DeploymentInfo
 from honed.store.schema import adapters, deployments, encode_non_finite, tracks, utc_now
 
 
-def adapter_name(track: str, adapter_id: int) -> str:
-    """The name a serving engine loads an adapter under: new for every version, so a
-    server never reuses cached prefixes of an older one (e.g. ``main-a7``)."""
-    return f"{track}-a{adapter_id}"
-
-
-def _adapter(row: sa.Row) -> AdapterInfo:
-    return AdapterInfo(
-        id=row.id, name=adapter_name(row.track, row.id), track=row.track, run_id=row.run_id, job_id=row.job_id,
-        base_version=row.base_version, path=row.path, state=row.state,
-        evaluation=dict(row.evaluation) if row.evaluation else None,
-        verdict=dict(row.verdict) if row.verdict else None, created_at=row.created_at, updated_at=row.updated_at,
-    )
-
-
-def _deployment(row: sa.Row) -> DeploymentInfo:
-    return DeploymentInfo(id=row.id, track=row.track, adapter_id=row.adapter_id,
-                          previous_adapter_id=row.previous_adapter_id, action=row.action, reason=row.reason,
-                          at=row.at, hooks=list(row.hooks) if row.hooks else None)
-
-
 def add_adapter(conn: sa.Connection, *, track: str, run_id: str | None, job_id: int | None,
                 base_version: int, path: str) -> AdapterInfo:
     """Register a run's adapter as a candidate."""
@@ -58,7 +37,7 @@ def get_adapter(conn: sa.Connection, adapter_id: int) -> AdapterInfo:
     row = conn.execute(sa.select(adapters).where(adapters.c.id == adapter_id)).first()
     if row is None:
         raise NotFoundError(f"no adapter {adapter_id}")
-    return _adapter(row)
+    return AdapterInfo.model_validate(row)
 
 
 def list_adapters(conn: sa.Connection, track: str | None) -> list[AdapterInfo]:
@@ -66,20 +45,20 @@ def list_adapters(conn: sa.Connection, track: str | None) -> list[AdapterInfo]:
     query = sa.select(adapters).order_by(adapters.c.id.desc())
     if track is not None:
         query = query.where(adapters.c.track == track)
-    return [_adapter(r) for r in conn.execute(query)]
+    return [AdapterInfo.model_validate(r) for r in conn.execute(query)]
 
 
 def adapter_for_run(conn: sa.Connection, run_id: str) -> AdapterInfo | None:
     """The adapter a run produced (the newest, should there be several), or None."""
     row = conn.execute(sa.select(adapters).where(adapters.c.run_id == run_id)
                        .order_by(adapters.c.id.desc()).limit(1)).first()
-    return _adapter(row) if row else None
+    return AdapterInfo.model_validate(row) if row else None
 
 
 def deployed_adapter(conn: sa.Connection, track: str) -> AdapterInfo | None:
     """The adapter deployed on ``track`` now, or None (the bare base)."""
     row = conn.execute(sa.select(adapters).where(adapters.c.track == track, adapters.c.state == "deployed")).first()
-    return _adapter(row) if row else None
+    return AdapterInfo.model_validate(row) if row else None
 
 
 def record_evaluation(conn: sa.Connection, adapter_id: int, evaluation: dict[str, Any], verdict: dict[str, Any],
@@ -174,7 +153,7 @@ def get_deployment(conn: sa.Connection, deployment_id: int) -> DeploymentInfo:
     row = conn.execute(sa.select(deployments).where(deployments.c.id == deployment_id)).first()
     if row is None:
         raise NotFoundError(f"no deployment {deployment_id}")
-    return _deployment(row)
+    return DeploymentInfo.model_validate(row)
 
 
 def list_deployments(conn: sa.Connection, track: str, limit: int | None = None) -> list[DeploymentInfo]:
@@ -182,7 +161,7 @@ def list_deployments(conn: sa.Connection, track: str, limit: int | None = None) 
     query = sa.select(deployments).where(deployments.c.track == track).order_by(deployments.c.id.desc())
     if limit:
         query = query.limit(limit)
-    return [_deployment(r) for r in conn.execute(query)]
+    return [DeploymentInfo.model_validate(r) for r in conn.execute(query)]
 
 
 def deployment_counts(conn: sa.Connection) -> dict[tuple[str, str], int]:

@@ -30,27 +30,10 @@ from honed.store.schema import (
 FINAL_STATUSES = tuple(s for s in RUN_STATUSES if s != "running")
 
 
-def _run(row: sa.Row) -> RunInfo:
-    return RunInfo(
-        id=row.id,
-        track=row.track,
-        base_version=row.base_version,
-        status=row.status,
-        config=dict(row.config or {}),
-        dataset_ids=list(row.dataset_ids or []),
-        attempt=row.attempt,
-        started_at=row.started_at,
-        ended_at=row.ended_at,
-        final_metrics=decode_non_finite(row.final_metrics),
-        error=row.error,
-        adapter_path=row.adapter_path,
-    )
-
-
 def get_run(conn: sa.Connection, run_id: str) -> RunInfo | None:
     """The run with ``run_id``, if any."""
     row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).first()
-    return _run(row) if row else None
+    return RunInfo.model_validate(row) if row else None
 
 
 def current_attempt(conn: sa.Connection, run_id: str, fence: int | None = None) -> int:
@@ -106,7 +89,7 @@ def list_runs(conn: sa.Connection, track: str | None, limit: int) -> list[RunInf
     query = sa.select(runs).order_by(runs.c.started_at.desc(), runs.c.id.desc()).limit(limit)
     if track is not None:
         query = query.where(runs.c.track == track)
-    return [_run(r) for r in conn.execute(query)]
+    return [RunInfo.model_validate(r) for r in conn.execute(query)]
 
 
 def start_attempt(conn: sa.Connection, run_id: str) -> int:
@@ -166,16 +149,6 @@ def finish_run(
 # --- checkpoints -------------------------------------------------------------------
 
 
-def _checkpoint(row: sa.Row) -> CheckpointInfo:
-    return CheckpointInfo(
-        run_id=row.run_id,
-        step=row.step,
-        path=row.path,
-        complete=bool(row.complete),
-        created_at=row.created_at,
-    )
-
-
 def record_checkpoint(
     conn: sa.Connection, run_id: str, step: int, path: str, attempt: int | None
 ) -> None:
@@ -209,7 +182,7 @@ def list_checkpoints(conn: sa.Connection, run_id: str) -> list[CheckpointInfo]:
         .where(checkpoints.c.run_id == run_id, checkpoints.c.complete.is_(True))
         .order_by(checkpoints.c.step)
     )
-    return [_checkpoint(r) for r in rows]
+    return [CheckpointInfo.model_validate(r) for r in rows]
 
 
 # --- metrics -----------------------------------------------------------------------
