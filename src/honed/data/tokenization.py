@@ -15,7 +15,6 @@ renderings are not prefixes of each other is refused with a clear message.
 from __future__ import annotations
 
 from collections.abc import Sequence
-
 from dataclasses import dataclass
 
 IGNORE = -100
