@@ -9,6 +9,7 @@ version table lands there too), dropped afterwards.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import secrets
 from collections.abc import Iterator
@@ -20,6 +21,51 @@ import sqlalchemy as sa
 # Nothing in the tests may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+# Each test's tier (`pytest -m unit`, `-m integration`, `-m reliability`), by node id: the
+# first pattern that matches wins. unit: pure logic, no torch, no subprocess, no store;
+# reliability: kills processes, sends signals, crashes on purpose; integration: everything
+# else (a real store, HTTP server, CLI subprocess or model), which is also what a test
+# listed nowhere gets: a new test is counted as unit only once it is listed as one.
+# A test that carries a tier marker of its own keeps it.
+TIERS = ("unit", "integration", "reliability")
+TIER_BY_NODE_ID = [
+    ("tests/training/test_checkpoints.py::test_kill_*", "reliability"),
+    ("tests/training/test_atomic_artefacts.py::*", "reliability"),
+    ("tests/training/test_trainer.py::test_sigkilled_*", "reliability"),
+    ("tests/daemon/test_supervision.py::*", "reliability"),
+    ("tests/daemon/test_trainer_fencing.py::*", "reliability"),
+    ("tests/daemon/test_shared_store.py::*", "reliability"),
+    ("tests/daemon/test_distributed.py::test_a_rank_killed_*", "reliability"),
+    ("tests/models/test_gguf_base.py::test_a_kill_during_conversion_*", "reliability"),
+    ("tests/registry/test_consolidation.py::test_consolidation_killed_*", "reliability"),
+    ("tests/registry/test_deployment.py::test_sigkill_*", "reliability"),
+    ("tests/server/test_device_sharing.py::test_a_dead_trainers_claim_*", "reliability"),
+    ("tests/training/test_checkpoints.py::*", "unit"),  # the rest of it: the standard library only
+    ("tests/data/*", "unit"),
+    ("tests/evaluation/test_gates_statistics.py::*", "unit"),
+    ("tests/evaluation/test_scorers_and_gates.py::*", "unit"),
+    ("tests/telemetry/test_energy.py::test_nvml_*", "integration"),  # a real GPU's counter
+    ("tests/telemetry/test_energy.py::*", "unit"),
+    ("tests/daemon/test_daemon_log.py::*", "unit"),
+    ("tests/test_config.py::*", "unit"),
+]
+
+
+def tier_of(node_id: str) -> str:
+    """The tier of the test with ``node_id`` (relative to the repository root)."""
+    return next((tier for pattern, tier in TIER_BY_NODE_ID if fnmatch.fnmatchcase(node_id, pattern)),
+                "integration")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give every test exactly one tier marker, from TIER_BY_NODE_ID unless it has one."""
+    for item in items:
+        own = [tier for tier in TIERS if item.get_closest_marker(tier) is not None]
+        if len(own) > 1:
+            raise pytest.UsageError(f"{item.nodeid} is marked {' and '.join(own)}: a test has one tier")
+        if not own:
+            item.add_marker(tier_of(item.nodeid))
 
 
 @pytest.fixture(scope="session")

@@ -191,6 +191,6 @@ def write_bytes_atomically(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
-def write_json_atomically(path: Path, obj) -> None:
+def write_json_atomically(path: Path, obj: object) -> None:
     """Replace ``path`` with ``obj`` as indented JSON."""
     write_bytes_atomically(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())

@@ -154,7 +154,8 @@ def run_demo(directory: Path, *, base: str = "smollm2", say: Callable[[str], Non
     update_config_file(directory, plan.settings)  # the gates are honed's defaults
     workspace = open_workspace(directory)
     prepared_s = time.monotonic() - started
-    log = open(workspace.logs_dir / "demo-daemon.out", "ab")
+    # Open for the whole demo: the daemon and then 'honed serve' write to it; closed in the finally below.
+    log = open(workspace.logs_dir / "demo-daemon.out", "ab")  # noqa: SIM115
     daemon = subprocess.Popen([sys.executable, "-m", "honed.cli", "daemon", "-w", str(directory), "--quiet"],
                               stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     store = workspace.open_store()

@@ -77,7 +77,8 @@ def test_status_reports_the_workspace(make_workspace, tiny_random_base):
         ("", {"HONED_TRAIN__BATCH_SIZE": "0"}, "environment (HONED_*): train.batch_size = 0"),
     ],
 )
-def test_a_wrong_setting_names_key_value_origin_and_what_is_allowed(make_workspace, tiny_random_base, toml_extra, env, expected):
+def test_a_wrong_setting_names_key_value_origin_and_what_is_allowed(make_workspace, tiny_random_base, toml_extra, env,
+                                                                    expected):
     ws = make_workspace(tiny_random_base)
     (ws.root / "honed.toml").write_text(f"base = {str(tiny_random_base)!r}\n{toml_extra}")
     out = run_honed("status", "-w", str(ws.root), env=env, check=False)

@@ -4,6 +4,7 @@ process they left, whatever the test did to them."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -119,10 +120,8 @@ def start_daemon(tmp_path):
     roots = {d.root for d in started}
     for root in roots:
         for proc in trainer_processes(root):
-            try:
+            with contextlib.suppress(psutil.Error):
                 proc.kill()
-            except psutil.Error:
-                pass
 
 
 def synth(path: Path, n: int, seed: int = 0, family: str = "reversal") -> Path:

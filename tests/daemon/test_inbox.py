@@ -55,14 +55,11 @@ def test_partial_names_and_files_open_for_writing_are_left_alone(inbox, tmp_path
     (inbox.root / ".hidden.jsonl").write_text("{}\n")
     (inbox.root / "upload.jsonl.part").write_text("{}\n")
     (inbox.root / "x.tmp").write_text("{}\n")
-    writer = open(inbox.root / "open.jsonl", "w")
-    writer.write(synth(tmp_path / "o.jsonl", 5).read_text())
-    writer.flush()
-    try:
+    with open(inbox.root / "open.jsonl", "w") as writer:
+        writer.write(synth(tmp_path / "o.jsonl", 5).read_text())
+        writer.flush()
         inbox.ready_files(now=0.0)
         assert inbox.ready_files(now=10.0) == []  # settled in size, but still open for writing
-    finally:
-        writer.close()
     assert [p.name for p, _ in inbox.ready_files(now=20.0)] == ["open.jsonl"]
 
 

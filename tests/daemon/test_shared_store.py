@@ -9,6 +9,7 @@ is tested here, not training).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -43,10 +44,8 @@ def fake_trainer(monkeypatch, tmp_path):
     for proc in psutil.process_iter(["cmdline"]):  # a stopped or orphaned fake trainer must not outlive the test
         cmd = proc.info.get("cmdline") or []
         if "tests.daemon.fake_trainer" in cmd and any(str(tmp_path) in part for part in cmd):
-            try:
+            with contextlib.suppress(psutil.Error):
                 proc.kill()
-            except psutil.Error:
-                pass
 
 
 def shared_workspaces(tmp_path: Path, base: Path, url: str, n: int, daemon: dict) -> list[Workspace]:
@@ -159,10 +158,8 @@ def test_a_daemon_frozen_past_its_lease_loses_its_job_and_its_writes_are_refused
         assert store.job_events(nxt.id)[1].data["worker"] == held.worker
     finally:
         for pid in stopped:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
         store.close()
 
 

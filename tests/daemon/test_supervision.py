@@ -57,7 +57,7 @@ def test_trainer_killed_at_five_random_steps_finishes_with_the_uninterrupted_los
     start_daemon(ws)
     run_dir = ws.runs_dir / wait_for(lambda: store.get_job(job.id).run_id, 30, "a run id")
     for target in kill_at:
-        def trainer_at_target():
+        def trainer_at_target(target=target):
             current = store.get_job(job.id)
             if current.state == "running" and current.trainer_pid and last_logged_step(run_dir) >= target:
                 return current.trainer_pid
@@ -65,7 +65,7 @@ def test_trainer_killed_at_five_random_steps_finishes_with_the_uninterrupted_los
 
         pid = wait_for(trainer_at_target, 120, f"the trainer to pass step {target}", interval=0.005)
         os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: not pid_alive(pid), 30, f"trainer {pid} to die")
+        wait_for(lambda pid=pid: not pid_alive(pid), 30, f"trainer {pid} to die")
     done = finished(store, job.id)
     assert done.state == "succeeded", [e.message for e in store.job_events(job.id)]
     run = store.get_run(done.run_id)

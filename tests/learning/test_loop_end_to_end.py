@@ -65,7 +65,7 @@ def _ask_all(client: openai.OpenAI, server_url: str, questions) -> tuple[float, 
     return right / len(questions), adapters
 
 
-def test_the_model_in_use_gets_better_from_its_own_use(make_workspace, tiny_random_base, start_daemon, tmp_path):
+def test_the_model_in_use_gets_better_from_its_own_use(make_workspace, tiny_random_base, start_daemon, tmp_path):  # noqa: F811 (pytest fixture imported above)
     questions = generate("reversal", 24, seed=7)
     teacher = _teacher(make_workspace, tiny_random_base, questions, tmp_path)
     try:
@@ -114,7 +114,7 @@ def test_the_model_in_use_gets_better_from_its_own_use(make_workspace, tiny_rand
     finally:
         teacher.stop()
 
-    provenance = json.loads(open(batch.provenance_path).read())
+    provenance = json.loads(batch.provenance_path.read_text())
     assert {p["source"] for p in provenance["lines"]} == {"teacher"}
     assert batch.counts["teacher"] == len(batch.experience_ids) >= 16
     # The teacher's wrong answers were refused by the scorer and never became data.

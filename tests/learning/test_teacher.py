@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 
 from honed.learning.curriculum import teacher_pass
 from honed.learning.trigger import learning_state, run_now
-
 from tests.cli_runner import free_port
 from tests.learning.conftest import configure_learning, log_reversals
 

@@ -107,9 +107,9 @@ def test_smollm2_learns_through_the_daemon_serves_and_consolidates(gguf_cache, t
         "eval": {"max_records": 40, "max_new_tokens": 48, "batch_size": 20},
     })
     ws = open_workspace(root)
-    log = open(tmp_path / "daemon.log", "ab")
-    daemon = subprocess.Popen([sys.executable, "-m", "honed.cli", "daemon", "-w", str(root), "--quiet"], env=env,
-                              stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    with open(tmp_path / "daemon.log", "ab") as log:  # the daemon keeps its own copy of the descriptor
+        daemon = subprocess.Popen([sys.executable, "-m", "honed.cli", "daemon", "-w", str(root), "--quiet"], env=env,
+                                  stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     store = ws.open_store()
     try:
         records = generate("person_json", 200, seed=4)
@@ -122,7 +122,6 @@ def test_smollm2_learns_through_the_daemon_serves_and_consolidates(gguf_cache, t
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=120)
-        log.close()
     # The lineage names the GGUF the base came from.
     assert len(store.get_base(0).lineage["sha256"]) == 64
     verdict, evaluation = deployed.verdict, deployed.evaluation

@@ -62,7 +62,8 @@ def test_deploy_rollback_walks_back_and_hooks_see_every_switch(ws, tmp_path):
     again = rollback(ws, store, "main", to=b.id)
     assert again.adapter.id == b.id
     assert seen.read_text().splitlines() == [f"deploy {a.id} main-a{a.id}", f"deploy {b.id} main-a{b.id}",
-                                             f"rollback {a.id} main-a{a.id}", "rollback  ", f"rollback {b.id} main-a{b.id}"]
+                                             f"rollback {a.id} main-a{a.id}", "rollback  ",
+                                             f"rollback {b.id} main-a{b.id}"]
     assert [d.action for d in store.list_deployments("main")] == ["rollback"] * 3 + ["deploy"] * 2
     store.close()
 

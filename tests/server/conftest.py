@@ -1,5 +1,5 @@
-"""A real honed app on a real uvicorn server (on a thread of the test process), on a temporary workspace whose store is a
-SQLite file or a fresh PostgreSQL schema."""
+"""A real honed app on a real uvicorn server (on a thread of the test process), on a temporary workspace whose store is
+a SQLite file or a fresh PostgreSQL schema."""
 
 from __future__ import annotations
 

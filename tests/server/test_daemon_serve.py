@@ -18,9 +18,9 @@ def test_the_daemon_serves_the_api(make_workspace, tiny_random_base, tmp_path):
     ws = make_workspace(tiny_random_base)
     port = free_port()
     update_config_file(ws.root, {"server": {"port": port}})
-    out = open(tmp_path / "daemon.out", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "honed.cli", "daemon", "--serve", "-w", str(ws.root)],
-                            stdout=out, stderr=out)
+    with open(tmp_path / "daemon.out", "wb") as out:  # the daemon keeps its own copy of the descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "honed.cli", "daemon", "--serve", "-w", str(ws.root)],
+                                stdout=out, stderr=out)
     try:
         def daemon_up():
             assert proc.poll() is None, (tmp_path / "daemon.out").read_text()

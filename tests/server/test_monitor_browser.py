@@ -61,9 +61,9 @@ def honed_serve(tmp_path):
 
     def start(ws) -> str:
         port = free_port()
-        log = open(tmp_path / f"serve-{port}.out", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "honed.cli", "serve", "-w", str(ws.root), "--port", str(port)],
-                                stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        command = [sys.executable, "-m", "honed.cli", "serve", "-w", str(ws.root), "--port", str(port)]
+        with open(tmp_path / f"serve-{port}.out", "wb") as log:  # the server keeps its own copy of the descriptor
+            proc = subprocess.Popen(command, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
 
@@ -83,7 +83,7 @@ def honed_serve(tmp_path):
         proc.wait(timeout=20)
 
 
-def test_live_chart_and_pause(make_workspace, tiny_random_base, start_daemon, honed_serve, page, tmp_path):
+def test_live_chart_and_pause(make_workspace, tiny_random_base, start_daemon, honed_serve, page, tmp_path):  # noqa: F811 (pytest fixture imported above)
     ws = configure(make_workspace(tiny_random_base), {
         "train": {"epochs": 4.0, "eval_every": 40, "checkpoint_every": 20},
         "telemetry": {"layer_stats_every": 5},
@@ -134,8 +134,8 @@ def _candidate(store, ws, name):
     adapter = store.add_adapter(track="main", run_id=None, job_id=None, base_version=0, path=str(path))
     verdict = {"passed": True, "failed": [], "rules": [{"rule": "heldout exact_match", "ok": True, "detail": "0.9"}],
                "require_approval": False, "baseline": "base"}
-    evaluation = {"candidate": {"heldout": {"exact_match": 0.9, "n": 10}}, "baseline": {"heldout": {"exact_match": 0.1}},
-                  "baseline_name": "base"}
+    evaluation = {"candidate": {"heldout": {"exact_match": 0.9, "n": 10}},
+                  "baseline": {"heldout": {"exact_match": 0.1}}, "baseline_name": "base"}
     return store.record_evaluation(adapter.id, evaluation, verdict, "candidate")
 
 

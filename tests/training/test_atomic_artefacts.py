@@ -16,8 +16,8 @@ VISIBLE_FROM = DIRECTORY_PHASES.index("renamed")  # killed at or after this phas
 
 
 def kill_save_at(phase: str, base: Path, out: Path, seed: int) -> int:
-    proc = subprocess.run([sys.executable, "-m", "tests.kill_at_phase", phase, "adapter", str(base), str(out), str(seed)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-m", "tests.kill_at_phase", phase, "adapter", str(base), str(out), str(seed)]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     return proc.returncode
 
 

@@ -140,7 +140,7 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_loss_and_gradients
         calls = []
         first_mlp = model.get_base_model().model.layers[0].mlp
         # A pre-hook: recomputation stops early once it has what backward needs, inside the MLP.
-        hook = first_mlp.register_forward_pre_hook(lambda *_: calls.append(1))
+        hook = first_mlp.register_forward_pre_hook(lambda *_, calls=calls: calls.append(1))
         torch.manual_seed(11)  # the same dropout masks; the recomputation must replay them
         loss = batch_loss_sum(model, batch) / batch.n_targets
         loss.backward()

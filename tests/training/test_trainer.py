@@ -15,7 +15,6 @@ import torch
 from safetensors.torch import load_file
 
 from honed.config import TrainSettings
-from honed.data.datasets import add_dataset_file
 from honed.data.synthetic import write_synthetic
 from honed.training.oneshot import train_once
 from honed.workspace import open_workspace
@@ -79,12 +78,12 @@ def test_adapter_weights_change_and_base_weights_do_not(make_workspace, tiny_ran
 
 def test_batch_one_times_accumulation_four_equals_batch_four(tiny_random_base, reversal_data):
     from honed.config import LoraSettings
+    from honed.data.ingest import ingest_file
     from honed.data.packing import pack_batch
     from honed.data.plan import read_jsonl
     from honed.data.tokenization import tokenize_record
     from honed.training.model_loading import attach_lora, load_base_model, load_tokenizer
     from honed.training.trainer import examples_for_step, train_step
-    from honed.data.ingest import ingest_file
 
     tokenizer = load_tokenizer(str(tiny_random_base))
     result = ingest_file(reversal_data, reversal_data.parent / "norm", mode="strict")
@@ -181,7 +180,8 @@ def test_pause_writes_a_checkpoint_and_resume_finishes_the_run(make_workspace, t
     assert result["status"] == "succeeded" and result["step"] == 8 and result["attempt"] == 2
 
 
-def test_exploding_gradients_with_policy_fail_fail_the_run_and_keep_no_bad_update(make_workspace, tiny_random_base, reversal_data):
+def test_exploding_gradients_with_policy_fail_fail_the_run_and_keep_no_bad_update(make_workspace, tiny_random_base,
+                                                                                  reversal_data):
     ws = make_workspace(tiny_random_base)
     summary = _train(ws.root, reversal_data, "train.max_steps=5", "train.grad_norm_limit=1e-9",
                      "train.nonfinite_policy=fail")
@@ -207,7 +207,7 @@ def test_policy_lower_lr_halves_the_rate_after_each_bad_step(make_workspace, tin
     ws = make_workspace(tiny_random_base)
     summary = _train(ws.root, reversal_data, "train.max_steps=3", "train.grad_norm_limit=1e-9",
                      "train.nonfinite_policy=lower_lr", "train.warmup_steps=0", "train.schedule=constant")
-    rows = [json.loads(l) for l in (ws.runs_dir / summary["run"] / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (ws.runs_dir / summary["run"] / "metrics.jsonl").read_text().splitlines()]
     lrs = [r["lr"] for r in rows if r["kind"] == "train"]
     assert lrs == pytest.approx([3e-3, 1.5e-3, 0.75e-3])
     assert all("grad_norm_limit" in r["skipped"] for r in rows if r["kind"] == "train")

@@ -21,7 +21,8 @@ def trained(tmp_path_factory, tiny_random_base):
     init_workspace(root, base=str(tiny_random_base))
     data, _ = write_synthetic("reversal", 160, root / "data.jsonl", seed=3, eval_n=0)
     out = run_honed("train", "-w", str(root), "--dataset", str(data), "--json", "--set", "train.batch_size=8",
-                    "--set", "train.epochs=1", "--set", "train.checkpoint_every=5", "--set", "train.keep_checkpoints=10")
+                    "--set", "train.epochs=1", "--set", "train.checkpoint_every=5",
+                    "--set", "train.keep_checkpoints=10")
     return root, json.loads(out.stdout)["run"]
 
 

@@ -20,6 +20,7 @@ from honed.cli.common import workspace_from as _workspace
 from honed.config import SettingsError
 from honed.workspace import Workspace, WorkspaceError, init_workspace
 
+
 @app.command()
 def init(
     directory: Annotated[Path, typer.Argument(help="Directory to make the workspace in.")],
@@ -46,7 +47,9 @@ def init(
 def add(
     files: Annotated[list[Path], typer.Argument(help="JSONL files to add.")],
     track: Annotated[str | None, typer.Option(help="Track the data is for (default: settings' track).")] = None,
-    strict: Annotated[bool | None, typer.Option("--strict/--lenient", help="Reject a file with any bad line, or keep its good lines (default: ingest.mode).")] = None,
+    strict: Annotated[bool | None, typer.Option(
+        "--strict/--lenient", help="Reject a file with any bad line, or keep its good lines (default: ingest.mode)."
+    )] = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -78,7 +81,8 @@ def add(
 
 
 @app.command()
-def datasets(workspace: WorkspaceOpt = None, track: Annotated[str | None, typer.Option()] = None, as_json: JsonOpt = False) -> None:
+def datasets(workspace: WorkspaceOpt = None, track: Annotated[str | None, typer.Option()] = None,
+             as_json: JsonOpt = False) -> None:
     """List the datasets added to the workspace."""
     ws = _workspace(workspace)
     store = ws.open_store()
@@ -100,7 +104,8 @@ def datasets(workspace: WorkspaceOpt = None, track: Annotated[str | None, typer.
 def synth(
     family: Annotated[str, typer.Argument(help="Task family, e.g. arithmetic, reversal, kv_recall, json_extract.")],
     n: Annotated[int, typer.Option("--n", help="Training records to write.")] = 2000,
-    out: Annotated[Path, typer.Option(help="Training JSONL to write; the eval split goes beside it as *.eval.jsonl.")] = Path("data.jsonl"),
+    out: Annotated[Path, typer.Option(
+        help="Training JSONL to write; the eval split goes beside it as *.eval.jsonl.")] = Path("data.jsonl"),
     seed: Annotated[int, typer.Option(help="Seed of the generator.")] = 0,
     eval_n: Annotated[int | None, typer.Option(help="Eval records (default: max(50, n/10)).")] = None,
 ) -> None:
@@ -146,15 +151,19 @@ def _control_from_signals_and_stop_file(ws: Workspace):
 
 @app.command()
 def train(
-    dataset: Annotated[list[str] | None, typer.Option(help="JSONL file (added if new) or dataset id; repeatable.")] = None,
-    eval_file: Annotated[Path | None, typer.Option("--eval", help="Chat JSONL to score exact match on before and after training.")] = None,
+    dataset: Annotated[list[str] | None, typer.Option(
+        help="JSONL file (added if new) or dataset id; repeatable.")] = None,
+    eval_file: Annotated[Path | None, typer.Option(
+        "--eval", help="Chat JSONL to score exact match on before and after training.")] = None,
     base: Annotated[str | None, typer.Option(help="Base version to train on (default: the track's).")] = None,
     epochs: Annotated[float | None, typer.Option(help="Passes over the data (train.epochs).")] = None,
     resume: Annotated[str | None, typer.Option(help="Continue run RUN from its last complete checkpoint.")] = None,
     out: Annotated[Path | None, typer.Option(help="Adapter directory to write (default: adapters/RUN).")] = None,
     track: Annotated[str | None, typer.Option(help="Track to train (default: settings' track).")] = None,
-    retrain_seen: Annotated[bool, typer.Option(help="Also train on records already trained for this base and track.")] = False,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting, e.g. train.lr=1e-3 (repeatable).")] = None,
+    retrain_seen: Annotated[bool, typer.Option(
+        help="Also train on records already trained for this base and track.")] = False,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a setting, e.g. train.lr=1e-3 (repeatable).")] = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -236,7 +245,8 @@ def _print_train_summary(summary: dict) -> None:
     console.print(f"run {summary['run']}: [{color}]{status}[/] at step {summary['step']}/{summary['total_steps']}")
     metrics = summary.get("final_metrics") or {}
     if "loss" in metrics:
-        console.print(f"  final loss {metrics['loss']:.4f}" + (f", validation loss {metrics['val_loss']:.4f}" if "val_loss" in metrics else ""))
+        val = f", validation loss {metrics['val_loss']:.4f}" if "val_loss" in metrics else ""
+        console.print(f"  final loss {metrics['loss']:.4f}{val}")
     if summary.get("error"):
         console.print(f"  reason: {summary['error']}", highlight=False)
     if status == "paused":

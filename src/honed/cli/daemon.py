@@ -348,7 +348,8 @@ def resume(job: JobArg = None, wait: WaitOpt = 300.0, workspace: WorkspaceOpt = 
 
 
 @app.command(name="stop")
-def stop_job(job: JobArg = None, wait: WaitOpt = 300.0, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+def stop_job(job: JobArg = None, wait: WaitOpt = 300.0, workspace: WorkspaceOpt = None,
+             as_json: JsonOpt = False) -> None:
     """End training now; the adapter as it is at this step is the run's result."""
     _control("stop", job, wait, workspace, as_json)
 

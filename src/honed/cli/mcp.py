@@ -4,6 +4,7 @@ protocol."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Annotated
 
@@ -30,10 +31,8 @@ def mcp_command(
         if sys.stdin.isatty():
             err_console.print(f"honed MCP server for {ws.root} on stdio: an MCP client spawns this command "
                               "and talks to it (Ctrl-C ends it); --http serves it over HTTP", highlight=False)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             run_server(ws)
-        except KeyboardInterrupt:
-            pass
         return
     from honed.server import ServerConfigError
 

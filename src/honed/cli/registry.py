@@ -186,12 +186,11 @@ def consolidate(track: TrackOpt = None,
     if not description.strip():
         raise fail("--description is required: say what this base version is (it is kept in its lineage)")
     ws = workspace_from(workspace)
-    with open_store(ws) as store:
-        with console.status("merging and checking the merged model"):
-            try:
-                done = consolidate_track(ws, store, track or ws.settings.track, description)
-            except ConsolidationError as exc:
-                raise fail(str(exc)) from None
+    with open_store(ws) as store, console.status("merging and checking the merged model"):
+        try:
+            done = consolidate_track(ws, store, track or ws.settings.track, description)
+        except ConsolidationError as exc:
+            raise fail(str(exc)) from None
     if as_json:
         print(json.dumps({**done.__dict__, "path": str(done.path)}, indent=2))
         return
@@ -210,12 +209,11 @@ def base_add(base: Annotated[str, typer.Argument(help="A .gguf file, or 'smollm2
     from honed.registry.bases import BaseAddError, add_gguf_base
 
     ws = workspace_from(workspace)
-    with open_store(ws) as store:
-        with console.status(f"converting {base} (once per file; SmolLM2 takes about 40 s)"):
-            try:
-                added = add_gguf_base(ws, store, base, description, track)
-            except BaseAddError as exc:
-                raise fail(str(exc)) from None
+    with open_store(ws) as store, console.status(f"converting {base} (once per file; SmolLM2 takes about 40 s)"):
+        try:
+            added = add_gguf_base(ws, store, base, description, track)
+        except BaseAddError as exc:
+            raise fail(str(exc)) from None
     if as_json:
         print(json.dumps({**added.__dict__, "path": str(added.path)}, indent=2))
         return

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ CONFIG_FILE = "honed.toml"
 ENV_PREFIX = "HONED_"
 
 
-def _set_dotted(target: dict, dotted: str, value: Any) -> None:
+def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     for part in parts[:-1]:
         target = target.setdefault(part, {})
@@ -34,12 +35,12 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
-def env_overrides(environ: dict[str, str] | None = None) -> dict:
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Settings from HONED_* variables: HONED_TRAIN__LR=1e-3 sets train.lr."""
-    environ = os.environ if environ is None else environ
-    out: dict = {}
+    variables = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
     known = set(Settings.model_fields)
-    for name, text in environ.items():
+    for name, text in variables.items():
         if not name.startswith(ENV_PREFIX):
             continue
         dotted = name[len(ENV_PREFIX):].lower().replace("__", ".")
@@ -50,9 +51,9 @@ def env_overrides(environ: dict[str, str] | None = None) -> dict:
     return out
 
 
-def parse_assignments(assignments: list[str]) -> dict:
+def parse_assignments(assignments: list[str]) -> dict[str, Any]:
     """Turn ``["train.lr=1e-3", "lora.r=8"]`` (the CLI's --set) into a nested dict."""
-    out: dict = {}
+    out: dict[str, Any] = {}
     for item in assignments:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
@@ -61,7 +62,7 @@ def parse_assignments(assignments: list[str]) -> dict:
     return out
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
@@ -71,9 +72,9 @@ def _merge(base: dict, extra: dict) -> dict:
     return merged
 
 
-def load_settings(workspace: Path | None, overrides: dict | None = None) -> Settings:
+def load_settings(workspace: Path | None, overrides: dict[str, Any] | None = None) -> Settings:
     """Read honed.toml of ``workspace`` (if any), then HONED_* env, then ``overrides``."""
-    data: dict = {}
+    data: dict[str, Any] = {}
     origin = "defaults"
     if workspace is not None and (workspace / CONFIG_FILE).exists():
         path = workspace / CONFIG_FILE
@@ -85,7 +86,7 @@ def load_settings(workspace: Path | None, overrides: dict | None = None) -> Sett
     layers = [(origin, data), ("environment (HONED_*)", env_overrides())]
     if overrides:
         layers.append(("command line", overrides))
-    merged: dict = {}
+    merged: dict[str, Any] = {}
     for name, layer in layers:
         merged = _merge(merged, layer)
         try:

@@ -13,7 +13,7 @@ from honed.config.layering import CONFIG_FILE
 from honed.config.models import Settings, SettingsError, describe_validation_error
 
 
-def _apply_changes(table: MutableMapping, changes: dict) -> None:
+def _apply_changes(table: MutableMapping[str, Any], changes: dict[str, Any]) -> None:
     """Set ``changes`` into a tomlkit table in place: sections merge key by key, so the
     lines and comments around what changed stay as the user wrote them."""
     import tomlkit
@@ -36,7 +36,7 @@ def _apply_changes(table: MutableMapping, changes: dict) -> None:
             table[key] = value
 
 
-def update_config_file(workspace: Path, changes: dict) -> None:
+def update_config_file(workspace: Path, changes: dict[str, Any]) -> None:
     """Merge ``changes`` (e.g. ``{"train": {"lr": 1e-3}}``) into the workspace's
     honed.toml, keeping its comments, order and formatting. The result is validated
     first (SettingsError names what is wrong, and the file is left alone), then written
@@ -92,7 +92,7 @@ def render_commented_toml(settings: Settings) -> str:
     while sections:
         name, section = sections.pop(0)
         out.append(f"[{name}]")
-        doc = " ".join(line.strip() for line in type(section).__doc__.strip().splitlines())
+        doc = " ".join(line.strip() for line in (type(section).__doc__ or "").strip().splitlines())
         out.append(f"# {doc}")
         nested = []
         for key, field in type(section).model_fields.items():

@@ -57,7 +57,8 @@ class AddedDataset:
         """What a person needs to read about this file."""
         if self.already_known:
             d = self.dataset
-            return f"{self.source}: already added as dataset {d.id} ({d.n_records} records, track {d.track}); nothing to do"
+            return (f"{self.source}: already added as dataset {d.id} ({d.n_records} records, track {d.track}); "
+                    "nothing to do")
         r = self.ingest
         lines = []
         if self.accepted:

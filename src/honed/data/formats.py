@@ -100,7 +100,7 @@ def describe_parse_error(raw: bytes, exc: orjson.JSONDecodeError) -> str:
     return f"invalid JSON at column {exc.colno}: {exc.msg}"
 
 
-def normalize_record(obj: Any, max_record_chars: int = DEFAULT_MAX_RECORD_CHARS) -> dict:
+def normalize_record(obj: Any, max_record_chars: int = DEFAULT_MAX_RECORD_CHARS) -> dict[str, Any]:
     """Return the normalised form of one parsed record.
 
     The result is ``{"messages": [{"role": ..., "content": ...}, ...]}`` for the three
@@ -143,12 +143,12 @@ def normalize_record(obj: Any, max_record_chars: int = DEFAULT_MAX_RECORD_CHARS)
     return {"messages": messages}
 
 
-def canonical_bytes(record: dict) -> bytes:
+def canonical_bytes(record: dict[str, Any]) -> bytes:
     """The serialisation a record hash is taken over: compact JSON, keys sorted."""
     return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
 
 
-def record_hash(record: dict) -> str:
+def record_hash(record: dict[str, Any]) -> str:
     """sha256 (hex) of a normalised record's canonical serialisation."""
     return hashlib.sha256(canonical_bytes(record)).hexdigest()
 
@@ -161,14 +161,14 @@ def _content(value: Any, where: str) -> str:
     return value
 
 
-def _chat_messages(messages: Any, max_record_chars: int) -> list[dict]:
+def _chat_messages(messages: Any, max_record_chars: int) -> list[dict[str, Any]]:
     # The fast path checks a well-formed message in one condition; the first message
     # that fails it is examined again by _message_problem to say exactly what is wrong.
     if type(messages) is not list:
         raise RecordError(f"messages must be an array, got {json_type_name(messages)}")
     if not messages:
         raise RecordError("messages is empty; a chat record needs at least one assistant message")
-    out: list[dict] = []
+    out: list[dict[str, Any]] = []
     append = out.append
     total = 0
     role = None
@@ -227,7 +227,7 @@ def _check_length(total: int, max_record_chars: int) -> None:
         )
 
 
-def _shape_problem(obj: dict, matches: tuple[bool, ...]) -> str:
+def _shape_problem(obj: dict[str, Any], matches: tuple[bool, ...]) -> str:
     matched = [name for name, hit in zip(_SHAPE_NAMES, matches) if hit]
     if len(matched) > 1:
         return (

@@ -27,10 +27,10 @@ import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 
@@ -100,7 +100,7 @@ class IngestResult:
             yield record["line"], record["hash"]
 
 
-def iter_normalized(path: Path) -> Iterator[dict]:
+def iter_normalized(path: Path) -> Iterator[dict[str, Any]]:
     """Yield the records of a normalised file written by ``ingest_file``, in order."""
     with open(path, "rb") as f:
         for raw in f:
@@ -187,7 +187,10 @@ def ingest_file(
             rejected.discard()
 
 
-def _scan(source, normalized, rejected, max_record_chars, max_line_bytes, max_issues):
+def _scan(
+    source: Path, normalized: _StagedFile, rejected: _StagedFile | None,
+    max_record_chars: int, max_line_bytes: int, max_issues: int,
+) -> tuple[tuple[int, int, int], list[LineIssue], list[LineIssue], str, int]:
     """The per-line loop. Kept free of attribute look-ups: it runs millions of times."""
     loads = orjson.loads
     dumps = orjson.dumps
@@ -255,7 +258,8 @@ def _scan(source, normalized, rejected, max_record_chars, max_line_bytes, max_is
     return (n_records, n_bad, n_blank), errors, notes, file_hasher.hexdigest(), n_bytes
 
 
-def _drain_long_line(readline, head: bytes, hash_update, write_rejected) -> int:
+def _drain_long_line(readline: Callable[[int], bytes], head: bytes, hash_update: Callable[[bytes], object],
+                     write_rejected: Callable[[bytes], object] | None) -> int:
     """Consume the rest of an over-long line in chunks; return the bytes read after head."""
     if write_rejected is not None:
         write_rejected(head)
@@ -300,7 +304,7 @@ class _StagedFile:
             self._path = None
 
 
-def _report_dict(result: IngestResult) -> dict:
+def _report_dict(result: IngestResult) -> dict[str, Any]:
     return {
         "source": str(result.source),
         "file_hash": result.file_hash,

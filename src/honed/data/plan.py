@@ -13,6 +13,7 @@ import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -27,8 +28,8 @@ class PlanError(ValueError):
 class Plan:
     """Records of one run, each a normalised record with its ``hash``."""
 
-    train: list[dict]
-    heldout: list[dict]
+    train: list[dict[str, Any]]
+    heldout: list[dict[str, Any]]
     skipped_seen: int = 0
     replay: int = 0
     notes: list[str] = field(default_factory=list)
@@ -42,7 +43,7 @@ def is_heldout(record_hash: str, fraction: float) -> bool:
     return int(record_hash[-8:], 16) / 0x1_0000_0000 < fraction
 
 
-def read_jsonl(path: Path) -> Iterator[dict]:
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """Records of a normalised JSONL file, one dict a line."""
     with open(path, "rb") as fh:
         for line in fh:
@@ -51,15 +52,15 @@ def read_jsonl(path: Path) -> Iterator[dict]:
 
 
 def make_plan(
-    new_records: Iterable[dict],
+    new_records: Iterable[dict[str, Any]],
     *,
     trained: set[str],
-    replay_pool: Iterable[dict] = (),
+    replay_pool: Iterable[dict[str, Any]] = (),
     heldout_fraction: float,
     replay_ratio: float,
     retrain_seen: bool,
     seed: int,
-    everyday_pool: Iterable[dict] = (),
+    everyday_pool: Iterable[dict[str, Any]] = (),
     everyday_ratio: float = 0.0,
 ) -> Plan:
     """Split new records into train and held-out, skip already-trained ones, add replay
@@ -103,11 +104,11 @@ def make_plan(
     return plan
 
 
-def _write_jsonl(path: Path, records: list[dict]) -> None:
+def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     write_bytes_atomically(path, b"".join(orjson.dumps(record) + b"\n" for record in records))
 
 
-def write_plan(plan: Plan, run_dir: Path) -> dict:
+def write_plan(plan: Plan, run_dir: Path) -> dict[str, Any]:
     """Write the plan into ``run_dir``; returns digests for the manifest."""
     _write_jsonl(run_dir / "heldout.jsonl", plan.heldout)
     # train.jsonl last: its presence marks a complete plan.
@@ -124,9 +125,9 @@ def hashes_digest(hashes: Iterable[str]) -> str:
     return h.hexdigest()
 
 
-def plan_digests(plan: Plan) -> dict:
+def plan_digests(plan: Plan) -> dict[str, Any]:
     """Counts and a digest of the record hashes of each split, in training order."""
-    out = {}
+    out: dict[str, Any] = {}
     for name, records in (("train", plan.train), ("heldout", plan.heldout)):
         out[name] = {"records": len(records), "record_hashes_sha256": hashes_digest(r["hash"] for r in records)}
     out["skipped_seen"] = plan.skipped_seen

@@ -20,6 +20,7 @@ import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from honed.atomic_files import write_bytes_atomically
 
@@ -182,7 +183,7 @@ def pairs(family: str, seed: int = 0) -> Iterator[tuple[str, str]]:
         yield sample(rng)
 
 
-def chat_record(prompt: str, answer: str) -> dict:
+def chat_record(prompt: str, answer: str) -> dict[str, Any]:
     """The chat record of one user prompt and its assistant answer."""
     return {
         "messages": [
@@ -192,7 +193,7 @@ def chat_record(prompt: str, answer: str) -> dict:
     }
 
 
-def generate(family: str, n: int, seed: int = 0) -> list[dict]:
+def generate(family: str, n: int, seed: int = 0) -> list[dict[str, Any]]:
     """`n` chat records of `family` with pairwise distinct prompts, deterministic for `seed`.
 
     The records of a smaller `n` are a prefix of those of a larger one.
@@ -207,7 +208,7 @@ def generate(family: str, n: int, seed: int = 0) -> list[dict]:
             f"asked for {n}, at most {spec.distinct_prompts // 2} allowed"
         )
     seen: set[str] = set()
-    records: list[dict] = []
+    records: list[dict[str, Any]] = []
     for prompt, answer in pairs(family, seed):
         if len(records) == n:
             break
@@ -248,5 +249,5 @@ def write_synthetic(
     return out, eval_out
 
 
-def _write_jsonl_atomically(records: list[dict], path: Path) -> None:
+def _write_jsonl_atomically(records: list[dict[str, Any]], path: Path) -> None:
     write_bytes_atomically(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())

@@ -15,8 +15,8 @@ renderings are not prefixes of each other is refused with a clear message.
 from __future__ import annotations
 
 from collections.abc import Sequence
-
 from dataclasses import dataclass
+from typing import Any, overload
 
 IGNORE = -100
 
@@ -50,13 +50,14 @@ class Example:
         return sum(1 for t in self.targets if t != IGNORE)
 
 
-def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(
+def _render(tokenizer: Any, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+    text: str = tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=add_generation_prompt
     )
+    return text
 
 
-def assistant_char_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+def assistant_char_spans(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans of its assistant turns."""
     text = _render(tokenizer, messages, add_generation_prompt=False)
     spans = []
@@ -76,13 +77,13 @@ def assistant_char_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tup
     return text, spans
 
 
-def ensure_chat_template(tokenizer) -> None:
+def ensure_chat_template(tokenizer: Any) -> None:
     """Give a tokenizer without a chat template honed's ChatML default."""
     if not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = CHATML_TEMPLATE
 
 
-def tokenize_record(tokenizer, record: dict, max_len: int) -> Example:
+def tokenize_record(tokenizer: Any, record: dict[str, Any], max_len: int) -> Example:
     """Tokenise one normalised record (``messages`` or ``text``) for training.
 
     Raises TokenizationError when the record is longer than ``max_len`` tokens or has
@@ -117,24 +118,25 @@ def tokenize_record(tokenizer, record: dict, max_len: int) -> Example:
     return example
 
 
-def prompt_messages(record: dict) -> list[dict]:
+def prompt_messages(record: dict[str, Any]) -> list[dict[str, Any]]:
     """The conversation up to (without) its last assistant turn: what a model is asked."""
-    messages = record["messages"]
+    messages: list[dict[str, Any]] = record["messages"]
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
     return messages[:last]
 
 
-def reference_answer(record: dict) -> str:
+def reference_answer(record: dict[str, Any]) -> str:
     """The last assistant turn of a record: the reference an answer is scored against."""
-    return [m for m in record["messages"] if m["role"] == "assistant"][-1]["content"]
+    answer: str = [m for m in record["messages"] if m["role"] == "assistant"][-1]["content"]
+    return answer
 
 
-class TokenizedRecords(Sequence):
+class TokenizedRecords(Sequence[Example]):
     """Records tokenized on first use, then kept: a run's first step waits for its own
     batch only, not for the whole dataset. A record that cannot be tokenized raises
     TokenizationError naming its split, hash and line when it is first needed."""
 
-    def __init__(self, tokenizer, records: list[dict], max_len: int, split: str) -> None:
+    def __init__(self, tokenizer: Any, records: list[dict[str, Any]], max_len: int, split: str) -> None:
         self.tokenizer = tokenizer
         self.records = records
         self.max_len = max_len
@@ -144,7 +146,13 @@ class TokenizedRecords(Sequence):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index):
+    @overload
+    def __getitem__(self, index: int) -> Example: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Example]: ...
+
+    def __getitem__(self, index: int | slice) -> Example | list[Example]:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         example = self._done[index]

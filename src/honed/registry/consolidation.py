@@ -53,6 +53,7 @@ def _check_prompts(workspace, adapter, limit: int = 32) -> list[dict]:
 def consolidate(workspace, store, track: str, description: str) -> Consolidated:
     """Merge ``track``'s deployed adapter into its base as the next base version."""
     import torch
+
     from honed.evaluation.exact_match import answer_budget, generate_answers
     from honed.training.model_loading import load_base_model, load_tokenizer, with_adapter
 
