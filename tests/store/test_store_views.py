@@ -30,8 +30,8 @@ def _views(store: Store, track: str) -> list:
                                       latency_ms=math.nan)
     answer = store.add_teacher_answer(experience_id=experience.id, track=track, model="t", status="failed",
                                       score=-math.inf)
-    return [base, store.get_track(track), dataset, job, store.get_run(run.id), store.get_adapter(adapter.id), deployment,
-            store.request_command(job.id, "pause"), *store.job_events(job.id), experience, answer,
+    return [base, store.get_track(track), dataset, job, store.get_run(run.id), store.get_adapter(adapter.id),
+            deployment, store.request_command(job.id, "pause"), *store.job_events(job.id), experience, answer,
             store.register_worker("w1", "host", 1, "/ws")]
 
 

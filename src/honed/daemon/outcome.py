@@ -17,12 +17,15 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from honed.atomic_files import write_json_atomically
 from honed.states import AttemptStatus
+
+if TYPE_CHECKING:
+    from honed.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +53,16 @@ class AttemptOutcome(BaseModel):
     @property
     def where(self) -> str:
         """``step 12/30, loss 0.4321``: how far the attempt got."""
-        where = f"step {'?' if self.step is None else self.step}/{'?' if self.total_steps is None else self.total_steps}"
-        return where + (f", loss {self.loss:.4f}" if isinstance(self.loss, float) else "")
+        step = "?" if self.step is None else self.step
+        total = "?" if self.total_steps is None else self.total_steps
+        return f"step {step}/{total}" + (f", loss {self.loss:.4f}" if isinstance(self.loss, float) else "")
 
 
 def outcome_file(workspace_root: Path, job_id: int, fence: int | None) -> Path:
     return Path(workspace_root) / "logs" / "jobs" / f"job-{job_id}.fence-{fence}.outcome.json"
 
 
-def record_outcome(workspace_root: Path, store, outcome: AttemptOutcome) -> None:
+def record_outcome(workspace_root: Path, store: Store | None, outcome: AttemptOutcome) -> None:
     """Write ``outcome`` to its file, then to the store under the claim's fence. A store
     that cannot be reached is logged: the daemon reads the file. StaleClaimError passes
     through (the job is someone else's now: that store write must not happen)."""
@@ -78,7 +82,7 @@ def record_outcome(workspace_root: Path, store, outcome: AttemptOutcome) -> None
         log.warning("job %d: outcome not recorded in the store (%s); it is in %s", outcome.job_id, exc, path)
 
 
-def read_outcome(workspace_root: Path, store, job_id: int, fence: int | None) -> AttemptOutcome | None:
+def read_outcome(workspace_root: Path, store: Store, job_id: int, fence: int | None) -> AttemptOutcome | None:
     """The outcome the attempt of claim ``fence`` recorded: from the store, else from its
     file; None when it recorded none."""
     for event in reversed(store.job_events(job_id)):

@@ -32,6 +32,7 @@ them (StaleClaimError) once the job was taken over by another daemon.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -49,8 +50,8 @@ from honed.daemon.inbox import Inbox
 from honed.daemon.launch import TRAINER_MODULE, launch_command
 from honed.daemon.lease import LeaseKeeper
 from honed.daemon.lock import DaemonLock
-from honed.daemon.schedule import backoff_delay, in_window, parse_window
 from honed.daemon.outcome import AttemptOutcome, read_outcome
+from honed.daemon.schedule import backoff_delay, in_window, parse_window
 from honed.daemon.trainer_process import EXIT_CLAIM_LOST
 from honed.states import AttemptStatus, JobState
 from honed.store import JobInfo, StaleClaimError, StoreError, StoreUnavailableError
@@ -236,7 +237,8 @@ class Supervisor:
                 _kill_trainer(trainer, wait=False)
             stale = self.heartbeat_age(job.id)
             if stale is not None and stale > self.cfg.heartbeat_timeout_s and not killed:
-                killed = f"no heartbeat for {stale:.0f}s (daemon.heartbeat_timeout_s = {self.cfg.heartbeat_timeout_s:g})"
+                limit = self.cfg.heartbeat_timeout_s
+                killed = f"no heartbeat for {stale:.0f}s (daemon.heartbeat_timeout_s = {limit:g})"
                 log.error("job %d: trainer %d %s; killing it", job.id, trainer.pid, killed)
                 _kill_trainer(trainer, wait=False)
             self.inbox.wait(self.cfg.poll_interval_s)
@@ -594,10 +596,8 @@ def _halt_trainer(trainer: subprocess.Popen) -> None:
     rank 0, which decides for all ranks at the next step; torchrun itself would take a
     SIGTERM as a failure and end every rank without a checkpoint."""
     rank0 = _ranks(trainer).get(0)
-    try:
+    with contextlib.suppress(psutil.Error, OSError):
         (rank0.send_signal if rank0 is not None else trainer.send_signal)(signal.SIGTERM)
-    except (psutil.Error, OSError):
-        pass
 
 
 def _kill_trainer(trainer: subprocess.Popen, wait: bool = True) -> None:
@@ -606,10 +606,8 @@ def _kill_trainer(trainer: subprocess.Popen, wait: bool = True) -> None:
     which have sessions of their own, are killed one by one."""
     if trainer.poll() is None:
         for rank in _ranks(trainer).values():
-            try:
+            with contextlib.suppress(psutil.Error):
                 rank.kill()
-            except psutil.Error:
-                pass
         try:
             os.killpg(trainer.pid, signal.SIGKILL)
         except OSError:

@@ -120,7 +120,8 @@ async def chat_completions(body: ChatRequest, request: Request, workspace: Works
 
     def record(text: str, answer):
         return store.add_experience(
-            track=target.track, messages=messages, output=text, adapter_id=target.adapter.id if target.adapter else None,
+            track=target.track, messages=messages, output=text,
+            adapter_id=target.adapter.id if target.adapter else None,
             base_version=target.base_version, source="served", latency_ms=(time.perf_counter() - started) * 1000,
             prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
             meta={"user": body.user, **(body.metadata or {})} if (body.user or body.metadata) else None)

@@ -35,8 +35,8 @@ from honed.server import (
 )
 from honed.server.device_yield import DeviceYielder
 from honed.server.live import LiveFeed
-from honed.server.serving import ModelPool
 from honed.server.security import require_token, server_token
+from honed.server.serving import ModelPool
 from honed.server.status_cache import InvalidateOnChange, StatusCache
 from honed.store import JobStateError, NotFoundError, StoreError, StoreUnavailableError
 
@@ -83,7 +83,8 @@ def create_app(workspace, *, host: str | None = None) -> FastAPI:
 def _error(request: Request, status: int, message: str, headers: dict | None = None) -> JSONResponse:
     """``{"error": message}``; under /v1/ in OpenAI's shape, which its SDKs read."""
     if request.url.path.startswith("/v1/"):
-        kind = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error"}.get(status, "api_error")
+        kinds = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error"}
+        kind = kinds.get(status, "api_error")
         body = {"error": {"message": message, "type": kind, "code": status}}
     else:
         body = {"error": message}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from honed.device_claims import DeviceEntry, ServerPresence, describe_device
 from honed.server.serving import ModelReleased, resolve
@@ -141,7 +141,7 @@ class DeviceYielder:
     def describe(self) -> dict:
         """The serving state for the health endpoint."""
         device = self.device_name()
-        since = (datetime.fromtimestamp(self.since, timezone.utc).isoformat(timespec="seconds")
+        since = (datetime.fromtimestamp(self.since, UTC).isoformat(timespec="seconds")
                  if self.since else None)
         job = self.claim.job if self.claim else None
         text = {

@@ -38,10 +38,12 @@ class StoreCollector:
         yield GaugeMetricFamily("honed_daemon_up", "1 while a daemon holds this workspace's lock.",
                                 value=1 if daemon_running(self.workspace.root) else 0)
         families = {
-            "loss": GaugeMetricFamily("honed_training_loss", "Last training loss of a running job.", labels=["job", "track"]),
-            "tokens_per_s": GaugeMetricFamily("honed_training_tokens_per_second", "Training throughput of a running job.",
-                                              labels=["job", "track"]),
-            "step": GaugeMetricFamily("honed_training_step", "Optimizer steps done by a running job.", labels=["job", "track"]),
+            "loss": GaugeMetricFamily("honed_training_loss", "Last training loss of a running job.",
+                                      labels=["job", "track"]),
+            "tokens_per_s": GaugeMetricFamily("honed_training_tokens_per_second",
+                                              "Training throughput of a running job.", labels=["job", "track"]),
+            "step": GaugeMetricFamily("honed_training_step", "Optimizer steps done by a running job.",
+                                      labels=["job", "track"]),
             "total_steps": GaugeMetricFamily("honed_training_total_steps", "Optimizer steps a running job will take.",
                                              labels=["job", "track"]),
         }

@@ -5,8 +5,8 @@ revisions shipped in ``migrations/`` whenever a store is opened.
 """
 
 from honed.store.errors import (
-    JobStateError,
     DuplicateDatasetError,
+    JobStateError,
     NotFoundError,
     StaleAttemptError,
     StaleClaimError,
@@ -15,17 +15,17 @@ from honed.store.errors import (
 )
 from honed.store.info import (
     AdapterInfo,
-    DeploymentInfo,
-    ExperienceInfo,
-    LearningBatchInfo,
-    TeacherAnswerInfo,
     BaseInfo,
     CheckpointInfo,
     CommandInfo,
     DatasetInfo,
+    DeploymentInfo,
+    ExperienceInfo,
     JobEvent,
     JobInfo,
+    LearningBatchInfo,
     RunInfo,
+    TeacherAnswerInfo,
     TrackInfo,
     WorkerInfo,
 )

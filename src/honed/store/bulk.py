@@ -54,7 +54,7 @@ def _copy_rows(conn: sa.Connection, sql: str, rows: Iterable[tuple[Any, ...]]) -
     except dbapi_error as exc:
         # Raw driver errors bypass SQLAlchemy here; wrap them as it would (IntegrityError,
         # OperationalError, ...) so the Store reports them like any other statement's.
-        raise sa.exc.DBAPIError.instance(sql, None, exc, dbapi_error, dialect=conn.dialect)
+        raise sa.exc.DBAPIError.instance(sql, None, exc, dbapi_error, dialect=conn.dialect) from exc
     return count
 
 

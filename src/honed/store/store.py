@@ -21,21 +21,22 @@ from honed.store import catalog, experiences, jobs, learning, migrate, registry,
 from honed.store.engine import WRITE_OPTION, create_engine, display, parse_url, sqlite_file
 from honed.store.errors import StoreError, StoreUnavailableError
 from honed.store.info import (
-    ExperienceInfo,
-    LearningBatchInfo,
-    TeacherAnswerInfo,
     AdapterInfo,
-    DeploymentInfo,
     BaseInfo,
     CheckpointInfo,
     CommandInfo,
     DatasetInfo,
+    DeploymentInfo,
+    ExperienceInfo,
     JobEvent,
     JobInfo,
+    LearningBatchInfo,
     RunInfo,
+    TeacherAnswerInfo,
     TrackInfo,
     WorkerInfo,
 )
+
 
 class Store:
     """honed's state: bases, tracks, datasets, runs, checkpoints, metrics, trained records.

@@ -25,7 +25,7 @@ import shutil
 from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from honed.atomic_files import DIRECTORY_PHASES, atomic_directory, fsync_dir, hidden_name, report_phase
@@ -150,7 +150,7 @@ def write_checkpoint_atomically(
         document = {
             **meta,
             "step": step,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+            "created_at": datetime.now(UTC).isoformat(timespec="microseconds"),
             "files": files,
         }
         _write_and_fsync(

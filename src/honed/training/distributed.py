@@ -2,8 +2,9 @@
 trainer needs.
 
 With ``train.nproc > 1`` the daemon starts the ordinary trainer under torchrun, in N
-processes on its machine (see :mod:`honed.daemon.launch`). Every process runs the same loop on its share of each optimizer
-step's examples; ``torch.nn.parallel.DistributedDataParallel`` averages the gradients.
+processes on its machine (see :mod:`honed.daemon.launch`). Every process runs the same
+loop on its share of each optimizer step's examples;
+``torch.nn.parallel.DistributedDataParallel`` averages the gradients.
 Only rank 0 talks to the store and writes files (checkpoints, metrics, the adapter, the
 manifest); it decides what happens at each step boundary (train on, pause, stop, cancel)
 and broadcasts that decision, so every rank stops at the same step.

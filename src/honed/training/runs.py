@@ -81,8 +81,8 @@ def prepare_run(workspace: Workspace, store, dataset_ids: list[int], *, track: s
     if out.exists() and any(out.iterdir()):
         raise RunError(f"--out {out}: directory exists and is not empty; honed will not overwrite it")
     config = {
-        "lora": settings.lora.model_dump(), "train": cfg.model_dump(), "base": workspace.resolve_base_path(store, version),
-        "adapter_out": str(out), "plan": plan_info,
+        "lora": settings.lora.model_dump(), "train": cfg.model_dump(),
+        "base": workspace.resolve_base_path(store, version), "adapter_out": str(out), "plan": plan_info,
     }
     store.create_run(run_id=run_id, track=track, base_version=version, config=config, dataset_ids=dataset_ids)
     for note in plan.notes:

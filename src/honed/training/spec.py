@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from honed.config import LoraSettings, TelemetrySettings, TrainSettings
 from honed.states import RunStatus
 
 Control = Callable[[int], str | None]  # step -> None, "pause", "stop" or "cancel"
-StepCallback = Callable[[dict], None]
+StepCallback = Callable[[dict[str, Any]], None]
 CheckpointCallback = Callable[[int, Path], None]
 
 
@@ -39,6 +40,6 @@ class RunOutcome:
     step: int
     total_steps: int
     attempt: int
-    final_metrics: dict = field(default_factory=dict)
+    final_metrics: dict[str, Any] = field(default_factory=dict)
     adapter_path: Path | None = None
     error: str | None = None
