@@ -11,6 +11,7 @@ application, without restarting, asks again and gets better answers.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import openai
@@ -114,7 +115,7 @@ def test_the_model_in_use_gets_better_from_its_own_use(make_workspace, tiny_rand
     finally:
         teacher.stop()
 
-    provenance = json.loads(batch.provenance_path.read_text())
+    provenance = json.loads(Path(batch.provenance_path).read_text())
     assert {p["source"] for p in provenance["lines"]} == {"teacher"}
     assert batch.counts["teacher"] == len(batch.experience_ids) >= 16
     # The teacher's wrong answers were refused by the scorer and never became data.
