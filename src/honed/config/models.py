@@ -1,6 +1,10 @@
 """The settings themselves: one pydantic model per section of ``honed.toml``, every field
 with its description and unit. What reads and writes them is in :mod:`honed.config.layering`
-and :mod:`honed.config.toml_file`."""
+and :mod:`honed.config.toml_file`.
+
+Long because it is every setting honed has, one section after another in ``honed.toml``
+order; there is no logic here to split.
+"""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Tools are thin: each calls the function its CLI command and HTTP route call
 (:mod:`honed.daemon.control`, :mod:`honed.registry.deployment`, the Store API) and
-answers with the same JSON (:mod:`honed.serialize`), so a job or an adapter looks alike
+answers with the same JSON (:mod:`honed.store.serialize`), so a job or an adapter looks alike
 wherever a program reads it. honed's own errors (an unknown job, a deploy the gates
 refuse, a bad feedback value) come back as tool errors carrying honed's message; any
 other exception is the SDK's generic "Error executing tool", with the traceback in the
@@ -34,9 +34,9 @@ from honed.learning.trigger import LearnError
 from honed.registry import deployment
 from honed.registry.deployment import DeployError
 from honed.registry.tracks import TrackError
-from honed.serialize import control_result, deploy_result, plain
 from honed.store import NotFoundError, Store, StoreError
 from honed.store.schema import JOB_STATES
+from honed.store.serialize import control_result, deploy_result, plain
 from honed.workspace import Workspace
 
 DEFAULT_HTTP_PORT = 8322  # beside the HTTP API's 8321

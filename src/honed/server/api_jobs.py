@@ -9,11 +9,11 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from honed.daemon.control import ControlError, control_job, queue_job, remove_job
-from honed.serialize import control_result
 from honed.server.deps import StoreDep, WorkspaceDep
 from honed.states import CommandState
 from honed.store import AdapterInfo, CheckpointInfo, JobEvent, JobInfo
 from honed.store.schema import JOB_STATES
+from honed.store.serialize import control_result
 
 router = APIRouter(prefix="/api", tags=["jobs"])
 
