@@ -5,7 +5,7 @@
 Runs, each in its own process and each with ``--json`` so that its headline figures are
 read back without parsing its text:
 
-- ``train_throughput.py --quick``: honed train_run against HF Trainer + peft (and TRL
+- ``train_throughput.py --quick``: honed recipe against HF Trainer + peft (and TRL
   when it is installed), 25 steps;
 - ``ingest.py --quick``: 200,000 records against a naive json + pydantic ingest;
 - ``daemon_overhead.py --quick``: one round of the warm and the cold trainer;

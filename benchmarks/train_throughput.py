@@ -9,7 +9,7 @@ the SAME tokenised examples (honed's ``tokenize_record``: identical input ids, l
 assistant tokens only), the SAME effective batch (examples per optimizer step), learning
 rate schedule and number of optimizer steps, with:
 
-- ``honed train_run``: honed's full run path (``honed.training.oneshot.train_once`` on a
+- ``honed recipe``: honed's full run path (``honed.training.oneshot.train_once`` on a
   temporary workspace: ingest, plan, store, metrics rows every step, final checkpoint),
   with eval_every=0 and checkpoint_every larger than the run;
 - ``honed loop``: honed's components in a bare loop (``examples_for_step``,
@@ -56,7 +56,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TRAINERS = ("honed-run", "honed-loop", "hf", "hf-group", "trl")
 LABELS = {
-    "honed-run": "honed train_run",
+    "honed-run": "honed recipe",
     "honed-loop": "honed loop",
     "hf": "HF Trainer (padded)",
     "hf-group": "HF Trainer group_by_length",
@@ -209,11 +209,11 @@ def child_honed_run(spec: dict) -> dict:
     expected = [r["hash"] for r in read_jsonl(Path(spec["normalized"]))]
     if planned != expected:
         raise RuntimeError("honed's plan holds other records than the benchmark's: not comparable")
-    return _result(spec, ends, tokens, losses, "oneshot.train_once -> train_run")
+    return _result(spec, ends, tokens, losses, "oneshot.train_once -> recipe.run_attempt_of")
 
 
 def child_honed_loop(spec: dict) -> dict:
-    """honed's components in a bare loop: what train_run does, minus the run machinery."""
+    """honed's components in a bare loop: what the recipe does, minus the run machinery."""
     import torch
 
     from honed.config import LoraSettings

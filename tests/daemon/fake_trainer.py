@@ -28,8 +28,9 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+from honed.daemon.attempt import EXIT_CLAIM_LOST
+from honed.daemon.fencing import ClaimLost, JobControl, ProgressReporter
 from honed.daemon.outcome import AttemptOutcome, record_outcome
-from honed.daemon.trainer_process import EXIT_CLAIM_LOST, ClaimLost, JobControl, ProgressReporter
 from honed.states import RunStatus
 
 log = logging.getLogger("honed.trainer")

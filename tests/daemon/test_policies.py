@@ -6,8 +6,8 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from honed.daemon.fencing import JobControl
 from honed.daemon.schedule import backoff_delay, in_window, parse_window
-from honed.daemon.trainer_process import JobControl
 from honed.store import Store, StoreUnavailableError
 from honed.store.engine import create_engine, parse_url
 from tests.cli_runner import run_honed

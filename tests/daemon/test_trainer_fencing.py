@@ -9,7 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from honed.daemon.trainer_process import ClaimLost, FencedRunStore, JobControl, ProgressReporter, parse_job_line
+from honed.daemon.fencing import ClaimLost, FencedRunStore, JobControl, ProgressReporter
+from honed.daemon.trainer_process import parse_job_line
 from honed.store import Store
 
 

@@ -37,11 +37,11 @@ from honed.workspace import open_workspace
 ws = open_workspace(sys.argv[1])
 job = int(sys.argv[2])
 if sys.argv[3] == "trainer":
-    from honed.daemon.trainer_process import claim_accelerator
+    from honed.daemon.device_claims import claim_accelerator
     with ws.open_store() as store:
         claim = claim_accelerator(ws, store, job)
 else:
-    from honed.device_claims import claim_device
+    from honed.daemon.device_claims import claim_device
     claim = claim_device(ws.root, "cpu", None, job)
     print("claimed", time.time(), flush=True)
     claim.wait_for_release(ws.settings.server.yield_timeout_s)

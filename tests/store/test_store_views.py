@@ -9,9 +9,9 @@ import math
 import pydantic
 import pytest
 
-from honed.serialize import plain
 from honed.states import AdapterState, JobState, Priority, RunStatus
 from honed.store import Store
+from honed.store.serialize import plain
 
 
 def _views(store: Store, track: str) -> list:

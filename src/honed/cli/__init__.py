@@ -1,6 +1,9 @@
 """The ``honed`` command. Thin: parses, calls the library, prints for people (rich) or
 machines (``--json``). Heavy modules are imported inside the commands that need them,
-so ``honed --help`` and ``honed status`` never import torch."""
+so ``honed --help`` and ``honed status`` never import torch.
+
+Long because it is the list of the core commands; each is a thin function over the library.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,10 @@
 """The daemon's commands: ``daemon`` (run, ``--detach``, ``stop``), ``queue`` (add, list,
 show, move, remove), ``events``, ``pause|resume|stop|skip|cancel`` and ``status``.
 Thin: each parses, calls :mod:`honed.daemon`'s library functions, and prints for people
-or (``--json``) for machines. None of them imports torch."""
+or (``--json``) for machines. None of them imports torch.
+
+Long because it is a list of thin commands, not logic.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ from rich.table import Table
 
 from honed.cli.common import JsonOpt, WorkspaceOpt, app, console, err_console, fail, open_store, workspace_from
 from honed.config import SettingsError, parse_assignments
-from honed.serialize import control_result, plain
+from honed.states import Priority, allowed
+from honed.store.serialize import control_result, plain
 
 daemon_app = typer.Typer(help="Run the daemon that turns inbox files and queued jobs into training.",
                          invoke_without_command=True, no_args_is_help=False)
@@ -111,12 +115,10 @@ def daemon_stop(
 # --- queue -----------------------------------------------------------------------------
 
 
-def _priority(value: str) -> str:
-    from honed.store.schema import JOB_PRIORITIES
-
-    if value not in JOB_PRIORITIES:
-        raise fail(f"--priority {value!r}: allowed: {', '.join(JOB_PRIORITIES)}")
-    return value
+def _priority(value: str) -> Priority:
+    if value not in set(Priority):
+        raise fail(f"--priority {value!r}: allowed: {allowed(Priority)}")
+    return Priority(value)
 
 
 def _job_id(text: str | None) -> int | None:

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from honed.cli.common import JsonOpt, WorkspaceOpt, app, console, err_console, fail, open_store, workspace_from
-from honed.serialize import deploy_result, plain
+from honed.store.serialize import deploy_result, plain
 
 adapters_app = typer.Typer(help="Adapters the runs produced, with their evaluation and verdict.",
                            no_args_is_help=True)

@@ -1,12 +1,18 @@
 """The settings themselves: one pydantic model per section of ``honed.toml``, every field
 with its description and unit. What reads and writes them is in :mod:`honed.config.layering`
-and :mod:`honed.config.toml_file`."""
+and :mod:`honed.config.toml_file`.
+
+Long because it is every setting honed has, one section after another in ``honed.toml``
+order; there is no logic here to split.
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from honed.states import Priority
 
 
 class _Section(BaseModel):
@@ -170,8 +176,8 @@ class DaemonSettings(_Section):
         "auto", description="auto: the OS's file events (inotify) via watchdog, polling if they "
         "are unavailable. polling: look every poll_interval_s.",
     )
-    inbox_priority: Literal["high", "normal", "low"] = Field(
-        "normal", description="Priority of the jobs queued for inbox files.",
+    inbox_priority: Priority = Field(
+        Priority.NORMAL, description="Priority of the jobs queued for inbox files.",
     )
     max_attempts: int = Field(
         3, gt=0, description="Trainer attempts per job; a job whose trainer crashed this many "
@@ -485,7 +491,7 @@ class LearnSettings(_Section):
         "replay of what the track already learned.",
     )
     max_batch: int = Field(1000, gt=0, description="Most experiences in one assembled dataset.")
-    priority: Literal["high", "normal", "low"] = Field("normal", description="Priority of the jobs it queues.")
+    priority: Priority = Field(Priority.NORMAL, description="Priority of the jobs it queues.")
     teacher: TeacherSettings = Field(default_factory=TeacherSettings)
 
     @field_validator("window")

@@ -28,6 +28,9 @@ Several daemons (one per workspace, on one machine or many) may share a PostgreS
 store. Each claim of a job carries a fencing token (``JobInfo.fence``): the daemon and
 its trainer pass it with every write they make for that job, and the store refuses
 them (StaleClaimError) once the job was taken over by another daemon.
+
+Longer than most modules on purpose: it is the whole path of a job, read top to bottom
+in one file; the attempt, the spare trainer and the idle policy are in their own modules.
 """
 
 from __future__ import annotations
@@ -46,13 +49,15 @@ from pathlib import Path
 
 import psutil
 
+from honed.daemon.attempt import EXIT_CLAIM_LOST
+from honed.daemon.idle import IdlePolicy
 from honed.daemon.inbox import Inbox
 from honed.daemon.launch import TRAINER_MODULE, launch_command
 from honed.daemon.lease import LeaseKeeper
 from honed.daemon.lock import DaemonLock
 from honed.daemon.outcome import AttemptOutcome, read_outcome
 from honed.daemon.schedule import backoff_delay, in_window, parse_window
-from honed.daemon.trainer_process import EXIT_CLAIM_LOST
+from honed.daemon.spare import SpareTrainer
 from honed.states import AttemptStatus, JobState
 from honed.store import JobInfo, StaleClaimError, StoreError, StoreUnavailableError
 from honed.workspace import Workspace
@@ -60,7 +65,6 @@ from honed.workspace import Workspace
 log = logging.getLogger("honed.daemon")
 
 WORKER_BEAT_S = 2.0
-SPARE_RESPAWN_S = 30.0
 # The daemon's writes wait this long for a SQLite writer (say, a hung trainer holding its
 # lock) before giving up and trying again on the next turn, so supervision never stalls.
 DAEMON_BUSY_TIMEOUT_S = 5.0
@@ -102,14 +106,14 @@ class Supervisor:
                            use_events=self.cfg.watcher == "auto")
         self.stopping: str | None = None
         self.force = False
-        self.spare: subprocess.Popen | None = None
-        self.spare_started = 0.0
         self.last_beat = 0.0
-        self.last_idle: float | None = None
         self.activity = "starting"
         self.current: JobInfo | None = None
         self.lease = LeaseKeeper(store, self.cfg.lease_s, on_lost=self.inbox.wake)
         self.trainer_module = os.environ.get("HONED_TRAINER_MODULE") or TRAINER_MODULE
+        self.spare = SpareTrainer(lambda: self.trainer_command("--warm"), workspace.logs_dir / "trainers.log",
+                                  enabled=self.cfg.warm_trainer)
+        self.idle = IdlePolicy(workspace, store)
 
     def on_signal(self, signum, frame) -> None:
         """First SIGTERM/SIGINT: stop gracefully. A second: do not wait for the trainer."""
@@ -144,7 +148,7 @@ class Supervisor:
             if learning is not None:
                 learning.stop()
             self.inbox.stop()
-            self.drop_spare()
+            self.spare.drop()
 
     def step(self) -> None:
         """One turn of the loop: inbox, then at most one job."""
@@ -154,7 +158,7 @@ class Supervisor:
             self.set_activity(blocked)
             self.inbox.wait(self.cfg.poll_interval_s)
             return
-        self.ensure_spare()
+        self.spare.ensure()
         from honed.training.runs import new_run_id
 
         job = self.store.claim_next_job(self.worker, new_run_id(), self.cfg.lease_s)
@@ -294,15 +298,7 @@ class Supervisor:
         nproc = self.processes_for(job)
         trainer = None
         if nproc == 1:
-            trainer, self.spare = self.spare, None
-        if trainer is not None and trainer.poll() is None:
-            try:
-                trainer.stdin.write(f"job {job.id} fence={job.fence} {log_path}\n".encode())
-                trainer.stdin.close()
-            except OSError:
-                trainer = None
-        else:
-            trainer = None
+            trainer = self.spare.hand_over(f"job {job.id} fence={job.fence} {log_path}")
         if trainer is None:
             command = self.trainer_command("--job", str(job.id), "--fence", str(job.fence))
             if nproc > 1:
@@ -343,31 +339,6 @@ class Supervisor:
         training."""
         return [sys.executable, "-m", self.trainer_module, "--workspace", str(self.ws.root),
                 "--parent", str(os.getpid()), *args]
-
-    def ensure_spare(self) -> None:
-        """Keep one trainer process started with its imports done (daemon.warm_trainer)."""
-        if not self.cfg.warm_trainer or (self.spare is not None and self.spare.poll() is None):
-            return
-        if self.spare is not None:
-            log.warning("the spare trainer exited with %s; see %s", self.spare.returncode,
-                        self.ws.logs_dir / "trainers.log")
-            self.spare = None
-            if time.monotonic() - self.spare_started < SPARE_RESPAWN_S:
-                return  # it died young: do not spin; jobs start fresh trainers meanwhile
-        with open(self.ws.logs_dir / "trainers.log", "ab") as out:
-            self.spare = subprocess.Popen(self.trainer_command("--warm"), stdin=subprocess.PIPE,
-                                          stdout=out, stderr=out, start_new_session=True)
-        self.spare_started = time.monotonic()
-
-    def drop_spare(self) -> None:
-        spare, self.spare = self.spare, None
-        if spare is not None and spare.poll() is None:
-            spare.stdin.close()  # end of input: the spare exits
-            try:
-                spare.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                spare.kill()
-                spare.wait()
 
     # --- settling a job ----------------------------------------------------------------
 
@@ -539,41 +510,6 @@ class Supervisor:
             proc.wait(timeout=self.cfg.stop_grace_s)
         except psutil.TimeoutExpired:
             proc.kill()
-
-    def idle(self) -> None:
-        """With nothing queued, write data into the inbox as daemon.idle says."""
-        if self.cfg.idle == "none":
-            return
-        if self.last_idle is not None and time.monotonic() - self.last_idle < self.cfg.idle_every_s:
-            return
-        if self.store.list_jobs(states=("queued", "running"), limit=1):
-            return
-        self.last_idle = time.monotonic()
-        stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}"
-        if self.cfg.idle == "synthetic":
-            from honed.data.synthetic import write_synthetic
-
-            staging = self.ws.local_datasets_dir / "idle"  # renamed into the inbox: same filesystem
-            staging.mkdir(parents=True, exist_ok=True)
-            train, _ = write_synthetic(self.cfg.idle_family, self.cfg.idle_records,
-                                       staging / f"idle-{self.cfg.idle_family}-{stamp}.jsonl", seed=int(time.time()))
-            os.rename(train, self.ws.inbox / train.name)  # renamed in: complete at once
-            log.info("idle: wrote %d %s records into the inbox (%s)", self.cfg.idle_records,
-                     self.cfg.idle_family, train.name)
-            return
-        env = {**os.environ, "HONED_INBOX": str(self.ws.inbox), "HONED_WORKSPACE": str(self.ws.root)}
-        with open(self.ws.logs_dir / "idle.log", "ab") as out:
-            try:
-                result = subprocess.run(self.cfg.idle_command, shell=True, env=env, cwd=self.ws.root,
-                                        stdout=out, stderr=out, timeout=3600)
-            except subprocess.TimeoutExpired:
-                log.error("idle: command timed out after an hour: %s", self.cfg.idle_command)
-                return
-        if result.returncode:
-            log.error("idle: command exited with %d (output in logs/idle.log): %s", result.returncode,
-                      self.cfg.idle_command)
-        else:
-            log.info("idle: command ran: %s", self.cfg.idle_command)
 
 
 def _ranks(trainer: subprocess.Popen) -> dict[int, psutil.Process]:

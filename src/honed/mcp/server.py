@@ -2,7 +2,7 @@
 
 Tools are thin: each calls the function its CLI command and HTTP route call
 (:mod:`honed.daemon.control`, :mod:`honed.registry.deployment`, the Store API) and
-answers with the same JSON (:mod:`honed.serialize`), so a job or an adapter looks alike
+answers with the same JSON (:mod:`honed.store.serialize`), so a job or an adapter looks alike
 wherever a program reads it. honed's own errors (an unknown job, a deploy the gates
 refuse, a bad feedback value) come back as tool errors carrying honed's message; any
 other exception is the SDK's generic "Error executing tool", with the traceback in the
@@ -34,9 +34,9 @@ from honed.learning.trigger import LearnError
 from honed.registry import deployment
 from honed.registry.deployment import DeployError
 from honed.registry.tracks import TrackError
-from honed.serialize import control_result, deploy_result, plain
+from honed.states import Command, JobState, Priority
 from honed.store import NotFoundError, Store, StoreError
-from honed.store.schema import JOB_STATES
+from honed.store.serialize import control_result, deploy_result, plain
 from honed.workspace import Workspace
 
 DEFAULT_HTTP_PORT = 8322  # beside the HTTP API's 8321
@@ -45,10 +45,11 @@ DEFAULT_HTTP_PORT = 8322  # beside the HTTP API's 8321
 # for the person (or model) who asked, so they travel to the client as they are.
 HONED_ERRORS = (ControlError, DeployError, StoreError, TrackError, SettingsError, LearnError)
 
-# Literal over the store's own tuple: the schema the client sees lists the allowed values.
-JobState = Literal[JOB_STATES]  # type: ignore[valid-type]
-Priority = Literal["high", "normal", "low"]
-Command = Literal["pause", "resume", "stop", "skip", "cancel"]
+# Literals over honed.states' enums: the schema the client sees lists the allowed values
+# inline (an enum would be a $ref some clients never follow).
+JobStateArg = Literal[tuple(JobState)]  # type: ignore[valid-type]
+PriorityArg = Literal[tuple(Priority)]  # type: ignore[valid-type]
+CommandArg = Literal[tuple(Command)]  # type: ignore[valid-type]
 TrackArg = Annotated[str | None, Field(description="Track (default: the workspace's track, usually 'main').")]
 
 INSTRUCTIONS = """\
@@ -102,7 +103,7 @@ class WorkspaceTools:
         adapter, the base model and the latest runs."""
         return plain(status_info(self.workspace, self.store))
 
-    def list_jobs(self, states: list[JobState] | None = None,
+    def list_jobs(self, states: list[JobStateArg] | None = None,
                   limit: Annotated[int, Field(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
         """Training jobs, newest first; `states` keeps only jobs in those states."""
         jobs = self.store.list_jobs(states=tuple(states) if states else None)
@@ -138,7 +139,7 @@ class WorkspaceTools:
             "Dataset ids (list_datasets shows them) or absolute paths of JSONL files on the machine "
             "honed runs on; a file is validated and added first."))],
         track: TrackArg = None,
-        priority: Priority = "normal",
+        priority: PriorityArg = "normal",
         overrides: Annotated[dict[str, Any] | None, Field(description=(
             'Settings for this job only, e.g. {"train": {"lr": 0.001, "epochs": 2}}.'))] = None,
     ) -> dict[str, Any]:
@@ -211,7 +212,7 @@ class WorkspaceTools:
 
     def control_job(
         self,
-        command: Command,
+        command: CommandArg,
         job_id: Annotated[int | None, Field(description="Job id (default: the running job; for resume, "
                                                         "the one paused or skipped job).")] = None,
         wait_s: Annotated[float, Field(ge=0, le=600, description="How long to wait for the new state.")] = 30.0,

@@ -18,12 +18,12 @@ from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from honed.daemon.control import ControlError, queue_job
-from honed.serialize import plain
 from honed.server.deps import StoreDep, WorkspaceDep
 from honed.server.security import check_file_name
 from honed.store import DatasetInfo, NotFoundError, RunInfo, Store
 from honed.store.info import Time
 from honed.store.schema import METRIC_KINDS
+from honed.store.serialize import plain
 
 router = APIRouter(prefix="/api", tags=["data"])
 

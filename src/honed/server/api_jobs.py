@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from honed.daemon.control import ControlError, control_job, queue_job, remove_job
-from honed.serialize import control_result
 from honed.server.deps import StoreDep, WorkspaceDep
-from honed.states import CommandState
+from honed.states import Command, CommandState, JobState, Priority, allowed
 from honed.store import AdapterInfo, CheckpointInfo, JobEvent, JobInfo
 from honed.store.schema import JOB_STATES
+from honed.store.serialize import control_result
 
 router = APIRouter(prefix="/api", tags=["jobs"])
 
-Priority = Literal["high", "normal", "low"]
-Command = Literal["pause", "resume", "stop", "skip", "cancel"]
 
 
 class Status(BaseModel):
@@ -69,7 +67,7 @@ def list_jobs(store: StoreDep, state: list[str] | None = Query(None, description
     """Jobs, newest first."""
     for s in state or ():
         if s not in JOB_STATES:
-            raise HTTPException(400, f"state {s!r}: allowed: {', '.join(JOB_STATES)}")
+            raise HTTPException(400, f"state {s!r}: allowed: {allowed(JobState)}")
     jobs = store.list_jobs(states=tuple(state) if state else None)
     jobs.sort(key=lambda j: j.id, reverse=True)
     return jobs[:limit]
@@ -80,7 +78,7 @@ class NewJob(BaseModel):
 
     datasets: list[int] = Field(min_length=1, description="Dataset ids ('GET /api/datasets' lists them).")
     track: str | None = Field(None, description="Track to train (default: the workspace's track).")
-    priority: Priority = "normal"
+    priority: Priority = Priority.NORMAL
     overrides: dict = Field(default_factory=dict, description='Settings for this job, e.g. {"train": {"lr": 1e-3}}.')
 
 

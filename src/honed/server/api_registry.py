@@ -10,10 +10,10 @@ from pydantic.json_schema import SkipJsonSchema
 
 from honed.registry import deployment
 from honed.registry.tracks import add_track
-from honed.serialize import deploy_result
 from honed.server.deps import StoreDep, WorkspaceDep
 from honed.states import DeployAction
 from honed.store import AdapterInfo, DeploymentInfo, TrackInfo
+from honed.store.serialize import deploy_result
 
 router = APIRouter(prefix="/api", tags=["registry"])
 

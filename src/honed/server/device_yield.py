@@ -1,7 +1,7 @@
 """The server gives its accelerator to a trainer that claims it, and takes it back after.
 
 From the first request on (when the pool chooses its device), the server announces
-itself in ``run/devices`` (see :mod:`honed.device_claims`) and looks at the trainers'
+itself in ``run/devices`` (see :mod:`honed.daemon.device_claims`) and looks at the trainers'
 claims every ``server.device_poll_s`` on a thread. When a live claim names its device it
 does what ``server.on_training`` says, after the requests under way have finished:
 
@@ -21,7 +21,7 @@ import threading
 import time
 from datetime import UTC, datetime
 
-from honed.device_claims import DeviceEntry, ServerPresence, describe_device
+from honed.daemon.device_claims import DeviceEntry, ServerPresence, describe_device
 from honed.server.serving import ModelReleased, resolve
 
 log = logging.getLogger(__name__)

@@ -19,9 +19,9 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from honed.serialize import plain
 from honed.store import Store, StoreError
 from honed.store.schema import METRIC_KINDS
+from honed.store.serialize import plain
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api", tags=["live"])

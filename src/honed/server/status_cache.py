@@ -15,8 +15,8 @@ import threading
 import time
 
 from honed.daemon.status import status_info
-from honed.serialize import plain
 from honed.store import Store
+from honed.store.serialize import plain
 
 
 class StatusCache:

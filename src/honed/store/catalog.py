@@ -33,9 +33,9 @@ log = logging.getLogger(__name__)
 def add_base(
     conn: sa.Connection,
     source: str,
-    description: str,
-    parent_version: int | None,
-    lineage: dict[str, Any] | None,
+    description: str = '',
+    parent_version: int | None = None,
+    lineage: dict[str, Any] | None = None,
 ) -> int:
     """Insert the next base version (0 for the first) and return it."""
     if conn.dialect.name == "postgresql":
@@ -59,7 +59,7 @@ def add_base(
     return version
 
 
-def get_base(conn: sa.Connection, version: int | None) -> BaseInfo | None:
+def get_base(conn: sa.Connection, version: int | None = None) -> BaseInfo | None:
     """The base with ``version``, or the latest one when ``version`` is None."""
     query = sa.select(bases)
     if version is None:
@@ -203,7 +203,7 @@ def add_dataset(
     return dataset
 
 
-def list_datasets(conn: sa.Connection, track: str | None) -> list[DatasetInfo]:
+def list_datasets(conn: sa.Connection, track: str | None = None) -> list[DatasetInfo]:
     """Datasets of ``track`` (all tracks when None), oldest first."""
     query = sa.select(datasets).order_by(datasets.c.id)
     if track is not None:

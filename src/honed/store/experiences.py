@@ -17,7 +17,8 @@ from honed.store.schema import EXPERIENCE_SOURCES, THUMBS, adapters, experiences
 
 
 def add_experience(conn: sa.Connection, *, track: str, messages: list[dict[str, Any]], output: str,
-                   adapter_id: int | None, base_version: int | None, source: str, latency_ms: float | None = None,
+                   adapter_id: int | None = None, base_version: int | None = None, source: str = "served",
+                   latency_ms: float | None = None,
                    prompt_tokens: int | None = None, completion_tokens: int | None = None,
                    meta: dict[str, Any] | None = None) -> ExperienceInfo:
     """Record one interaction; the base version defaults to the track's."""
@@ -66,7 +67,7 @@ def add_feedback(conn: sa.Connection, experience_id: int, *, score: float | None
     return get_experience(conn, experience_id)
 
 
-def list_experiences(conn: sa.Connection, track: str | None, *, untrained_only: bool = False,
+def list_experiences(conn: sa.Connection, track: str | None = None, *, untrained_only: bool = False,
                      limit: int = 100, before_id: int | None = None) -> list[ExperienceInfo]:
     """Experiences, newest first; page with ``before_id``."""
     query = sa.select(experiences).order_by(experiences.c.id.desc()).limit(limit)

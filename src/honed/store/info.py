@@ -3,7 +3,7 @@ callers get these frozen pydantic models, built from a row by ``XInfo.model_vali
 and safe to keep after the connection is gone.
 
 Their JSON form (``model_dump(mode="json")``, what the HTTP API sends and what
-:func:`honed.serialize.plain` returns) has times in ISO 8601 to the millisecond and
+:func:`honed.store.serialize.plain` returns) has times in ISO 8601 to the millisecond and
 non-finite floats as "nan", "inf" and "-inf", since JSON has no NaN.
 """
 
@@ -23,7 +23,6 @@ from pydantic import (
     model_validator,
 )
 
-from honed.serialize import plain
 from honed.states import (
     AdapterState,
     Command,
@@ -34,6 +33,7 @@ from honed.states import (
     RunStatus,
 )
 from honed.store.schema import decode_non_finite
+from honed.store.serialize import plain
 
 _VIEW = ConfigDict(from_attributes=True, frozen=True)
 

@@ -13,6 +13,9 @@ the new owner did. Writes by people (control commands) carry no fence. Leases ar
 measured on the database's clock (see :func:`store_now`).
 
 Each function takes a connection that is already in a transaction; none commits.
+
+Long because the job state machine is kept in one module: every transition and the
+fencing that guards it can be read together.
 """
 
 from __future__ import annotations
@@ -155,7 +158,7 @@ def get_job(conn: sa.Connection, job_id: int, lock: bool = False) -> JobInfo:
     return JobInfo.model_validate(row)
 
 
-def list_jobs(conn: sa.Connection, states: tuple[str, ...] | None, limit: int | None) -> list[JobInfo]:
+def list_jobs(conn: sa.Connection, states: tuple[str, ...] | None = None, limit: int | None = None) -> list[JobInfo]:
     """Jobs in claim order (priority, then first in first out), of some states or all."""
     for state in states or ():
         if state not in JOB_STATES:
@@ -172,7 +175,7 @@ def _update(conn: sa.Connection, job_id: int, **values: Any) -> None:
     conn.execute(jobs.update().where(jobs.c.id == job_id).values(updated_at=utc_now(), **values))
 
 
-def claim_next_job(conn: sa.Connection, worker: str, run_id: str, lease_s: float,
+def claim_next_job(conn: sa.Connection, worker: str, run_id: str, lease_s: float = 60.0,
                    now: datetime | None = None) -> JobInfo | None:
     """Claim the next job for ``worker`` and lease it for ``lease_s`` seconds; None when
     nothing is ready.
@@ -231,8 +234,8 @@ def _unused_run_id(conn: sa.Connection, run_id: str, job_id: int) -> str:
     return f"{run_id}-job{job_id}" if taken else run_id
 
 
-def report_progress(conn: sa.Connection, job_id: int, progress: dict[str, Any] | None,
-                    trainer_pid: int | None, fence: int | None = None) -> None:
+def report_progress(conn: sa.Connection, job_id: int, progress: dict[str, Any] | None = None,
+                    trainer_pid: int | None = None, fence: int | None = None) -> None:
     """A trainer's heartbeat: its pid and where it is (step, loss, tokens/s, ETA); with
     ``fence``, only while that claim holds the job (StaleClaimError otherwise)."""
     values: dict[str, Any] = {"heartbeat_at": utc_now()}
@@ -467,7 +470,8 @@ def get_worker(conn: sa.Connection, worker_id: str) -> WorkerInfo | None:
     return WorkerInfo.model_validate(row) if row else None
 
 
-def beat_worker(conn: sa.Connection, worker_id: str, state: dict[str, Any] | None, stopped: bool) -> None:
+def beat_worker(conn: sa.Connection, worker_id: str, state: dict[str, Any] | None = None,
+                stopped: bool = False) -> None:
     """A daemon's heartbeat (and what it is doing); with ``stopped``, its last word."""
     values: dict[str, Any] = {"heartbeat_at": utc_now(), "state": state}
     if stopped:
@@ -475,7 +479,7 @@ def beat_worker(conn: sa.Connection, worker_id: str, state: dict[str, Any] | Non
     conn.execute(workers.update().where(workers.c.id == worker_id).values(**values))
 
 
-def list_workers(conn: sa.Connection, workspace: str | None, limit: int) -> list[WorkerInfo]:
+def list_workers(conn: sa.Connection, workspace: str | None = None, limit: int = 10) -> list[WorkerInfo]:
     """Workers, most recently started first."""
     query = sa.select(workers).order_by(workers.c.started_at.desc()).limit(limit)
     if workspace is not None:

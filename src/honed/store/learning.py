@@ -44,8 +44,8 @@ def set_auto_scores(conn: sa.Connection, scores: dict[int, float]) -> None:
 
 
 def add_teacher_answer(conn: sa.Connection, *, experience_id: int, track: str, model: str, status: str,
-                       output: str | None, reason: str | None, score: float | None,
-                       latency_ms: float | None) -> TeacherAnswerInfo:
+                       output: str | None = None, reason: str | None = None, score: float | None = None,
+                       latency_ms: float | None = None) -> TeacherAnswerInfo:
     """Record one teacher call about an experience, whatever came of it."""
     if status not in TEACHER_STATUSES:
         raise StoreError(f"teacher answer status {status!r}: allowed: {', '.join(TEACHER_STATUSES)}")
@@ -70,7 +70,7 @@ def teacher_answers_for(conn: sa.Connection, experience_ids: Iterable[int]) -> d
     return out
 
 
-def list_teacher_answers(conn: sa.Connection, track: str | None, *, status: str | None = None,
+def list_teacher_answers(conn: sa.Connection, track: str | None = None, *, status: str | None = None,
                          limit: int = 50) -> list[TeacherAnswerInfo]:
     """Teacher answers, newest first."""
     query = sa.select(teacher_answers).order_by(teacher_answers.c.id.desc()).limit(limit)
@@ -111,7 +111,7 @@ def get_batch(conn: sa.Connection, batch_id: int) -> LearningBatchInfo:
     return LearningBatchInfo.model_validate(row)
 
 
-def list_batches(conn: sa.Connection, track: str | None, limit: int = 20) -> list[LearningBatchInfo]:
+def list_batches(conn: sa.Connection, track: str | None = None, limit: int = 20) -> list[LearningBatchInfo]:
     """Assembled batches, newest first."""
     query = sa.select(learning_batches).order_by(learning_batches.c.id.desc()).limit(limit)
     if track is not None:

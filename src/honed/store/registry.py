@@ -40,7 +40,7 @@ def get_adapter(conn: sa.Connection, adapter_id: int) -> AdapterInfo:
     return AdapterInfo.model_validate(row)
 
 
-def list_adapters(conn: sa.Connection, track: str | None) -> list[AdapterInfo]:
+def list_adapters(conn: sa.Connection, track: str | None = None) -> list[AdapterInfo]:
     """Adapters, newest first."""
     query = sa.select(adapters).order_by(adapters.c.id.desc())
     if track is not None:

@@ -84,7 +84,7 @@ def create_run(
     return run
 
 
-def list_runs(conn: sa.Connection, track: str | None, limit: int) -> list[RunInfo]:
+def list_runs(conn: sa.Connection, track: str | None = None, limit: int = 50) -> list[RunInfo]:
     """The newest runs first, of one track or of all."""
     query = sa.select(runs).order_by(runs.c.started_at.desc(), runs.c.id.desc()).limit(limit)
     if track is not None:
@@ -121,10 +121,10 @@ def finish_run(
     run_id: str,
     *,
     status: str,
-    final_metrics: dict[str, Any] | None,
-    error: str | None,
-    adapter_path: str | None,
-    attempt: int | None,
+    final_metrics: dict[str, Any] | None = None,
+    error: str | None = None,
+    adapter_path: str | None = None,
+    attempt: int | None = None,
 ) -> None:
     """Record how the current attempt of a run ended."""
     if status not in FINAL_STATUSES:
@@ -194,7 +194,7 @@ def _check_kind(kind: str) -> None:
 
 
 def append_metrics(
-    conn: sa.Connection, run_id: str, rows: list[dict[str, Any]], attempt: int, kind: str
+    conn: sa.Connection, run_id: str, rows: list[dict[str, Any]], attempt: int, kind: str = 'train'
 ) -> None:
     """Store one row per step; a step logged twice by the same attempt keeps the last."""
     _check_kind(kind)
@@ -222,7 +222,7 @@ def append_metrics(
 
 
 def get_metrics(
-    conn: sa.Connection, run_id: str, kind: str, latest_attempt_only: bool,
+    conn: sa.Connection, run_id: str, kind: str = 'train', latest_attempt_only: bool = True,
     after_step: int | None = None, limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """Metrics rows of a run as ``{"step", "attempt", **values}``, by step.

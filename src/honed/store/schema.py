@@ -3,6 +3,8 @@
 These declarations are what the queries use; the migrations under ``migrations/``
 create the same tables (a test compares the two, so they cannot drift). To add a table
 or a column: change it here, then add a new revision under ``migrations/versions/``.
+
+Long because it is every table, declared once.
 """
 
 from __future__ import annotations

@@ -194,3 +194,40 @@ class ServerPresence:
     def withdraw(self) -> None:
         """The server stops: no trainer waits for it any more."""
         remove_entry(self.root, self.entry)
+
+
+def claim_accelerator(workspace, store, job_id: int, fence: int | None = None):
+    """Claim the device this attempt trains on when servers must give it up first
+    (``server.yield_devices``), and wait until they have, at most
+    ``server.yield_timeout_s``. Returns the claim to withdraw at the end (None: the
+    device is shared, nothing to claim)."""
+    from honed.store import StaleClaimError, StoreError
+    from honed.training.model_loading import pick_device
+
+    settings = workspace.settings.server
+    device = pick_device()
+    if device.type not in settings.yield_devices:
+        return None
+    name, uuid = describe_device(device)
+    claim = claim_device(workspace.root, name, uuid, job_id)
+    started = time.monotonic()
+    waited_for = claim.holders()
+    if not waited_for:
+        return claim
+    holding = claim.wait_for_release(settings.yield_timeout_s)
+    if holding:
+        message = (f"{len(holding)} server(s) (pid {', '.join(str(s.pid) for s in holding)}) did not release {name} "
+                   f"within server.yield_timeout_s = {settings.yield_timeout_s:g} s; training anyway")
+        log.warning("job %d: %s", job_id, message)
+    else:
+        message = f"{len(waited_for)} server(s) released {name} in {time.monotonic() - started:.1f} s"
+        log.info("job %d: %s", job_id, message)
+    try:
+        store.add_job_event(job_id, "device", message, {"device": name, "servers": [s.pid for s in waited_for],
+                                                        "still_holding": [s.pid for s in holding]}, fence=fence)
+    except StaleClaimError:
+        claim.withdraw()
+        raise
+    except StoreError as exc:
+        log.warning("job %d: device event not written (%s)", job_id, exc)
+    return claim
