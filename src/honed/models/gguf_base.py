@@ -291,7 +291,6 @@ def _convert_into(path: Path, staging: Path, info: dict) -> None:
 
     started = time.monotonic()
     log.info("converting %s (%s, %s) into %s", path, info["architecture"], "/".join(info["quantization"]), staging)
-    staging.mkdir(parents=True)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         tokenizer.save_pretrained(staging)
