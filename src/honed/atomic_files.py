@@ -168,13 +168,16 @@ def fsync_tree(root: Path) -> None:
 
 
 @contextmanager
-def atomic_file(path: Path) -> Iterator[BinaryIO]:
+def atomic_file(path: Path, mode: int = 0o666) -> Iterator[BinaryIO]:
     """Yield a binary file to write; when the block ends without an error it replaces
-    ``path`` in one step, durably. On an error nothing is left behind."""
+    ``path`` in one step, durably. On an error nothing is left behind. ``mode`` (less the
+    umask) is the file's from its first byte: 0o600 keeps a secret from other users."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as fh:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        os.chmod(tmp, mode & ~_umask())  # an existing temp file keeps its old mode otherwise
+        with open(fd, "wb") as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
@@ -185,10 +188,16 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
     fsync_dir(path.parent)
 
 
-def write_bytes_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` in one step."""
-    with atomic_file(path) as fh:
+def write_bytes_atomically(path: Path, data: bytes, mode: int = 0o666) -> None:
+    """Replace ``path`` with ``data`` in one step (``mode``: see :func:`atomic_file`)."""
+    with atomic_file(path, mode) as fh:
         fh.write(data)
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def write_json_atomically(path: Path, obj: object) -> None:

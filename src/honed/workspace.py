@@ -275,5 +275,19 @@ def init_workspace(root: Path, base: str = "tiny", store_url: str = "", artifact
     # leaves a directory that 'honed init' can simply be run on again.
     from honed.atomic_files import write_bytes_atomically
 
-    write_bytes_atomically(root / CONFIG_FILE, render_commented_toml(settings).encode())
+    # A store password written here is for this user's eyes alone.
+    secret = bool(store_url) and store_password(store_url) is not None
+    write_bytes_atomically(root / CONFIG_FILE, render_commented_toml(settings).encode(),
+                           mode=0o600 if secret else 0o666)
     return workspace
+
+
+def store_password(url: str) -> str | None:
+    """The password in a store URL, if it has one."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).password
+    except ArgumentError:
+        return None

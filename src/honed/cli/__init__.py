@@ -21,7 +21,7 @@ from honed.cli.common import JsonOpt, WorkspaceOpt, app, console, err_console
 from honed.cli.common import fail as _fail
 from honed.cli.common import workspace_from as _workspace
 from honed.config import SettingsError
-from honed.workspace import Workspace, WorkspaceError, init_workspace
+from honed.workspace import Workspace, WorkspaceError, init_workspace, store_password
 
 
 @app.command()
@@ -44,6 +44,10 @@ def init(
     except (WorkspaceError, SettingsError) as exc:
         raise _fail(str(exc)) from None
     console.print(f"workspace ready at [bold]{workspace.root}[/] on base {base!r}")
+    if store_url and store_password(store_url) is not None:
+        err_console.print("[yellow]warning:[/] the store password is in honed.toml, readable by you alone "
+                          "(mode 0600); to keep it out of the file, remove it from store.url there and set "
+                          "HONED_STORE__URL, or use ~/.pgpass", highlight=False)
 
 
 @app.command()
@@ -416,5 +420,25 @@ def verify(
 from honed.cli import daemon, learn, mcp, registry, server  # noqa: E402,F401
 
 
-def main() -> None:  # pragma: no cover - console entry point alias
-    app()
+def main() -> None:
+    """The ``honed`` command. An expected failure (a store that cannot be reached or is not
+    supported, a workspace or setting that is wrong, a path that cannot be used) is one
+    line on stderr and exit status 1, never a traceback; ``--verbose`` keeps the traceback."""
+    import sys
+
+    from honed.store import StoreError
+
+    verbose = "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]
+    try:
+        app()
+    except (StoreError, WorkspaceError, SettingsError) as exc:
+        if verbose:
+            raise
+        _fail(str(exc))
+        sys.exit(1)
+    except OSError as exc:
+        if verbose:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        _fail(f"{where}{exc.strerror or exc}")
+        sys.exit(1)

@@ -13,7 +13,8 @@ from honed.cli.common import WorkspaceOpt, app, err_console, fail, workspace_fro
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (default: server.host, 127.0.0.1); "
                                              "anything but loopback needs the token in server.token_env.")] = None,
-    port: Annotated[int | None, typer.Option(help="TCP port (default: server.port, 8321).")] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535,
+                                             help="TCP port (default: server.port, 8321; 0 = any free port).")] = None,
     workspace: WorkspaceOpt = None,
 ) -> None:
     """Serve the HTTP API (/api, OpenAPI at /docs), live updates, /metrics and the web monitor."""

@@ -83,6 +83,10 @@ def load_settings(workspace: Path | None, overrides: dict[str, Any] | None = Non
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"{path}: not valid TOML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise SettingsError(f"{path}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from exc
+        except OSError as exc:
+            raise SettingsError(f"{path}: cannot be read: {exc.strerror}") from exc
     layers = [(origin, data), ("environment (HONED_*)", env_overrides())]
     if overrides:
         layers.append(("command line", overrides))

@@ -74,8 +74,11 @@ class AddedDataset:
 def add_dataset_file(workspace, store, source: Path, *, track: str, mode: str) -> AddedDataset:
     """Ingest ``source`` for ``track`` and record it; returns what happened."""
     source = Path(source)
-    if not source.is_file():
+    if not source.exists():
         raise FileNotFoundError(f"no such file: {source}")
+    if not source.is_file():  # a directory, a FIFO, a device: nothing honed can take whole
+        kind = "a directory" if source.is_dir() else "not a regular file"
+        raise IsADirectoryError(f"{source} is {kind}; give a JSONL file")
     if store.get_track(track) is None:
         raise ValueError(f"unknown track '{track}'; tracks: {[t.name for t in store.list_tracks()]}")
     known = store.find_dataset(track, file_sha256(source))
