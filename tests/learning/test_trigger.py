@@ -115,3 +115,23 @@ def test_assembly_mixes_replay_with_provenance(learn_ws, teacher, tmp_path):
             word = line["messages"][0]["content"].removeprefix("reverse: ")
             assert line["messages"][-1]["content"] == word[::-1]
     assert [p["source"] for p in provenance["lines"][:7]] == ["good"] * 4 + ["person"] * 3
+
+
+def test_an_experience_that_cannot_be_a_training_line_is_set_aside_not_blocking_the_batch(learn_ws, teacher):
+    server, _ = teacher
+    ws = configure_learning(learn_ws, server.url + "/v1", threshold=4, teacher={"base_url": ""})
+    with ws.open_store() as store:
+        good = log_reversals(store, ["abc", "hello", "honed"], correct=True, thumbs="up")
+        # A tool message is kept at capture (it is what the application saw) but is not a
+        # role the ingest trains on: the assembled file would be refused whole.
+        odd = store.add_experience(track="main", source="logged", output="arol",
+                                   messages=[{"role": "tool", "content": "lookup: lora"},
+                                             {"role": "user", "content": "reverse: lora"}])
+        store.add_feedback(odd.id, thumbs="up")
+        done = tick(ws, store, "main")
+    assert done is not None and sorted(done.batch.experience_ids) == good
+    assert [s["experience_id"] for s in done.set_aside] == [odd.id]
+    assert "role" in done.set_aside[0]["reason"] and "tool" in done.set_aside[0]["reason"]
+    provenance = json.loads(done.provenance_path.read_text())
+    assert provenance["set_aside"] == done.set_aside
+    assert len(done.path.read_text().splitlines()) == len(provenance["lines"]) == 3

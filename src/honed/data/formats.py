@@ -100,6 +100,19 @@ def describe_parse_error(raw: bytes, exc: orjson.JSONDecodeError) -> str:
     return f"invalid JSON at column {exc.colno}: {exc.msg}"
 
 
+def text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be kept as training data, or None: a NUL character (PostgreSQL
+    refuses it) or a lone UTF-16 surrogate (no UTF-8 file can hold it), with its position."""
+    nul = text.find("\x00")
+    if nul >= 0:
+        return f"contains a NUL character at position {nul}"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"contains a lone surrogate (U+{ord(text[exc.start]):04X}) at position {exc.start}"
+    return None
+
+
 def normalize_record(obj: Any, max_record_chars: int = DEFAULT_MAX_RECORD_CHARS) -> dict[str, Any]:
     """Return the normalised form of one parsed record.
 

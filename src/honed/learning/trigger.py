@@ -150,6 +150,8 @@ class Assembled:
     path: Path
     provenance_path: Path
     counts: dict
+    # Experiences that could not become a training line, with why: left out, not blocking.
+    set_aside: list[dict] = field(default_factory=list)
 
 
 def assemble(workspace, store, state: LearningState, *, trigger: str) -> Assembled:
@@ -163,6 +165,20 @@ def assemble(workspace, store, state: LearningState, *, trigger: str) -> Assembl
     if not lessons:
         raise LearnError(f"track {track}: no experience is ready to train on ({state.good} good, "
                          f"{state.needs_improvement} needing improvement without a correction)")
+    # Lenient per line: one experience that cannot be a training line (stored before
+    # capture checked it, or with a role the ingest does not train) is set aside with its
+    # reason; the others go on.
+    max_chars = workspace.settings.ingest.max_record_chars
+    set_aside = [{"experience_id": t.experience_id, "reason": reason}
+                 for t in lessons if (reason := training_problem(t.record(), max_chars))]
+    if set_aside:
+        aside = {s["experience_id"] for s in set_aside}
+        lessons = [t for t in lessons if t.experience_id not in aside]
+        for s in set_aside:
+            log.warning("track %s: experience %d set aside: %s", track, s["experience_id"], s["reason"])
+    if not lessons:
+        raise LearnError(f"track {track}: every experience ready to train on was set aside: "
+                         + "; ".join(f"experience {s['experience_id']}: {s['reason']}" for s in set_aside))
     base_version = store.require_track(track).base_version
     stamp = datetime.now(UTC)
     rng = random.Random(f"{track}:{stamp.isoformat()}")
@@ -190,7 +206,7 @@ def assemble(workspace, store, state: LearningState, *, trigger: str) -> Assembl
         "track": track, "base_version": base_version, "trigger": trigger, "created_at": stamp.isoformat(),
         "experience_fraction": cfg.experience_fraction, "counts": counts,
         "replay_sources": sorted({d for d, _ in replay}), "teacher_model": cfg.teacher.model or None,
-        "lines": provenance,
+        "lines": provenance, "set_aside": set_aside,
     }
     provenance_path = folder / f"{name}.provenance.json"
     write_json_atomically(provenance_path, manifest)
@@ -205,7 +221,22 @@ def assemble(workspace, store, state: LearningState, *, trigger: str) -> Assembl
     log.info("learn: track %s: batch %d (%d lessons: %d by a person, %d by the teacher, %d good; %d replay) "
              "queued as job %d", track, batch.id, counts["lessons"], counts["person"], counts["teacher"],
              counts["good"], counts["replay"], batch.job_id)
-    return Assembled(batch, batch.job_id, added.dataset.id, path, provenance_path, counts)
+    return Assembled(batch, batch.job_id, added.dataset.id, path, provenance_path, counts, set_aside)
+
+
+def training_problem(record: dict, max_chars: int) -> str | None:
+    """Why ``record`` would be refused by the ingest as a training line, or None."""
+    from honed.data.formats import RecordError, normalize_record, text_problem
+
+    try:
+        normalize_record(record, max_chars)
+    except RecordError as exc:
+        return str(exc)
+    for i, message in enumerate(record["messages"]):
+        problem = text_problem(message["content"])
+        if problem:
+            return f"messages[{i}].content {problem}"
+    return None
 
 
 def _replay(store, track: str, base_version: int, want: int, rng: random.Random) -> list[tuple[int, dict]]:

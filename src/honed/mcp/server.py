@@ -170,7 +170,8 @@ class WorkspaceTools:
         training data."""
         experience = self.store.add_experience(
             track=track or self.workspace.settings.track, messages=[m.model_dump() for m in messages],
-            output=output, adapter_id=adapter_id, source="logged", meta=metadata)
+            output=output, adapter_id=adapter_id, source="logged", meta=metadata,
+            max_chars=self.workspace.settings.ingest.max_record_chars)
         return plain(experience)
 
     def give_feedback(
@@ -183,7 +184,8 @@ class WorkspaceTools:
         """Say what an answer was worth: a score, thumbs up or down, and/or the corrected
         output (give at least one). Answers with the experience as it is now."""
         return plain(self.store.add_feedback(experience_id, score=score, thumbs=thumbs,
-                                             corrected_output=corrected_output))
+                                             corrected_output=corrected_output,
+                                             max_chars=self.workspace.settings.ingest.max_record_chars))
 
     def learn_status(self, track: TrackArg = None) -> dict[str, Any]:
         """Where a track's learning loop stands: experiences by judgement, corrections by

@@ -7,8 +7,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
+from honed.data.formats import text_problem
 from honed.server.deps import StoreDep, WorkspaceDep
 from honed.store import ExperienceInfo
 
@@ -18,6 +19,15 @@ router = APIRouter(tags=["experiences"])
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "tool"]
     content: str
+
+    @field_validator("content")
+    @classmethod
+    def _keepable(cls, content: str) -> str:
+        """Refused before anything is generated or stored: text no training file can hold."""
+        problem = text_problem(content)
+        if problem:
+            raise ValueError(problem)
+        return content
 
 
 class LoggedExperience(BaseModel):
@@ -47,7 +57,8 @@ def log_experience(body: LoggedExperience, workspace: WorkspaceDep, store: Store
     experience = store.add_experience(
         track=body.track or workspace.settings.track, messages=[m.model_dump() for m in body.messages],
         output=body.output, adapter_id=body.adapter_id, source="logged", latency_ms=body.latency_ms,
-        prompt_tokens=body.prompt_tokens, completion_tokens=body.completion_tokens, meta=body.metadata)
+        prompt_tokens=body.prompt_tokens, completion_tokens=body.completion_tokens, meta=body.metadata,
+        max_chars=workspace.settings.ingest.max_record_chars)
     return experience
 
 
@@ -58,10 +69,11 @@ def get_experience(experience_id: int, store: StoreDep) -> ExperienceInfo:
 
 
 @router.post("/v1/experiences/{experience_id}/feedback")
-def give_feedback(experience_id: int, body: Feedback, store: StoreDep) -> ExperienceInfo:
+def give_feedback(experience_id: int, body: Feedback, workspace: WorkspaceDep, store: StoreDep) -> ExperienceInfo:
     """Attach a score, thumbs up/down and/or a corrected output to an experience."""
     return store.add_feedback(experience_id, score=body.score, thumbs=body.thumbs,
-                              corrected_output=body.corrected_output)
+                              corrected_output=body.corrected_output,
+                              max_chars=workspace.settings.ingest.max_record_chars)
 
 
 @router.get("/api/experiences")

@@ -124,7 +124,8 @@ async def chat_completions(body: ChatRequest, request: Request, workspace: Works
             adapter_id=target.adapter.id if target.adapter else None,
             base_version=target.base_version, source="served", latency_ms=(time.perf_counter() - started) * 1000,
             prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
-            meta={"user": body.user, **(body.metadata or {})} if (body.user or body.metadata) else None)
+            meta={"user": body.user, **(body.metadata or {})} if (body.user or body.metadata) else None,
+            max_chars=None)  # the prompt was checked before generating; the answer is the model's
 
     def honed_field(experience) -> dict:
         return {"experience_id": experience.id, "track": target.track,

@@ -5,11 +5,13 @@ Each function takes a connection that is already in a transaction; none commits.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
 import sqlalchemy as sa
 
+from honed.data.formats import DEFAULT_MAX_RECORD_CHARS, text_problem
 from honed.store.catalog import require_track
 from honed.store.errors import NotFoundError, StoreError
 from honed.store.info import ExperienceInfo
@@ -20,8 +22,13 @@ def add_experience(conn: sa.Connection, *, track: str, messages: list[dict[str, 
                    adapter_id: int | None = None, base_version: int | None = None, source: str = "served",
                    latency_ms: float | None = None,
                    prompt_tokens: int | None = None, completion_tokens: int | None = None,
-                   meta: dict[str, Any] | None = None) -> ExperienceInfo:
-    """Record one interaction; the base version defaults to the track's."""
+                   meta: dict[str, Any] | None = None,
+                   max_chars: int | None = DEFAULT_MAX_RECORD_CHARS) -> ExperienceInfo:
+    """Record one interaction; the base version defaults to the track's. It is checked as
+    it arrives, as the ingest would check it as training data (roles, text, at most
+    ``max_chars`` characters: ``ingest.max_record_chars``; None: no bound, for what the
+    server itself answered), so that no experience can later break a batch; StoreError
+    names the field, and nothing is stored."""
     if source not in EXPERIENCE_SOURCES:
         raise StoreError(f"experience source {source!r}: allowed: {', '.join(EXPERIENCE_SOURCES)}")
     info = require_track(conn, track)
@@ -33,6 +40,7 @@ def add_experience(conn: sa.Connection, *, track: str, messages: list[dict[str, 
         if row.track != track:
             raise StoreError(f"adapter {adapter_id} belongs to track {row.track!r}, not {track!r}")
         base_version = row.base_version
+    check_experience(messages, output, meta, max_chars)
     new_id = conn.execute(experiences.insert().values(
         track=track, base_version=base_version if base_version is not None else info.base_version,
         adapter_id=adapter_id, source=source, messages=messages, output=output, latency_ms=latency_ms,
@@ -50,15 +58,18 @@ def get_experience(conn: sa.Connection, experience_id: int) -> ExperienceInfo:
 
 
 def add_feedback(conn: sa.Connection, experience_id: int, *, score: float | None = None, thumbs: str | None = None,
-                 corrected_output: str | None = None) -> ExperienceInfo:
-    """Attach feedback; what is not given keeps its earlier value."""
+                 corrected_output: str | None = None, max_chars: int = DEFAULT_MAX_RECORD_CHARS) -> ExperienceInfo:
+    """Attach feedback; what is not given keeps its earlier value. A corrected output is
+    checked like an experience's output (StoreError naming it; nothing is changed)."""
     if score is not None and not (math.isfinite(score) and 0.0 <= score <= 1.0):
         raise StoreError(f"score {score!r}: a number from 0 to 1")
     if thumbs is not None and thumbs not in THUMBS:
         raise StoreError(f"thumbs {thumbs!r}: allowed: {', '.join(THUMBS)}")
     if score is None and thumbs is None and corrected_output is None:
         raise StoreError("feedback needs a score, thumbs or a corrected output")
-    get_experience(conn, experience_id)
+    experience = get_experience(conn, experience_id)
+    if corrected_output is not None:
+        check_experience(experience.messages, corrected_output, None, max_chars, output_name="corrected_output")
     values: dict[str, Any] = {"feedback_at": utc_now()}
     for key, value in (("score", score), ("thumbs", thumbs), ("corrected_output", corrected_output)):
         if value is not None:
@@ -78,3 +89,40 @@ def list_experiences(conn: sa.Connection, track: str | None = None, *, untrained
     if before_id is not None:
         query = query.where(experiences.c.id < before_id)
     return [ExperienceInfo.model_validate(r) for r in conn.execute(query)]
+
+
+CAPTURED_ROLES = ("system", "user", "assistant", "tool")
+
+
+def check_experience(messages: Any, output: Any, meta: Any, max_chars: int | None, *,
+                     output_name: str = "output") -> None:
+    """StoreError naming the first field of an experience that could not become training
+    data: a role honed does not know, text that is not a string or holds a NUL or a lone
+    surrogate, more than ``max_chars`` characters in all, metadata that is not JSON."""
+    if not isinstance(messages, list) or not messages:
+        raise StoreError("messages: a non-empty list of {role, content} objects")
+    total = 0
+    for i, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role not in CAPTURED_ROLES:
+            raise StoreError(f"messages[{i}].role {role!r}: allowed: {', '.join(CAPTURED_ROLES)}")
+        _check_text(f"messages[{i}].content", message.get("content"))
+        total += len(message["content"])
+    _check_text(output_name, output)
+    total += len(output)
+    if max_chars is not None and total > max_chars:
+        raise StoreError(f"the experience holds {total} characters of text; at most {max_chars} "
+                         "(ingest.max_record_chars), as for any training record")
+    if meta is not None:
+        try:
+            json.dumps(meta, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"metadata: not storable as JSON ({exc})") from None
+
+
+def _check_text(name: str, text: Any) -> None:
+    if not isinstance(text, str):
+        raise StoreError(f"{name}: must be a string")
+    problem = text_problem(text)
+    if problem:
+        raise StoreError(f"{name}: {problem}")
