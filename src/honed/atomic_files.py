@@ -175,8 +175,8 @@ def atomic_file(path: Path, mode: int = 0o666) -> Iterator[BinaryIO]:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        os.chmod(tmp, mode & ~_umask())  # an existing temp file keeps its old mode otherwise
+        tmp.unlink(missing_ok=True)  # a killed writer's: reopened, it would keep its old mode
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         with open(fd, "wb") as fh:
             yield fh
             fh.flush()
@@ -192,12 +192,6 @@ def write_bytes_atomically(path: Path, data: bytes, mode: int = 0o666) -> None:
     """Replace ``path`` with ``data`` in one step (``mode``: see :func:`atomic_file`)."""
     with atomic_file(path, mode) as fh:
         fh.write(data)
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 def write_json_atomically(path: Path, obj: object) -> None:
