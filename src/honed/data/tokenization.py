@@ -9,7 +9,8 @@ How: render the conversation with the tokenizer's chat template, and for every
 assistant turn find its character span as the difference between the rendering of the
 conversation up to that turn (with the generation prompt) and up to and including it.
 Tokens whose character offsets fall inside a span are trained on. A template whose
-renderings are not prefixes of each other is refused with a clear message.
+renderings are not prefixes of each other is refused with a clear message. Control tokens
+typed inside a message are trained on as text, never as turn boundaries (chat_encoding).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, overload
+
+from honed.data.chat_encoding import ChatEncodingError, encode_chat, render_chat
 
 IGNORE = -100
 
@@ -50,22 +53,15 @@ class Example:
         return sum(1 for t in self.targets if t != IGNORE)
 
 
-def _render(tokenizer: Any, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
-    text: str = tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
-    return text
-
-
 def assistant_char_spans(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans of its assistant turns."""
-    text = _render(tokenizer, messages, add_generation_prompt=False)
+    text = render_chat(tokenizer, messages, add_generation_prompt=False)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = _render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
-        through = _render(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        before = render_chat(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
+        through = render_chat(tokenizer, messages[: i + 1], add_generation_prompt=False)
         if not text.startswith(through) or not through.startswith(before):
             raise TokenizationError(
                 "the chat template does not render conversations as prefixes of each other, "
@@ -99,12 +95,13 @@ def tokenize_record(tokenizer: Any, record: dict[str, Any], max_len: int) -> Exa
         trained = [True] * len(ids)
     else:
         text, spans = assistant_char_spans(tokenizer, record["messages"])
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = enc["input_ids"]
-        trained = [
-            any(start <= a and b <= end and b > a for start, end in spans)
-            for a, b in enc["offset_mapping"]
-        ]
+        try:
+            enc = encode_chat(tokenizer, record["messages"], add_generation_prompt=False, offsets=True)
+        except ChatEncodingError as exc:
+            raise TokenizationError(str(exc)) from None
+        assert enc.text == text and enc.offsets is not None
+        ids = enc.input_ids
+        trained = [any(start <= a and b <= end and b > a for start, end in spans) for a, b in enc.offsets]
     if len(ids) > max_len:
         raise TokenizationError(
             f"{len(ids)} tokens, more than train.max_seq_len = {max_len}; raise it or "
