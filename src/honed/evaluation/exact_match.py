@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from honed.data.chat_encoding import encode_chat
+
 __all__ = ["exact_match", "generate_answers", "load_records"]
 
 
@@ -57,50 +59,52 @@ def generate_answers(
 
     Each answer is the decoded text of the new tokens up to (not including) the first
     end-of-turn token, stripped. Order follows `prompts`. The model's train/eval mode
-    and the tokenizer's padding side are restored afterwards.
+    is restored afterwards.
     """
     import torch
 
     if not prompts:
         return []
-    texts = [
-        tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        for messages in prompts
-    ]
+    # Control tokens typed inside a prompt are encoded as text, as when serving.
+    encoded = [encode_chat(tokenizer, messages, add_generation_prompt=True) for messages in prompts]
     stop_ids = stop_token_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     # Batching prompts of similar length together keeps left padding (wasted work) small.
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    answers: list[str] = [""] * len(texts)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].text))
+    answers: list[str] = [""] * len(encoded)
 
-    was_training, padding_side = model.training, tokenizer.padding_side
+    was_training = model.training
     model.eval()
-    tokenizer.padding_side = "left"
     try:
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
-                batch = tokenizer(
-                    [texts[i] for i in chunk],
-                    return_tensors="pt",
-                    padding=True,
-                    add_special_tokens=False,
-                ).to(model.device)
+                input_ids, attention_mask = left_padded([encoded[i].input_ids for i in chunk], pad_id)
                 output = model.generate(
-                    input_ids=batch["input_ids"],
-                    attention_mask=batch["attention_mask"],
+                    input_ids=input_ids.to(model.device),
+                    attention_mask=attention_mask.to(model.device),
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
                     eos_token_id=stop_ids,
                     pad_token_id=pad_id,
                 )
-                new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
+                new_tokens = output[:, input_ids.shape[1] :].tolist()
                 for i, tokens in zip(chunk, new_tokens):
                     answers[i] = decode_until_stop(tokenizer, tokens, stop_ids)
     finally:
-        tokenizer.padding_side = padding_side
         model.train(was_training)
     return answers
+
+
+def left_padded(sequences: list[list[int]], pad_id: int):
+    """``sequences`` as one batch padded on the left (generation continues on the right):
+    the input ids and their attention mask, both ``(len(sequences), longest)`` tensors."""
+    import torch
+
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in sequences], dtype=torch.long)
+    attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in sequences], dtype=torch.long)
+    return input_ids, attention_mask
 
 
 def answer_budget(tokenizer: Any, references: list[str]) -> int:

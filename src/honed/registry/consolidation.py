@@ -54,6 +54,7 @@ def consolidate(workspace, store, track: str, description: str) -> Consolidated:
     """Merge ``track``'s deployed adapter into its base as the next base version."""
     import torch
 
+    from honed.data.chat_encoding import encode_chat
     from honed.evaluation.exact_match import answer_budget, generate_answers
     from honed.training.model_loading import load_base_model, load_tokenizer, with_adapter
 
@@ -77,8 +78,7 @@ def consolidate(workspace, store, track: str, description: str) -> Consolidated:
     max_diff = 0.0
     with torch.no_grad():
         for prompt in prompts:
-            ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt",
-                                                return_dict=True)["input_ids"]
+            ids = torch.tensor([encode_chat(tokenizer, prompt, add_generation_prompt=True).input_ids])
             a = reference_model(input_ids=ids).logits
             b = merged(input_ids=ids).logits
             max_diff = max(max_diff, float((a - b).abs().max()))

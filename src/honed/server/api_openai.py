@@ -25,6 +25,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
+from honed.data.chat_encoding import ChatEncodingError
 from honed.server.api_experiences import ChatMessage
 from honed.server.deps import StoreDep, WorkspaceDep
 from honed.server.serving import DeltaStreamer, ModelNameError, ModelPool, ModelReleased, generate, resolve
@@ -141,6 +142,8 @@ async def chat_completions(body: ChatRequest, request: Request, workspace: Works
             answer, experience = await run_in_threadpool(answer_now)
         except ModelReleased as exc:
             raise await run_in_threadpool(_released, exc, store, workspace.settings.server) from None
+        except ChatEncodingError as exc:  # a control token in a message, and a template that rewrites messages
+            raise HTTPException(400, f"messages: {exc}") from None
         return JSONResponse({
             "id": completion_id, "object": "chat.completion", "created": created, "model": target.label,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},

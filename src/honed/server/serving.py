@@ -270,19 +270,21 @@ def generate(loaded: LoadedModel, messages: list[dict], max_tokens: int, streame
     text is also handed out piece by piece as it is generated."""
     import torch
 
+    from honed.data.chat_encoding import encode_chat
     from honed.evaluation.exact_match import decode_until_stop
 
     tokenizer = loaded.tokenizer
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    batch = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(loaded.model.device)
+    # A control token typed in a message is text: a user cannot end their turn and forge the assistant's.
+    prompt = encode_chat(tokenizer, messages, add_generation_prompt=True).input_ids
+    input_ids = torch.tensor([prompt], device=loaded.model.device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else loaded.stop_ids[0]
     with loaded.lock, torch.inference_mode():
         output = loaded.model.generate(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=max_tokens,
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_tokens,
             do_sample=False, eos_token_id=loaded.stop_ids, pad_token_id=pad_id, use_cache=True, streamer=streamer)
-    new = output[0, batch["input_ids"].shape[1]:].tolist()
+    new = output[0, len(prompt):].tolist()
     cut = next((k for k, token in enumerate(new) if token in loaded.stop_ids), len(new))
-    return Answer(decode_until_stop(tokenizer, new, loaded.stop_ids), int(batch["input_ids"].shape[1]), cut,
+    return Answer(decode_until_stop(tokenizer, new, loaded.stop_ids), len(prompt), cut,
                   "stop" if cut < len(new) else "length")
 
 
