@@ -59,3 +59,17 @@ def test_delete_removes_the_experience_and_an_unknown_id_deletes_nothing(client)
         answer = client.delete(f"/v1/experiences/{missing}")
         assert answer.status_code == 404 and error_of(answer) == f"no experience {missing}"
     assert _listed(client) == [(kept, None)]
+
+
+def test_learning_status_counts_and_lists_the_set_aside(client, api_ws):
+    aside, private, _ = _log(client, "pong"), _log(client, "pang"), _log(client, "pung")
+    with api_ws.open_store() as store:
+        store.exclude_experience(aside, "set aside: messages[0].role 'tool' is not trained")
+    client.post(f"/v1/experiences/{private}/exclude", json={"reason": "private"})
+    [state] = client.get("/api/learn").json()
+    assert (state["open"], state["excluded"], state["set_aside"]) == (1, 2, 1)
+    assert state["set_aside_recent"] == [{"experience_id": aside, "reason": "messages[0].role 'tool' is not trained"}]
+    assert _listed(client, set_aside="true") == [(aside, "set aside: messages[0].role 'tool' is not trained")]
+    client.post(f"/v1/experiences/{aside}/include")
+    [state] = client.get("/api/learn").json()
+    assert (state["open"], state["excluded"], state["set_aside"], state["set_aside_recent"]) == (2, 1, 0, [])
