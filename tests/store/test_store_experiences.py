@@ -76,6 +76,9 @@ def test_exclude_and_include_refuse_what_they_cannot_do_and_change_nothing(store
         store.exclude_experience(999, "why")
     with pytest.raises(NotFoundError, match="no experience 999"):
         store.include_experience(999)
+    for huge in (2**31, 2**63, -1):  # past the id column on either database: no such experience, not a crash
+        with pytest.raises(NotFoundError, match=f"no experience {huge}"):
+            store.delete_experience(huge)
     assert store.get_experience(one.id).excluded_reason is None
     assert [e.id for e in store.open_experiences(main_track)] == [one.id]
 

@@ -53,8 +53,15 @@ def add_experience(conn: sa.Connection, *, track: str, messages: list[dict[str, 
     return get_experience(conn, new_id)
 
 
+# Ids are INTEGER columns: 32 bits on PostgreSQL. A larger number names no experience,
+# and asking the database about it would fail there (and overflow SQLite's 64 bits).
+MAX_ID = 2**31 - 1
+
+
 def get_experience(conn: sa.Connection, experience_id: int) -> ExperienceInfo:
     """The experience with this id; NotFoundError when there is none."""
+    if not 0 < experience_id <= MAX_ID:
+        raise NotFoundError(f"no experience {experience_id}")
     row = conn.execute(sa.select(experiences).where(experiences.c.id == experience_id)).first()
     if row is None:
         raise NotFoundError(f"no experience {experience_id}")
