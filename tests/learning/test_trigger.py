@@ -135,3 +135,38 @@ def test_an_experience_that_cannot_be_a_training_line_is_set_aside_not_blocking_
     provenance = json.loads(done.provenance_path.read_text())
     assert provenance["set_aside"] == done.set_aside
     assert len(done.path.read_text().splitlines()) == len(provenance["lines"]) == 3
+
+    # It is recorded as set aside: listed with its reason, and not offered again.
+    with ws.open_store() as store:
+        kept = store.get_experience(odd.id)
+        assert kept.excluded_reason == "set aside: " + done.set_aside[0]["reason"]
+        _finish(store, done.job_id)  # the batch's experiences are free again
+        more = log_reversals(store, ["model"], correct=True, thumbs="up")
+        state = learning_state(ws, store, "main")
+        assert (state.set_aside, state.excluded) == (1, 1)
+        assert state.set_aside_recent == [{"experience_id": odd.id, "reason": done.set_aside[0]["reason"]}]
+        assert state.summary()["set_aside_recent"] == state.set_aside_recent
+        again = tick(ws, store, "main")
+        assert again is not None and again.set_aside == [] and sorted(again.batch.experience_ids) == good + more
+
+        # Included again, it is offered (and set aside again, since it still cannot be a line).
+        _finish(store, again.job_id)
+        store.include_experience(odd.id)
+        assert learning_state(ws, store, "main").set_aside == 0
+        third = tick(ws, store, "main")
+        assert [s["experience_id"] for s in third.set_aside] == [odd.id]
+
+
+def test_an_excluded_experience_is_left_out_of_the_batch(learn_ws, teacher):
+    server, _ = teacher
+    ws = configure_learning(learn_ws, server.url + "/v1", threshold=3, teacher={"base_url": ""})
+    with ws.open_store() as store:
+        ids = log_reversals(store, ["abc", "hello", "honed"], correct=True, thumbs="up")
+        store.exclude_experience(ids[1], "a customer's name in it")
+        state = learning_state(ws, store, "main")
+        assert (state.open, state.ready, state.excluded, state.set_aside) == (2, 2, 1, 0)
+        assert not state.fires and state.why_not == "2 of 3 experiences ready (learn.threshold)"
+        ids += log_reversals(store, ["lora"], correct=True, thumbs="up")
+        done = tick(ws, store, "main")
+    assert done is not None and sorted(done.batch.experience_ids) == [ids[0], ids[2], ids[3]]
+    assert "hello" not in done.path.read_text()

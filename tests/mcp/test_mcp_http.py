@@ -3,6 +3,7 @@ binding beyond loopback without one."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -55,7 +56,9 @@ def test_http_transport_checks_the_token_and_serves_the_tools(daemon_ws, tmp_pat
 
         tools, status, unknown = anyio.run(session)
         assert {"train_model", "deploy", "rollback", "give_feedback"} <= tools
-        assert status.structured_content["workspace"] == str(daemon_ws.root)
+        # Over HTTP the client is elsewhere: the workspace by its name, no server path.
+        assert status.structured_content["workspace"] == daemon_ws.root.name
+        assert str(daemon_ws.root) not in json.dumps(status.structured_content)
         assert unknown.is_error and "no job 5" in unknown.content[0].text
     finally:
         server.terminate()

@@ -35,7 +35,8 @@ async def read_json(client, uri: str):
 
 def test_the_sdk_client_drives_a_job_from_queue_to_deploy(daemon_ws, start_daemon, tmp_path):
     ws = configure(daemon_ws, {"gates": {"require_approval": True}})
-    data = synth(tmp_path / "reversal.jsonl", 48)
+    (ws.root / "data").mkdir()
+    data = synth(ws.root / "data" / "reversal.jsonl", 48)  # an MCP client may give files under the workspace
     store = ws.open_store()
     start_daemon(ws)
     seen: dict = {}
@@ -45,7 +46,7 @@ def test_the_sdk_client_drives_a_job_from_queue_to_deploy(daemon_ws, start_daemo
             job = await ok(client, "train_model", datasets=[str(data)], priority="high",
                            overrides={"train": {"lr": 2e-3}})
             assert job["state"] == "queued" and job["source"] == "mcp" and job["overrides"] == {"train": {"lr": 2e-3}}
-            assert job["added"] == [f"{data}: added as dataset {job['dataset_ids'][0]}: 48 records"]
+            assert job["added"] == [f"data/reversal.jsonl: added as dataset {job['dataset_ids'][0]}: 48 records"]
             with anyio.fail_after(120):
                 while (done := await ok(client, "get_job", job_id=job["id"]))["state"] not in FINAL_STATES:
                     await anyio.sleep(0.3)

@@ -14,7 +14,7 @@ from tests.mcp.conftest import mcp_session
 
 TOOLS = {"status", "list_jobs", "get_job", "list_datasets", "list_adapters", "train_model", "control_job",
          "deploy", "approve", "reject", "rollback", "log_experience", "give_feedback", "learn_status",
-         "learn_run_now"}
+         "learn_run_now", "list_experiences", "exclude_experience", "include_experience", "delete_experience"}
 
 
 def test_lists_tools_and_resources(daemon_ws, tmp_path):
@@ -31,12 +31,13 @@ def test_lists_tools_and_resources(daemon_ws, tmp_path):
     assert set(tools) == TOOLS
     assert all(tool.description for tool in tools.values())
     assert tools["list_jobs"].annotations.read_only_hint and tools["deploy"].annotations.destructive_hint
+    assert tools["delete_experience"].annotations.destructive_hint
     # The schema tells the model what is allowed before it calls.
     assert tools["control_job"].input_schema["properties"]["command"]["enum"] == [
         "pause", "resume", "stop", "skip", "cancel"]
     assert [str(uri) for uri in resources] == ["honed://status"]
     assert set(templates) == {"honed://jobs/{job_id}/events", "honed://runs/{run_id}/metrics{?kind}"}
-    assert status["workspace"] == str(daemon_ws.root) and status["daemon"] == {"up": False}
+    assert status["workspace"] == daemon_ws.root.name and status["daemon"] == {"up": False}
     assert status["tracks"] == [{"name": "main", "base_version": 0, "deployed": None}]
     assert not called.is_error and called.structured_content["tracks"] == status["tracks"]
 
@@ -123,3 +124,41 @@ def test_the_server_module_does_not_import_torch():
     code = "import sys, honed.mcp.server, honed.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_experiences_are_excluded_included_and_deleted(daemon_ws, tmp_path):
+    with daemon_ws.open_store() as store:
+        ids = [store.add_experience(track="main", messages=[{"role": "user", "content": w}], output=w[::-1],
+                                    source="logged").id for w in ("abc", "lora")]
+
+    async def session():
+        async with mcp_session(daemon_ws.root, tmp_path / "mcp.err") as client:
+            call = client.call_tool
+            return {
+                "exclude": await call("exclude_experience", {"experience_id": ids[0], "reason": "private"}),
+                "excluded": await call("list_experiences", {"excluded": True}),
+                "learn": await call("learn_status", {}),
+                "include": await call("include_experience", {"experience_id": ids[0]}),
+                "delete": await call("delete_experience", {"experience_id": ids[1]}),
+                "all": await call("list_experiences", {}),
+                "unknown exclude": await call("exclude_experience", {"experience_id": 999, "reason": "x"}),
+                "unknown delete": await call("delete_experience", {"experience_id": 999}),
+                "blank reason": await call("exclude_experience", {"experience_id": ids[0], "reason": " "}),
+            }
+
+    answers = anyio.run(session)
+    for case in ("exclude", "excluded", "learn", "include", "delete", "all"):
+        assert not answers[case].is_error, (case, answers[case].content[0].text)
+    assert answers["exclude"].structured_content["excluded_reason"] == "private"
+    assert [e["id"] for e in answers["excluded"].structured_content["result"]] == [ids[0]]
+    assert answers["learn"].structured_content["excluded"] == 1
+    assert answers["include"].structured_content["excluded_reason"] is None
+    assert answers["delete"].structured_content == {"deleted": ids[1], "track": "main", "trained_run_id": None,
+                                                    "batch_id": None}
+    assert [e["id"] for e in answers["all"].structured_content["result"]] == [ids[0]]
+    for case, message in (("unknown exclude", "no experience 999"), ("unknown delete", "no experience 999"),
+                          ("blank reason", "reason: say why")):
+        assert answers[case].is_error and message in answers[case].content[0].text, case
+    with daemon_ws.open_store() as store:
+        assert [e.id for e in store.list_experiences("main")] == [ids[0]]
+        assert store.get_experience(ids[0]).excluded_reason is None

@@ -39,6 +39,12 @@ def learn_status(track: TrackOpt = None, workspace: WorkspaceOpt = None, as_json
                       f"improvement, {s.unrated} unrated)", highlight=False)
         console.print(f"  ready to train: {s.ready} of {s.threshold} ({s.corrected_by_person} corrected by a person, "
                       f"{s.corrected_by_teacher} by the teacher)", highlight=False)
+        if s.excluded:
+            console.print(f"  excluded from training: {s.excluded} ({s.set_aside} set aside by a batch; "
+                          "'honed experiences include ID' offers one again)", highlight=False)
+            for aside in s.set_aside_recent:
+                console.print(f"    experience {aside['experience_id']} set aside: {aside['reason']}",
+                              highlight=False, soft_wrap=True)
         teacher = s.teacher or "none (set learn.teacher.base_url and model)"
         console.print(f"  teacher: {teacher}; {s.awaiting_teacher} waiting for it, {s.teacher_given_up} given up; "
                       f"{s.teacher_calls_today} of {s.teacher_budget} calls used today", highlight=False,

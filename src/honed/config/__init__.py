@@ -22,6 +22,7 @@ from honed.config.models import (
     IngestSettings,
     LearnSettings,
     LoraSettings,
+    McpSettings,
     ServerSettings,
     Settings,
     SettingsError,
@@ -35,8 +36,8 @@ from honed.config.toml_file import render_commented_toml, update_config_file
 
 __all__ = [
     "CONFIG_FILE", "ENV_PREFIX", "DaemonSettings", "DeploySettings", "EvalSetSettings", "EvalSettings",
-    "GateRule", "GateSettings", "IngestSettings", "LearnSettings", "LoraSettings", "ServerSettings",
-    "Settings", "SettingsError", "StoreSettings", "TeacherSettings", "TelemetrySettings", "TrackSettings",
-    "TrainSettings", "env_overrides", "load_settings", "parse_assignments", "render_commented_toml",
+    "GateRule", "GateSettings", "IngestSettings", "LearnSettings", "LoraSettings", "McpSettings",
+    "ServerSettings", "Settings", "SettingsError", "StoreSettings", "TeacherSettings", "TelemetrySettings",
+    "TrackSettings", "TrainSettings", "env_overrides", "load_settings", "parse_assignments", "render_commented_toml",
     "update_config_file",
 ]

@@ -510,6 +510,16 @@ class LearnSettings(_Section):
         raise ValueError("allowed: '' (none), 'json_valid', 'json_fields' or a Python 'module:function'")
 
 
+class McpSettings(_Section):
+    """The MCP server (``honed mcp``): what its clients may make it read."""
+
+    allowed_dirs: list[str] = Field(
+        default_factory=list, description="Directories besides the workspace whose files MCP clients may "
+        "give to train_model (relative ones are taken from the workspace; '~' is your home). A path is "
+        "checked after following symbolic links and '..'; any other path is refused unread.",
+    )
+
+
 class TrackSettings(_Section):
     """What one track does differently from the workspace's defaults."""
 
@@ -540,6 +550,7 @@ class Settings(_Section):
     server: ServerSettings = Field(default_factory=ServerSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     learn: LearnSettings = Field(default_factory=LearnSettings)
+    mcp: McpSettings = Field(default_factory=McpSettings)
     tracks: dict[str, TrackSettings] = Field(
         default_factory=dict,
         description="Per-track settings, e.g. [tracks.support-bot.gates] with the keys of [gates], or "

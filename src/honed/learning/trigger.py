@@ -17,7 +17,10 @@ default) and replay of records the track already learned (the rest) as an ordina
 dataset, with a provenance file beside it naming the source of every line: the
 experience, the teacher answer, or the earlier dataset and record of a replayed line.
 It is ingested like any other file and queued as a job; the experiences are marked
-trained when that job's run succeeds (never before, and never twice).
+trained when that job's run succeeds (never before, and never twice). An experience
+excluded by hand is never offered; one that cannot be a training line is set aside:
+recorded as excluded ("set aside: REASON"), listed in the state, not offered again until
+someone includes it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from honed.data.plan import read_jsonl
 from honed.learning.curriculum import day_start, needs_teacher, teacher_pass
 from honed.learning.judge import GOOD, NEEDS_IMPROVEMENT, UNRATED, Lesson, judgement, lesson
 from honed.store import LearningBatchInfo
+from honed.store.experiences import MAX_REASON_CHARS, SET_ASIDE_PREFIX
 from honed.store.schema import JOB_FINAL_STATES
 
 log = logging.getLogger("honed.learning")
@@ -42,6 +46,7 @@ log = logging.getLogger("honed.learning")
 # A learning job trains every line of its dataset (some replay lines were trained before,
 # on purpose) and adds no replay of its own: the batch already holds its replay.
 JOB_OVERRIDES = {"train": {"retrain_seen": True, "replay_ratio": 0.0}}
+SET_ASIDE_SHOWN = 5  # the set-aside experiences a status lists, newest first
 
 
 class LearnError(Exception):
@@ -71,6 +76,9 @@ class LearningState:
     window: str = ""
     in_window: bool = True
     in_flight: dict | None = None  # the batch still queued or training: {"batch", "job", "state"}
+    excluded: int = 0  # experiences not trained on and kept out of batches, by hand or set aside
+    set_aside: int = 0  # of those, the ones a batch set aside (could not be a training line)
+    set_aside_recent: list[dict] = field(default_factory=list)  # newest first: {"experience_id", "reason"}
     last_batch: dict | None = None
     fires: bool = False
     why_not: str | None = None
@@ -109,6 +117,12 @@ def learning_state(workspace, store, track: str, *, now: datetime | None = None)
     state.awaiting_teacher = len(needs_teacher(cfg, experiences, answers, now)) if state.teacher else 0
     state.ready = len(state.lessons)
     state.teacher_calls_today, _ = store.teacher_calls_since(track, day_start(now))
+    counts = store.count_excluded(track)
+    state.excluded, state.set_aside = counts["excluded"], counts["set_aside"]
+    if state.set_aside:
+        state.set_aside_recent = [{"experience_id": e.id, "reason": e.excluded_reason.removeprefix(SET_ASIDE_PREFIX)}
+                                  for e in store.list_experiences(track, set_aside=True, untrained_only=True,
+                                                                  limit=SET_ASIDE_SHOWN)]
 
     # Only the latest batch can still be in the queue: none is assembled while one is.
     last = next(iter(store.list_learning_batches(track, limit=1)), None)
@@ -167,7 +181,8 @@ def assemble(workspace, store, state: LearningState, *, trigger: str) -> Assembl
                          f"{state.needs_improvement} needing improvement without a correction)")
     # Lenient per line: one experience that cannot be a training line (stored before
     # capture checked it, or with a role the ingest does not train) is set aside with its
-    # reason; the others go on.
+    # reason; the others go on. It is recorded as excluded ("set aside: REASON"), so it is
+    # listed and not offered again until someone includes it.
     max_chars = workspace.settings.ingest.max_record_chars
     set_aside = [{"experience_id": t.experience_id, "reason": reason}
                  for t in lessons if (reason := training_problem(t.record(), max_chars))]
@@ -176,6 +191,7 @@ def assemble(workspace, store, state: LearningState, *, trigger: str) -> Assembl
         lessons = [t for t in lessons if t.experience_id not in aside]
         for s in set_aside:
             log.warning("track %s: experience %d set aside: %s", track, s["experience_id"], s["reason"])
+            store.exclude_experience(s["experience_id"], (SET_ASIDE_PREFIX + s["reason"])[:MAX_REASON_CHARS])
     if not lessons:
         raise LearnError(f"track {track}: every experience ready to train on was set aside: "
                          + "; ".join(f"experience {s['experience_id']}: {s['reason']}" for s in set_aside))

@@ -8,6 +8,10 @@ refuse, a bad feedback value) come back as tool errors carrying honed's message;
 other exception is the SDK's generic "Error executing tool", with the traceback in the
 server's log on stderr (stdout is the protocol channel under stdio). The server holds
 one store open for its lifetime, as the HTTP app does.
+
+A client may only make the server read files under the workspace or ``[mcp]
+allowed_dirs``, and answers name the workspace's files by workspace-relative names
+(:mod:`honed.mcp.paths`): over HTTP the client is not on the server's machine.
 """
 
 from __future__ import annotations
@@ -31,19 +35,20 @@ from honed.daemon import control
 from honed.daemon.control import ControlError
 from honed.daemon.status import status_info
 from honed.learning.trigger import LearnError
+from honed.mcp.paths import PathRefusedError, ServerPaths, confined_path
 from honed.registry import deployment
 from honed.registry.deployment import DeployError
 from honed.registry.tracks import TrackError
 from honed.states import Command, JobState, Priority
 from honed.store import NotFoundError, Store, StoreError
-from honed.store.serialize import control_result, deploy_result, plain
+from honed.store.serialize import control_result, deleted_experience, deploy_result, plain
 from honed.workspace import Workspace
 
 DEFAULT_HTTP_PORT = 8322  # beside the HTTP API's 8321
 
 # The errors honed raises for a request it cannot carry out; their messages are written
 # for the person (or model) who asked, so they travel to the client as they are.
-HONED_ERRORS = (ControlError, DeployError, StoreError, TrackError, SettingsError, LearnError)
+HONED_ERRORS = (ControlError, DeployError, StoreError, TrackError, SettingsError, LearnError, PathRefusedError)
 
 # Literals over honed.states' enums: the schema the client sees lists the allowed values
 # inline (an enum would be a $ref some clients never follow).
@@ -58,7 +63,8 @@ evaluates each candidate against quality gates and deploys the ones that pass.
 A typical session: `status`; `train_model` on dataset ids or JSONL files (answers at once
 with the job); `get_job` until its state is succeeded, rejected or failed; `list_adapters`
 to see the verdict; `deploy`, `approve` or `rollback`. Applications report what the model
-answered with `log_experience` and what it was worth with `give_feedback`.
+answered with `log_experience` and what it was worth with `give_feedback`;
+`exclude_experience` keeps one out of training, `delete_experience` removes it.
 Resources: honed://status, honed://jobs/{job_id}/events, honed://runs/{run_id}/metrics
 (add ?kind=eval or ?kind=layers for those curves)."""
 
@@ -83,10 +89,6 @@ def _dataset(dataset) -> dict[str, Any]:
     return out
 
 
-def _as_json(value: Any) -> str:
-    return json.dumps(plain(value), indent=2, default=str)
-
-
 class WorkspaceTools:
     """The tools and resources of one workspace. ``store`` is opened by the server's
     lifespan and closed when it ends (see :func:`create_server`)."""
@@ -94,6 +96,18 @@ class WorkspaceTools:
     def __init__(self, workspace: Workspace) -> None:
         self.workspace = workspace
         self.store: Store | None = None
+        self.paths = ServerPaths(workspace)
+
+    def _status(self) -> dict[str, Any]:
+        out = plain(status_info(self.workspace, self.store))
+        out["workspace"] = self.workspace.root.name  # its name, not where it lies on the server
+        base = out.get("base") or {}
+        if base.get("source") and Path(base["source"]).is_absolute():
+            base["source"] = Path(base["source"]).name
+        return out
+
+    def _json(self, value: Any) -> str:
+        return json.dumps(self.paths.answer(plain(value)), indent=2, default=str)
 
     # --- tools that read -----------------------------------------------------------
 
@@ -101,7 +115,7 @@ class WorkspaceTools:
         """Where the workspace stands: whether the daemon runs, the running job with its
         progress (step, loss, tokens/s, ETA), the queue, each track with its deployed
         adapter, the base model and the latest runs."""
-        return plain(status_info(self.workspace, self.store))
+        return self._status()
 
     def list_jobs(self, states: list[JobStateArg] | None = None,
                   limit: Annotated[int, Field(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
@@ -117,7 +131,8 @@ class WorkspaceTools:
         out = plain(job)
         # A job gets its run id when claimed, a moment before the trainer records the run.
         run = self.store.get_run(job.run_id) if job.run_id else None
-        out["checkpoints"] = plain(self.store.list_checkpoints(run.id)) if run else []
+        out["checkpoints"] = [{k: v for k, v in plain(c).items() if k != "path"}
+                              for c in (self.store.list_checkpoints(run.id) if run else [])]
         out["adapters"] = [_adapter(a) for a in self.store.list_adapters(job.track) if a.job_id == job.id]
         return out
 
@@ -137,7 +152,7 @@ class WorkspaceTools:
         self,
         datasets: Annotated[list[int | str], Field(min_length=1, description=(
             "Dataset ids (list_datasets shows them) or absolute paths of JSONL files on the machine "
-            "honed runs on; a file is validated and added first."))],
+            "honed runs on, under the workspace or [mcp] allowed_dirs; a file is validated and added first."))],
         track: TrackArg = None,
         priority: PriorityArg = "normal",
         overrides: Annotated[dict[str, Any] | None, Field(description=(
@@ -146,11 +161,8 @@ class WorkspaceTools:
         """Queue a job that trains a LoRA adapter; answers at once with the job (its id
         is `id`). The daemon trains it, evaluates the candidate and deploys it if it
         passes its gates. Follow it with `get_job` or honed://jobs/{id}/events."""
-        items = [str(d) for d in datasets]
-        for item in items:
-            if not item.isdigit() and not Path(item).is_absolute():
-                raise ToolError(f"dataset {item!r}: give a dataset id or an absolute path (the server's "
-                                "working directory is not the client's)")
+        # Every path is judged before any file is read: one refused path queues nothing.
+        items = [str(d) if str(d).isdigit() else str(confined_path(self.workspace, str(d))) for d in datasets]
         job, added = control.queue_job(self.workspace, self.store, items,
                                        track=track or self.workspace.settings.track, priority=priority,
                                        overrides=overrides or {}, source="mcp")
@@ -187,10 +199,46 @@ class WorkspaceTools:
                                              corrected_output=corrected_output,
                                              max_chars=self.workspace.settings.ingest.max_record_chars))
 
+    def list_experiences(
+        self,
+        track: TrackArg = None,
+        excluded: Annotated[bool | None, Field(description="true: only those excluded from training (with their "
+                                                          "reason); false: only the others.")] = None,
+        set_aside: Annotated[bool, Field(description="Only those a batch set aside (they cannot be a "
+                                                     "training line).")] = False,
+        untrained: Annotated[bool, Field(description="Only those no run trained on.")] = False,
+        before_id: Annotated[int | None, Field(description="Page back: only ids below this one.")] = None,
+        limit: Annotated[int, Field(ge=1, le=1000)] = 50,
+    ) -> list[dict[str, Any]]:
+        """Experiences, newest first, with their feedback, the run that trained on them and,
+        for one kept out of training, `excluded_reason`."""
+        return plain(self.store.list_experiences(track, untrained_only=untrained, limit=limit, before_id=before_id,
+                                                 excluded=excluded, set_aside=set_aside))
+
+    def exclude_experience(
+        self,
+        experience_id: int,
+        reason: Annotated[str, Field(min_length=1, description="Why it must not be trained on; kept with it.")],
+    ) -> dict[str, Any]:
+        """Keep an experience out of every training batch from now on (a batch already
+        assembled keeps it); it stays listed with the reason."""
+        return plain(self.store.exclude_experience(experience_id, reason))
+
+    def include_experience(self, experience_id: int) -> dict[str, Any]:
+        """Offer an excluded or set-aside experience to training again."""
+        return plain(self.store.include_experience(experience_id))
+
+    def delete_experience(self, experience_id: int) -> dict[str, Any]:
+        """Delete an experience with its feedback and the teacher's answers about it.
+        Batches already assembled keep their record of it; an adapter trained on it keeps
+        what it learned."""
+        return deleted_experience(self.store.delete_experience(experience_id))
+
     def learn_status(self, track: TrackArg = None) -> dict[str, Any]:
         """Where a track's learning loop stands: experiences by judgement, corrections by
-        people and the teacher, teacher calls and budget, the batch in the queue, and
-        whether the trigger would fire now (`why_not` says why not)."""
+        people and the teacher, teacher calls and budget, the batch in the queue, the
+        experiences excluded or set aside, and whether the trigger would fire now
+        (`why_not` says why not)."""
         from honed.learning.trigger import learning_state
 
         name = track or self.workspace.settings.track
@@ -260,46 +308,47 @@ class WorkspaceTools:
 
     def status_resource(self) -> str:
         """What the status tool answers, as a resource."""
-        return _as_json(status_info(self.workspace, self.store))
+        return self._json(self._status())
 
     def job_events(self, job_id: int) -> str:
         """A job's event log, oldest first: queued, started, checkpoints, pauses, failed
         attempts, evaluation, verdict, deployment."""
         self.store.get_job(job_id)
-        return _as_json(self.store.job_events(job_id))
+        return self._json(self.store.job_events(job_id))
 
     def run_metrics(self, run_id: str, kind: str = "train") -> str:
         """A run's metric rows by step, the latest attempt's row for each step after
         resumes. ``kind``: train (loss, learning rate, grad norm, tokens/s; the default),
         eval, or layers (per-layer LoRA change)."""
-        return _as_json({"run": run_id, "kind": kind, "rows": self.store.get_metrics(run_id, kind)})
+        return self._json({"run": run_id, "kind": kind, "rows": self.store.get_metrics(run_id, kind)})
 
 
 TOOLS = {
     # name: what it may do, for clients that ask before calling tools with effects
-    **dict.fromkeys(("status", "list_jobs", "get_job", "list_datasets", "list_adapters", "learn_status"),
-                    ToolAnnotations(read_only_hint=True)),
-    **dict.fromkeys(("train_model", "log_experience", "give_feedback", "learn_run_now"),
-                    ToolAnnotations(read_only_hint=False, destructive_hint=False)),
-    **dict.fromkeys(("control_job", "deploy", "approve", "reject", "rollback"),
+    **dict.fromkeys(("status", "list_jobs", "get_job", "list_datasets", "list_adapters", "list_experiences",
+                     "learn_status"), ToolAnnotations(read_only_hint=True)),
+    **dict.fromkeys(("train_model", "log_experience", "give_feedback", "learn_run_now", "exclude_experience",
+                     "include_experience"), ToolAnnotations(read_only_hint=False, destructive_hint=False)),
+    **dict.fromkeys(("control_job", "deploy", "approve", "reject", "rollback", "delete_experience"),
                     ToolAnnotations(read_only_hint=False, destructive_hint=True)),
 }
 
 
-def _answering_tool_errors(fn: Callable) -> Callable:
-    """``fn`` with honed's errors raised as ToolError, whose message the client sees."""
+def _answering_tool_errors(fn: Callable, paths: ServerPaths) -> Callable:
+    """``fn`` with honed's errors raised as ToolError, whose message the client sees; its
+    answer and messages name the workspace's files by workspace-relative names."""
 
     @functools.wraps(fn)
     def tool(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            return paths.answer(fn(*args, **kwargs))
         except HONED_ERRORS as exc:
-            raise ToolError(str(exc)) from None
+            raise ToolError(paths.text(str(exc))) from None
 
     return tool
 
 
-def _answering_resource_errors(fn: Callable) -> Callable:
+def _answering_resource_errors(fn: Callable, paths: ServerPaths) -> Callable:
     """``fn`` with honed's errors raised as the SDK's resource errors (an unknown id is
     'not found'), whose message the client sees."""
 
@@ -308,9 +357,9 @@ def _answering_resource_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except NotFoundError as exc:
-            raise ResourceNotFoundError(str(exc)) from None
+            raise ResourceNotFoundError(paths.text(str(exc))) from None
         except HONED_ERRORS as exc:
-            raise ResourceError(str(exc)) from None
+            raise ResourceError(paths.text(str(exc))) from None
 
     return read
 
@@ -329,14 +378,14 @@ def create_server(workspace: Workspace) -> MCPServer:
             tools.store.close()
             tools.store = None
 
-    server = MCPServer("honed", title=f"honed ({workspace.root})", version=__version__,
+    server = MCPServer("honed", title=f"honed ({workspace.root.name})", version=__version__,
                        instructions=INSTRUCTIONS, lifespan=lifespan, log_level="WARNING")
     for name, hints in TOOLS.items():
-        server.add_tool(_answering_tool_errors(getattr(tools, name)), annotations=hints)
+        server.add_tool(_answering_tool_errors(getattr(tools, name), tools.paths), annotations=hints)
     for uri, read in (("honed://status", tools.status_resource),
                       ("honed://jobs/{job_id}/events", tools.job_events),
                       ("honed://runs/{run_id}/metrics{?kind}", tools.run_metrics)):
-        server.resource(uri, mime_type="application/json")(_answering_resource_errors(read))
+        server.resource(uri, mime_type="application/json")(_answering_resource_errors(read, tools.paths))
     return server
 
 

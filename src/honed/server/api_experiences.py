@@ -1,6 +1,7 @@
 """Experiences over HTTP: applications that serve the model elsewhere log what it was
 asked and answered (``POST /v1/experiences``), and anyone adds feedback later by the
-experience's id (``POST /v1/experiences/{id}/feedback``)."""
+experience's id (``POST /v1/experiences/{id}/feedback``), keeps one out of training
+(``.../exclude``, ``.../include``) or deletes it (``DELETE /v1/experiences/{id}``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pydantic import BaseModel, Field, field_validator
 from honed.data.formats import text_problem
 from honed.server.deps import StoreDep, WorkspaceDep
 from honed.store import ExperienceInfo
+from honed.store.experiences import MAX_REASON_CHARS
+from honed.store.serialize import deleted_experience
 
 router = APIRouter(tags=["experiences"])
 
@@ -80,6 +83,49 @@ def give_feedback(experience_id: int, body: Feedback, workspace: WorkspaceDep, s
 def list_experiences(store: StoreDep, track: str | None = None,
                      untrained: bool = Query(False, description="Only those no successful run trained on."),
                      before_id: int | None = Query(None, description="Page back: only ids below this one."),
-                     limit: int = Query(100, ge=1, le=1000)) -> list[ExperienceInfo]:
-    """Experiences, newest first."""
-    return store.list_experiences(track, untrained_only=untrained, limit=limit, before_id=before_id)
+                     limit: int = Query(100, ge=1, le=1000),
+                     excluded: bool | None = Query(None, description="true: only those excluded from training "
+                                                   "(with their reason); false: only the others."),
+                     set_aside: bool = Query(False, description="Only those a batch set aside (they cannot "
+                                             "be a training line).")) -> list[ExperienceInfo]:
+    """Experiences, newest first; ``excluded_reason`` says why one is kept out of training."""
+    return store.list_experiences(track, untrained_only=untrained, limit=limit, before_id=before_id,
+                                  excluded=excluded, set_aside=set_aside)
+
+
+class Exclusion(BaseModel):
+    """Why an experience must not be trained on."""
+
+    reason: str = Field(min_length=1, max_length=MAX_REASON_CHARS,
+                        description="Kept and listed with the experience.")
+
+
+class DeletedExperience(BaseModel):
+    """An experience deleted: the run that had trained on it and the batch that held it
+    keep their records."""
+
+    deleted: int
+    track: str
+    trained_run_id: str | None
+    batch_id: int | None
+
+
+@router.post("/v1/experiences/{experience_id}/exclude")
+def exclude_experience(experience_id: int, body: Exclusion, store: StoreDep) -> ExperienceInfo:
+    """Keep an experience out of every training batch from now on (one already assembled
+    keeps it); it stays listed with the reason. 404 for an unknown id."""
+    return store.exclude_experience(experience_id, body.reason)
+
+
+@router.post("/v1/experiences/{experience_id}/include")
+def include_experience(experience_id: int, store: StoreDep) -> ExperienceInfo:
+    """Offer an excluded or set-aside experience to training again. 404 for an unknown id."""
+    return store.include_experience(experience_id)
+
+
+@router.delete("/v1/experiences/{experience_id}")
+def delete_experience(experience_id: int, store: StoreDep) -> DeletedExperience:
+    """Delete an experience with its feedback and the teacher's answers about it. Allowed
+    whatever its state: batches already assembled keep their record of it, and an adapter
+    trained on it keeps what it learned. 404 for an unknown id (nothing is deleted)."""
+    return DeletedExperience(**deleted_experience(store.delete_experience(experience_id)))

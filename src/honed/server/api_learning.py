@@ -27,8 +27,9 @@ class RunNowAnswer(BaseModel):
 
 @router.get("/api/learn")
 def learn_status(workspace: WorkspaceDep, store: StoreDep, track: str | None = None) -> list[dict]:
-    """Each track's loop: experiences by judgement, corrections, the teacher's budget, and
-    whether the trigger would fire now (or why not)."""
+    """Each track's loop: experiences by judgement, corrections, the teacher's budget, those
+    excluded from training (``set_aside``: by a batch, the latest in ``set_aside_recent``
+    with their reasons), and whether the trigger would fire now (or why not)."""
     from honed.learning.trigger import learning_state
 
     names = [track] if track else [t.name for t in store.list_tracks()]

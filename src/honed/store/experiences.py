@@ -15,7 +15,11 @@ from honed.data.formats import DEFAULT_MAX_RECORD_CHARS, text_problem
 from honed.store.catalog import require_track
 from honed.store.errors import NotFoundError, StoreError
 from honed.store.info import ExperienceInfo
-from honed.store.schema import EXPERIENCE_SOURCES, THUMBS, adapters, experiences, utc_now
+from honed.store.schema import EXPERIENCE_SOURCES, THUMBS, adapters, experiences, teacher_answers, utc_now
+
+# The reason of an experience a batch set aside (it could not be a training line) starts so.
+SET_ASIDE_PREFIX = "set aside: "
+MAX_REASON_CHARS = 2000
 
 
 def add_experience(conn: sa.Connection, *, track: str, messages: list[dict[str, Any]], output: str,
@@ -49,8 +53,15 @@ def add_experience(conn: sa.Connection, *, track: str, messages: list[dict[str, 
     return get_experience(conn, new_id)
 
 
+# Ids are INTEGER columns: 32 bits on PostgreSQL. A larger number names no experience,
+# and asking the database about it would fail there (and overflow SQLite's 64 bits).
+MAX_ID = 2**31 - 1
+
+
 def get_experience(conn: sa.Connection, experience_id: int) -> ExperienceInfo:
     """The experience with this id; NotFoundError when there is none."""
+    if not 0 < experience_id <= MAX_ID:
+        raise NotFoundError(f"no experience {experience_id}")
     row = conn.execute(sa.select(experiences).where(experiences.c.id == experience_id)).first()
     if row is None:
         raise NotFoundError(f"no experience {experience_id}")
@@ -79,8 +90,11 @@ def add_feedback(conn: sa.Connection, experience_id: int, *, score: float | None
 
 
 def list_experiences(conn: sa.Connection, track: str | None = None, *, untrained_only: bool = False,
-                     limit: int = 100, before_id: int | None = None) -> list[ExperienceInfo]:
-    """Experiences, newest first; page with ``before_id``."""
+                     limit: int = 100, before_id: int | None = None, excluded: bool | None = None,
+                     set_aside: bool = False) -> list[ExperienceInfo]:
+    """Experiences, newest first; page with ``before_id``. ``excluded``: True keeps only
+    the excluded ones, False only the others; ``set_aside`` keeps only those a batch set
+    aside."""
     query = sa.select(experiences).order_by(experiences.c.id.desc()).limit(limit)
     if track is not None:
         query = query.where(experiences.c.track == track)
@@ -88,7 +102,60 @@ def list_experiences(conn: sa.Connection, track: str | None = None, *, untrained
         query = query.where(experiences.c.trained_run_id.is_(None))
     if before_id is not None:
         query = query.where(experiences.c.id < before_id)
+    if excluded is not None:
+        column = experiences.c.excluded_reason
+        query = query.where(column.is_not(None) if excluded else column.is_(None))
+    if set_aside:
+        query = query.where(experiences.c.excluded_reason.startswith(SET_ASIDE_PREFIX, autoescape=True))
     return [ExperienceInfo.model_validate(r) for r in conn.execute(query)]
+
+
+def count_excluded(conn: sa.Connection, track: str) -> dict[str, int]:
+    """How many of ``track``'s experiences no run trained on are excluded: ``excluded``
+    (all of them) and ``set_aside`` (those a batch set aside)."""
+    reason = experiences.c.excluded_reason
+    row = conn.execute(sa.select(
+        sa.func.count(reason),
+        sa.func.count(sa.case((reason.startswith(SET_ASIDE_PREFIX, autoescape=True), 1))),
+    ).where(experiences.c.track == track, experiences.c.trained_run_id.is_(None))).one()
+    return {"excluded": row[0], "set_aside": row[1]}
+
+
+def exclude_experience(conn: sa.Connection, experience_id: int, reason: str) -> ExperienceInfo:
+    """Keep an experience out of every training batch from now on (one already assembled
+    keeps it); it stays listed with ``reason``. Excluding it again replaces the reason.
+    NotFoundError for an unknown id; StoreError for an empty or unstorable reason."""
+    if not isinstance(reason, str) or not reason.strip():
+        raise StoreError("reason: say why the experience is excluded (a non-empty string)")
+    reason = reason.strip()
+    if len(reason) > MAX_REASON_CHARS:
+        raise StoreError(f"reason: {len(reason)} characters; at most {MAX_REASON_CHARS}")
+    _check_text("reason", reason)
+    get_experience(conn, experience_id)
+    conn.execute(experiences.update().where(experiences.c.id == experience_id)
+                 .values(excluded_reason=reason, excluded_at=utc_now()))
+    return get_experience(conn, experience_id)
+
+
+def include_experience(conn: sa.Connection, experience_id: int) -> ExperienceInfo:
+    """Offer an excluded (or set-aside) experience to training again; one that is not
+    excluded is left as it is. NotFoundError for an unknown id."""
+    get_experience(conn, experience_id)
+    conn.execute(experiences.update().where(experiences.c.id == experience_id)
+                 .values(excluded_reason=None, excluded_at=None))
+    return get_experience(conn, experience_id)
+
+
+def delete_experience(conn: sa.Connection, experience_id: int) -> ExperienceInfo:
+    """Remove an experience with its feedback and the teacher's answers about it, and
+    return it as it was. Allowed whatever its state: batches already assembled keep
+    their record of it (``experience_ids``, the provenance file, the dataset's line),
+    so what a run trained on stays accounted for; an adapter that learned from it keeps
+    what it learned. NotFoundError for an unknown id (nothing is removed)."""
+    experience = get_experience(conn, experience_id)
+    conn.execute(teacher_answers.delete().where(teacher_answers.c.experience_id == experience_id))
+    conn.execute(experiences.delete().where(experiences.c.id == experience_id))
+    return experience
 
 
 CAPTURED_ROLES = ("system", "user", "assistant", "tool")

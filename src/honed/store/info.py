@@ -293,6 +293,9 @@ class ExperienceInfo(BaseModel):
     created_at: Time
     auto_score: Number | None = None  # what the track's scorer said, when there was no feedback
     batch_id: int | None = None  # the learning batch it last went into
+    # Set: never put into a training batch (by hand, or "set aside: ..." by a batch).
+    excluded_reason: str | None = None
+    excluded_at: Time | None = None
 
 
 class TeacherAnswerInfo(BaseModel):

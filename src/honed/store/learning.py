@@ -25,13 +25,15 @@ from honed.store.schema import (
 
 
 def open_experiences(conn: sa.Connection, track: str) -> list[ExperienceInfo]:
-    """The track's experiences that no run has trained on and that no batch still in
-    the queue holds, oldest first: what the loop may classify, correct and assemble."""
+    """The track's experiences that no run has trained on, that no batch still in the
+    queue holds and that are not excluded, oldest first: what the loop may classify,
+    correct and assemble."""
     in_flight = (sa.select(learning_batches.c.id)
                  .join(jobs, jobs.c.id == learning_batches.c.job_id)
                  .where(jobs.c.state.not_in(JOB_FINAL_STATES)))
     query = (sa.select(experiences)
-             .where(experiences.c.track == track, experiences.c.trained_run_id.is_(None))
+             .where(experiences.c.track == track, experiences.c.trained_run_id.is_(None),
+                    experiences.c.excluded_reason.is_(None))
              .where(sa.or_(experiences.c.batch_id.is_(None), experiences.c.batch_id.not_in(in_flight)))
              .order_by(experiences.c.id))
     return [ExperienceInfo.model_validate(r) for r in conn.execute(query)]

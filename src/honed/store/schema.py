@@ -337,7 +337,9 @@ deployments = sa.Table(
 # One interaction of an application with a track's model: what it asked (messages), what
 # the model answered (output) and with which adapter, and what people or scorers said of
 # it afterwards (score 0..1, thumbs up/down, a corrected output). ``trained_run_id`` is
-# set once a run that trained on it succeeded.
+# set once a run that trained on it succeeded. ``excluded_reason`` set: it is kept and
+# listed but never put into a training batch (by hand, or "set aside: ..." when a batch
+# could not use it as a training line).
 EXPERIENCE_SOURCES = ("served", "logged")
 THUMBS = ("up", "down")
 experiences = sa.Table(
@@ -362,6 +364,8 @@ experiences = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("auto_score", sa.Float, nullable=True),
     sa.Column("batch_id", sa.Integer, nullable=True),
+    sa.Column("excluded_reason", sa.Text, nullable=True),
+    sa.Column("excluded_at", UTCDateTime, nullable=True),
     sa.Index(None, "track", "id"),
     sqlite_autoincrement=True,
 )

@@ -46,3 +46,10 @@ def control_result(result) -> dict:
     return {"job": plain(result.job), "command": result.command.command, "reached": result.reached,
             "command_state": result.command.state, "taken_step": result.command.taken_step,
             "message": result.message}
+
+
+def deleted_experience(info) -> dict:
+    """The answer to deleting an experience (the ExperienceInfo it was): its id, and the
+    run that had trained on it and the batch that held it, whose records are kept."""
+    return {"deleted": info.id, "track": info.track, "trained_run_id": info.trained_run_id,
+            "batch_id": info.batch_id}

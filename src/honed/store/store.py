@@ -366,6 +366,10 @@ class Store:
     get_experience = reads(experiences.get_experience)
     add_feedback = writes(experiences.add_feedback)
     list_experiences = reads(experiences.list_experiences)
+    count_excluded = reads(experiences.count_excluded)
+    exclude_experience = writes(experiences.exclude_experience)
+    include_experience = writes(experiences.include_experience)
+    delete_experience = writes(experiences.delete_experience)
 
     # --- the learning loop -------------------------------------------------------------
 
