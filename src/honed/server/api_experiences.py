@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field, field_validator
 
 from honed.data.formats import text_problem
-from honed.server.deps import StoreDep, WorkspaceDep
+from honed.server.deps import INT64_MAX, Id, Int64, RowId, StoreDep, WorkspaceDep
 from honed.store import ExperienceInfo
 
 router = APIRouter(tags=["experiences"])
@@ -36,10 +36,10 @@ class LoggedExperience(BaseModel):
     track: str | None = Field(None, description="Track whose model answered (default: the workspace's track).")
     messages: list[ChatMessage] = Field(min_length=1, description="What the model was given.")
     output: str = Field(description="What it answered.")
-    adapter_id: int | None = Field(None, description="The adapter that answered, if known (default: the bare base).")
+    adapter_id: RowId | None = Field(None, description="The adapter that answered, if known (default: the bare base).")
     latency_ms: float | None = Field(None, ge=0)
-    prompt_tokens: int | None = Field(None, ge=0)
-    completion_tokens: int | None = Field(None, ge=0)
+    prompt_tokens: Int64 | None = Field(None, ge=0)
+    completion_tokens: Int64 | None = Field(None, ge=0)
     metadata: dict[str, Any] | None = Field(None, description="Anything the application wants kept with it.")
 
 
@@ -63,13 +63,13 @@ def log_experience(body: LoggedExperience, workspace: WorkspaceDep, store: Store
 
 
 @router.get("/v1/experiences/{experience_id}")
-def get_experience(experience_id: int, store: StoreDep) -> ExperienceInfo:
+def get_experience(experience_id: Id, store: StoreDep) -> ExperienceInfo:
     """One experience with its feedback."""
     return store.get_experience(experience_id)
 
 
 @router.post("/v1/experiences/{experience_id}/feedback")
-def give_feedback(experience_id: int, body: Feedback, workspace: WorkspaceDep, store: StoreDep) -> ExperienceInfo:
+def give_feedback(experience_id: Id, body: Feedback, workspace: WorkspaceDep, store: StoreDep) -> ExperienceInfo:
     """Attach a score, thumbs up/down and/or a corrected output to an experience."""
     return store.add_feedback(experience_id, score=body.score, thumbs=body.thumbs,
                               corrected_output=body.corrected_output,
@@ -79,7 +79,8 @@ def give_feedback(experience_id: int, body: Feedback, workspace: WorkspaceDep, s
 @router.get("/api/experiences")
 def list_experiences(store: StoreDep, track: str | None = None,
                      untrained: bool = Query(False, description="Only those no successful run trained on."),
-                     before_id: int | None = Query(None, description="Page back: only ids below this one."),
+                     before_id: int | None = Query(None, ge=1, le=INT64_MAX,
+                                                   description="Page back: only ids below this one."),
                      limit: int = Query(100, ge=1, le=1000)) -> list[ExperienceInfo]:
     """Experiences, newest first."""
     return store.list_experiences(track, untrained_only=untrained, limit=limit, before_id=before_id)
