@@ -79,7 +79,7 @@ def test_the_server_does_not_import_torch(sqlite_ws):
         "from fastapi.testclient import TestClient\n"
         "from honed.server import create_app\n"
         "from honed.workspace import open_workspace\n"
-        "with TestClient(create_app(open_workspace(sys.argv[1]))) as client:\n"
+        "with TestClient(create_app(open_workspace(sys.argv[1])), base_url='http://127.0.0.1') as client:\n"
         "    for path in ('/', '/api/status', '/api/system', '/metrics', '/api/jobs', '/api/adapters', '/api/runs',\n"
         "                 '/api/health'):\n"
         "        assert client.get(path).status_code == 200, path\n"

@@ -8,6 +8,7 @@ order; there is no logic here to split.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -375,6 +376,19 @@ class ServerSettings(_Section):
         description="Name of the environment variable holding the API token (sent as "
         "'Authorization: Bearer TOKEN'); required when host is not loopback.",
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Names (the Host header, without its port) the server answers "
+        "to besides loopback (localhost, 127.0.0.1, ::1) and the address it is bound to, e.g. "
+        "['honed.example.com'] behind a proxy; '*' answers to any. Requests by other names get 400, "
+        "against DNS rebinding. Bound to 0.0.0.0 or :: (a token is required there), any name is "
+        "answered unless this list is set.",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list, description="Web origins (scheme://host[:port]) besides the server's own "
+        "whose pages may send changes (POST, PUT, PATCH, DELETE), e.g. 'https://honed.example.com' "
+        "behind a TLS proxy. A browser's change from any other origin gets 403; clients that send no "
+        "Origin header (curl, SDKs) are not affected.",
+    )
     upload_max_mb: float = Field(256.0, gt=0, description="Largest dataset upload, in MiB.")
     status_cache_s: float = Field(
         0.25, ge=0, description="Longest a status answer may be reused for other clients, in seconds "
@@ -406,6 +420,24 @@ class ServerSettings(_Section):
         30, ge=1, description="Retry-After sent with a 503 while the models are released to "
         "training, in seconds (the job's own estimate is sent instead when it has one and is shorter).",
     )
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            if host != "*" and not re.fullmatch(r"[A-Za-z0-9._:-]+", host):
+                raise ValueError(f"{host!r}: a host name or address without scheme, port or path, e.g. "
+                                 "'honed.example.com', or '*' for any")
+        return hosts
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _check_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if not re.fullmatch(r"https?://[A-Za-z0-9.\[\]:-]+", origin.rstrip("/")):
+                raise ValueError(f"{origin!r}: an origin is scheme://host[:port] without a path, e.g. "
+                                 "'https://honed.example.com'")
+        return origins
 
 
 class TelemetrySettings(_Section):

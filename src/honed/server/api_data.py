@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from honed.daemon.control import ControlError, queue_job
-from honed.server.deps import StoreDep, WorkspaceDep
+from honed.server.deps import INT64_MAX, Id, StoreDep, WorkspaceDep
 from honed.server.security import check_file_name
 from honed.store import DatasetInfo, NotFoundError, RunInfo, Store
 from honed.store.info import Time
@@ -75,7 +75,7 @@ def rejected_files(workspace: WorkspaceDep) -> list[dict]:
 
 
 @router.get("/datasets/{dataset_id}")
-def get_dataset(dataset_id: int, store: StoreDep) -> DatasetDetail:
+def get_dataset(dataset_id: Id, store: StoreDep) -> DatasetDetail:
     """One dataset with its ingest report (every bad line with its number and reason)."""
     dataset = store.get_dataset(dataset_id)
     if dataset is None:
@@ -214,7 +214,8 @@ def get_run(run_id: str, workspace: WorkspaceDep, store: StoreDep) -> RunDetail:
 @router.get("/runs/{run_id}/metrics", response_model=MetricsPage)
 def run_metrics(run_id: str, store: StoreDep,
                 kind: str = Query("train", description=f"One of {', '.join(METRIC_KINDS)}."),
-                after_step: int = Query(-1, description="Only steps above this one (page with next_after_step)."),
+                after_step: int = Query(-1, ge=-1, le=INT64_MAX,
+                                        description="Only steps above this one (page with next_after_step)."),
                 limit: int = Query(5000, ge=1, le=50_000)) -> dict:
     """A run's metrics by step (the curve after resumes: each step from its latest
     attempt), in pages: ``next_after_step`` is null on the last page."""

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field, field_validator
 
 from honed.data.formats import text_problem
-from honed.server.deps import StoreDep, WorkspaceDep
+from honed.server.deps import INT64_MAX, Id, Int64, RowId, StoreDep, WorkspaceDep
 from honed.store import ExperienceInfo
 from honed.store.experiences import MAX_REASON_CHARS
 from honed.store.serialize import deleted_experience
@@ -39,10 +39,10 @@ class LoggedExperience(BaseModel):
     track: str | None = Field(None, description="Track whose model answered (default: the workspace's track).")
     messages: list[ChatMessage] = Field(min_length=1, description="What the model was given.")
     output: str = Field(description="What it answered.")
-    adapter_id: int | None = Field(None, description="The adapter that answered, if known (default: the bare base).")
+    adapter_id: RowId | None = Field(None, description="The adapter that answered, if known (default: the bare base).")
     latency_ms: float | None = Field(None, ge=0)
-    prompt_tokens: int | None = Field(None, ge=0)
-    completion_tokens: int | None = Field(None, ge=0)
+    prompt_tokens: Int64 | None = Field(None, ge=0)
+    completion_tokens: Int64 | None = Field(None, ge=0)
     metadata: dict[str, Any] | None = Field(None, description="Anything the application wants kept with it.")
 
 
@@ -66,13 +66,13 @@ def log_experience(body: LoggedExperience, workspace: WorkspaceDep, store: Store
 
 
 @router.get("/v1/experiences/{experience_id}")
-def get_experience(experience_id: int, store: StoreDep) -> ExperienceInfo:
+def get_experience(experience_id: Id, store: StoreDep) -> ExperienceInfo:
     """One experience with its feedback."""
     return store.get_experience(experience_id)
 
 
 @router.post("/v1/experiences/{experience_id}/feedback")
-def give_feedback(experience_id: int, body: Feedback, workspace: WorkspaceDep, store: StoreDep) -> ExperienceInfo:
+def give_feedback(experience_id: Id, body: Feedback, workspace: WorkspaceDep, store: StoreDep) -> ExperienceInfo:
     """Attach a score, thumbs up/down and/or a corrected output to an experience."""
     return store.add_feedback(experience_id, score=body.score, thumbs=body.thumbs,
                               corrected_output=body.corrected_output,
@@ -82,7 +82,8 @@ def give_feedback(experience_id: int, body: Feedback, workspace: WorkspaceDep, s
 @router.get("/api/experiences")
 def list_experiences(store: StoreDep, track: str | None = None,
                      untrained: bool = Query(False, description="Only those no successful run trained on."),
-                     before_id: int | None = Query(None, description="Page back: only ids below this one."),
+                     before_id: int | None = Query(None, ge=1, le=INT64_MAX,
+                                                   description="Page back: only ids below this one."),
                      limit: int = Query(100, ge=1, le=1000),
                      excluded: bool | None = Query(None, description="true: only those excluded from training "
                                                    "(with their reason); false: only the others."),
@@ -111,20 +112,20 @@ class DeletedExperience(BaseModel):
 
 
 @router.post("/v1/experiences/{experience_id}/exclude")
-def exclude_experience(experience_id: int, body: Exclusion, store: StoreDep) -> ExperienceInfo:
+def exclude_experience(experience_id: Id, body: Exclusion, store: StoreDep) -> ExperienceInfo:
     """Keep an experience out of every training batch from now on (one already assembled
     keeps it); it stays listed with the reason. 404 for an unknown id."""
     return store.exclude_experience(experience_id, body.reason)
 
 
 @router.post("/v1/experiences/{experience_id}/include")
-def include_experience(experience_id: int, store: StoreDep) -> ExperienceInfo:
+def include_experience(experience_id: Id, store: StoreDep) -> ExperienceInfo:
     """Offer an excluded or set-aside experience to training again. 404 for an unknown id."""
     return store.include_experience(experience_id)
 
 
 @router.delete("/v1/experiences/{experience_id}")
-def delete_experience(experience_id: int, store: StoreDep) -> DeletedExperience:
+def delete_experience(experience_id: Id, store: StoreDep) -> DeletedExperience:
     """Delete an experience with its feedback and the teacher's answers about it. Allowed
     whatever its state: batches already assembled keep their record of it, and an adapter
     trained on it keeps what it learned. 404 for an unknown id (nothing is deleted)."""

@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from honed.daemon.control import ControlError, control_job, queue_job, remove_job
-from honed.server.deps import StoreDep, WorkspaceDep
+from honed.server.deps import INT64_MAX, Id, RowId, StoreDep, WorkspaceDep
 from honed.states import Command, CommandState, JobState, Priority, allowed
 from honed.store import AdapterInfo, CheckpointInfo, JobEvent, JobInfo
 from honed.store.schema import JOB_STATES
@@ -76,7 +76,7 @@ def list_jobs(store: StoreDep, state: list[str] | None = Query(None, description
 class NewJob(BaseModel):
     """A job to queue: datasets already added (ids), the track, priority and overrides."""
 
-    datasets: list[int] = Field(min_length=1, description="Dataset ids ('GET /api/datasets' lists them).")
+    datasets: list[RowId] = Field(min_length=1, description="Dataset ids ('GET /api/datasets' lists them).")
     track: str | None = Field(None, description="Track to train (default: the workspace's track).")
     priority: Priority = Priority.NORMAL
     overrides: dict = Field(default_factory=dict, description='Settings for this job, e.g. {"train": {"lr": 1e-3}}.')
@@ -95,7 +95,7 @@ def create_job(new: NewJob, workspace: WorkspaceDep, store: StoreDep) -> JobInfo
 
 
 @router.get("/jobs/{job_id}")
-def get_job(job_id: int, store: StoreDep) -> JobDetail:
+def get_job(job_id: Id, store: StoreDep) -> JobDetail:
     """One job in full, with its run's checkpoints and the adapter it produced."""
     job = store.get_job(job_id)
     # The daemon names the run when it claims the job, a moment before the trainer records it.
@@ -105,7 +105,8 @@ def get_job(job_id: int, store: StoreDep) -> JobDetail:
 
 
 @router.get("/jobs/{job_id}/events")
-def job_events(job_id: int, store: StoreDep, after: int = Query(0, ge=0, description="Only events after this id."),
+def job_events(job_id: Id, store: StoreDep,
+               after: int = Query(0, ge=0, le=INT64_MAX, description="Only events after this id."),
                limit: int = Query(500, ge=1, le=5000)) -> list[JobEvent]:
     """A job's event log, oldest first; page with ``after`` = the last id you have."""
     store.get_job(job_id)
@@ -117,19 +118,19 @@ class PriorityChange(BaseModel):
 
 
 @router.patch("/jobs/{job_id}")
-def move_job(job_id: int, change: PriorityChange, store: StoreDep) -> JobInfo:
+def move_job(job_id: Id, change: PriorityChange, store: StoreDep) -> JobInfo:
     """Change a waiting job's priority."""
     return store.set_job_priority(job_id, change.priority)
 
 
 @router.delete("/jobs/{job_id}")
-def delete_job(job_id: int, store: StoreDep) -> JobInfo:
+def delete_job(job_id: Id, store: StoreDep) -> JobInfo:
     """Take a job that is not running out of the queue (it is kept as cancelled)."""
     return remove_job(store, job_id)
 
 
 @router.post("/jobs/{job_id}/{command}", response_model=ControlAnswer)
-async def control(job_id: int, command: Command, workspace: WorkspaceDep, store: StoreDep, response: Response,
+async def control(job_id: Id, command: Command, workspace: WorkspaceDep, store: StoreDep, response: Response,
                   wait_s: float = Query(30.0, ge=0, le=600, description="How long to wait for the new state.")) -> dict:
     """pause, resume, stop, skip or cancel a job. Answers once the job reached its new
     state (200), or with 202 when it has not yet (the command stays recorded)."""

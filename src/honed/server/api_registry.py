@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from honed.registry import deployment
 from honed.registry.tracks import add_track
-from honed.server.deps import StoreDep, WorkspaceDep
+from honed.server.deps import Id, Int64, RowId, StoreDep, WorkspaceDep
 from honed.states import DeployAction
 from honed.store import AdapterInfo, DeploymentInfo, TrackInfo
 from honed.store.serialize import deploy_result
@@ -58,7 +58,7 @@ def list_adapters(store: StoreDep, track: str | None = None) -> list[AdapterInfo
 
 
 @router.get("/adapters/{adapter_id}")
-def get_adapter(adapter_id: int, store: StoreDep) -> AdapterDetail:
+def get_adapter(adapter_id: Id, store: StoreDep) -> AdapterDetail:
     """One adapter with the deployments that involved it."""
     adapter = store.get_adapter(adapter_id)
     history = [d for d in store.list_deployments(adapter.track)
@@ -72,7 +72,7 @@ class DeployRequest(BaseModel):
 
 
 @router.post("/adapters/{adapter_id}/deploy", response_model=DeployAnswer)
-def deploy(adapter_id: int, workspace: WorkspaceDep, store: StoreDep, body: DeployRequest | None = None) -> dict:
+def deploy(adapter_id: Id, workspace: WorkspaceDep, store: StoreDep, body: DeployRequest | None = None) -> dict:
     """Make the adapter live on its track (hooks run after the switch; ``hooks_ok``
     says whether they all succeeded)."""
     body = body or DeployRequest()
@@ -80,13 +80,13 @@ def deploy(adapter_id: int, workspace: WorkspaceDep, store: StoreDep, body: Depl
 
 
 @router.post("/adapters/{adapter_id}/approve", response_model=DeployAnswer)
-def approve(adapter_id: int, workspace: WorkspaceDep, store: StoreDep) -> dict:
+def approve(adapter_id: Id, workspace: WorkspaceDep, store: StoreDep) -> dict:
     """Approve an adapter that awaits approval: it is deployed."""
     return deploy_result(deployment.approve(workspace, store, adapter_id))
 
 
 @router.post("/adapters/{adapter_id}/reject", response_model=Adapter)
-def reject(adapter_id: int, store: StoreDep) -> AdapterInfo:
+def reject(adapter_id: Id, store: StoreDep) -> AdapterInfo:
     """Reject an adapter that awaits approval (kept, with its numbers)."""
     return store.reject_adapter(adapter_id)
 
@@ -99,7 +99,7 @@ def list_tracks(store: StoreDep) -> list[Track]:
 
 class NewTrack(BaseModel):
     name: str = Field(description="1-64 letters, digits, '-' or '_'.")
-    base_version: int | None = Field(None, description="Base version (default: the newest).")
+    base_version: Int64 | None = Field(None, ge=0, description="Base version (default: the newest).")
 
 
 @router.post("/tracks", status_code=201)
@@ -109,14 +109,14 @@ def create_track(new: NewTrack, workspace: WorkspaceDep, store: StoreDep) -> Tra
 
 
 @router.get("/tracks/{track}/deployments")
-def deployments(track: str, store: StoreDep, limit: int = 50) -> list[DeploymentInfo]:
+def deployments(track: str, store: StoreDep, limit: int = Query(50, ge=1, le=1000)) -> list[DeploymentInfo]:
     """A track's deployment history, newest first."""
     store.require_track(track)
     return store.list_deployments(track, limit=limit)
 
 
 class RollbackRequest(BaseModel):
-    to: int | None = Field(None, description="An adapter deployed before (default: the previous one).")
+    to: RowId | None = Field(None, description="An adapter deployed before (default: the previous one).")
 
 
 @router.post("/tracks/{track}/rollback", response_model=DeployAnswer)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from honed import __version__
 from honed.daemon.control import ControlError
@@ -35,7 +36,7 @@ from honed.server import (
 )
 from honed.server.device_yield import DeviceYielder
 from honed.server.live import LiveFeed
-from honed.server.security import require_token, server_token
+from honed.server.security import RequestGuard, require_token, server_token
 from honed.server.serving import ModelPool
 from honed.server.status_cache import InvalidateOnChange, StatusCache
 from honed.store import JobStateError, NotFoundError, StoreError, StoreUnavailableError
@@ -76,6 +77,7 @@ def create_app(workspace, *, host: str | None = None) -> FastAPI:
         app.include_router(module.router)
     pages.mount(app)
     app.add_middleware(InvalidateOnChange)
+    app.add_middleware(RequestGuard, settings=settings, host=host or settings.host, reply=_error)  # outermost
     _error_handlers(app)
     return app
 
@@ -83,7 +85,8 @@ def create_app(workspace, *, host: str | None = None) -> FastAPI:
 def _error(request: Request, status: int, message: str, headers: dict | None = None) -> JSONResponse:
     """``{"error": message}``; under /v1/ in OpenAI's shape, which its SDKs read."""
     if request.url.path.startswith("/v1/"):
-        kinds = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error"}
+        kinds = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                 404: "not_found_error", 415: "invalid_request_error"}
         kind = kinds.get(status, "api_error")
         body = {"error": {"message": message, "type": kind, "code": status}}
     else:
@@ -92,17 +95,33 @@ def _error(request: Request, status: int, message: str, headers: dict | None = N
 
 
 def _error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(HTTPException)
+    @app.exception_handler(HTTPException)  # Starlette's: FastAPI's, and the router's 404 and 405 too
     async def http_error(request: Request, exc: HTTPException):
-        return _error(request, exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"nothing at {request.method} {request.url.path} (the API is listed at /docs)"
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            message = f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}"
+        return _error(request, exc.status_code, message, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
         problems = []
         for err in exc.errors():
-            where = ".".join(str(part) for part in err.get("loc", ()) if part != "body") or "request"
+            if err.get("type") == "json_invalid":
+                at = err.get("loc", ("body", "?"))[-1]
+                detail = (err.get("ctx") or {}).get("error", "not JSON")
+                problems.append(f"the request body is not valid JSON: {detail} (at character {at})")
+                continue
+            where = ".".join(str(part) for part in err.get("loc", ()) if part != "body") or "request body"
             problems.append(f"{where}: {err.get('msg')}")
         return _error(request, 400, "; ".join(problems))
+
+    @app.exception_handler(Exception)  # the last resort: no traceback or server path reaches the client
+    async def internal_error(request: Request, exc: Exception):
+        log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        return _error(request, 500, "internal error; see the server log")
 
     for error_type, status in ERROR_STATUS.items():
         app.add_exception_handler(error_type, _reply_with(status))

@@ -5,6 +5,12 @@ environment variable ``[server] token_env``); when a token is set, every route c
 sent as ``Authorization: Bearer TOKEN`` or, for the browser, as the ``honed_token``
 cookie that opening a page with ``?token=TOKEN`` sets. Static files (the monitor's
 scripts and styles) carry no data and are public.
+
+A browser is a client the server cannot trust with its own credentials alone: any page it
+opens may send requests to 127.0.0.1. :class:`RequestGuard` answers only to the names the
+server is reached by (against DNS rebinding) and takes changes only from its own pages
+(against cross-site request forgery); clients that are not browsers (curl, httpx, the
+SDKs) send no Origin header and are not affected.
 """
 
 from __future__ import annotations
@@ -87,3 +93,90 @@ def check_file_name(name: str, what: str = "name") -> str:
                    "digit, without '..' (it becomes a file name)",
         )
     return name
+
+
+# --- what browsers may send -------------------------------------------------------------
+
+CHANGING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# The bodies a page on any site may send without asking first (no CORS preflight).
+SIMPLE_CONTENT_TYPES = frozenset({"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"})
+# Routes that take the request body as it is (a file: api_data.upload_dataset) rather than JSON.
+RAW_BODY_PATHS = frozenset({"/api/datasets"})
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def host_name(host_header: str) -> str:
+    """The name in a Host header, without its port: ``[::1]:8321`` gives ``::1``."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    if host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host.rstrip(".")
+
+
+def normal_origin(origin: str) -> str:
+    """``scheme://host[:port]`` in lower case, without a default port or trailing slash,
+    so that origins written differently compare equal."""
+    origin = origin.strip().lower().rstrip("/")
+    scheme, sep, netloc = origin.partition("://")
+    if sep and netloc.endswith(":" + DEFAULT_PORTS.get(scheme, "-")):
+        netloc = netloc.rsplit(":", 1)[0]
+    return f"{scheme}{sep}{netloc}"
+
+
+class RequestGuard:
+    """ASGI middleware in front of every route: refuses requests addressed by a name the
+    server does not answer to (400, ``server.allowed_hosts``), changes sent by a page of
+    another origin (403, ``server.allowed_origins``), and JSON routes' bodies of the types a
+    page may send without asking (415). ``reply(request, status, message)`` makes the
+    error response, in the app's one shape."""
+
+    def __init__(self, app, *, settings, host: str, reply) -> None:
+        self.app = app
+        self.reply = reply
+        self.bound = host
+        self.any_host = "*" in settings.allowed_hosts or (host in WILDCARD_HOSTS and not settings.allowed_hosts)
+        self.hosts = {host_name(h) for h in settings.allowed_hosts} | {host_name(host)}
+        self.origins = {normal_origin(o) for o in settings.allowed_origins}
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            request = Request(scope)
+            refusal = self.refusal(request.method, scope["path"], scope.get("scheme", "http"), request.headers)
+            if refusal is not None:
+                response = self.reply(request, *refusal)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def refusal(self, method: str, path: str, scheme: str, headers) -> tuple[int, str] | None:
+        """``(status, message)`` for a request to refuse, None for one to serve."""
+        host = headers.get("host")
+        if host is not None and not self.answers_to(host_name(host)):
+            shown = "" if self.bound in WILDCARD_HOSTS else f"{self.bound}, "
+            return 400, (f"Host {host!r} is not a name this server answers to ({shown}localhost, 127.0.0.1, ::1 "
+                         "and server.allowed_hosts): requests by other names are refused against DNS rebinding; "
+                         "add the name to server.allowed_hosts if clients reach the server by it")
+        if method not in CHANGING_METHODS:
+            return None
+        origin = headers.get("origin")
+        own = normal_origin(f"{scheme}://{host}") if host is not None else None
+        if origin is not None and normal_origin(origin) not in self.origins | {own}:
+            return 403, (f"{method} from a page of another origin ({origin}) refused: changes are taken from "
+                         f"this server's own pages ({own}) and from origins in server.allowed_origins, or from "
+                         "clients that send no Origin header")
+        site = headers.get("sec-fetch-site", "").lower()
+        if origin is None and site in ("cross-site", "same-site"):
+            return 403, (f"{method} from a page of another site (Sec-Fetch-Site: {site}) refused: changes are "
+                         "taken from this server's own pages, or from clients that send no Origin header")
+        content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if content_type in SIMPLE_CONTENT_TYPES and path not in RAW_BODY_PATHS:
+            return 415, (f"Content-Type {content_type} is not taken here: send the body as JSON with "
+                         "'Content-Type: application/json', or send no body")
+        return None
+
+    def answers_to(self, name: str) -> bool:
+        """Whether ``name`` (a Host header's name) is one the server may be reached by."""
+        return self.any_host or name in self.hosts or is_loopback(name)
