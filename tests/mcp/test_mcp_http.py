@@ -44,6 +44,17 @@ def test_http_transport_checks_the_token_and_serves_the_tools(daemon_ws, tmp_pat
         except urllib.error.HTTPError as exc:
             assert exc.code == 401 and "HONED_API_TOKEN" in exc.read().decode()
 
+        # A page of another site, or a rebound DNS name, is refused even with the token.
+        for header, value, code, words in (("Origin", "http://evil.example", 403, "server.allowed_origins"),
+                                           ("Host", f"evil.example:{port}", 400, "server.allowed_hosts")):
+            forged = urllib.request.Request(url, data=b"{}", headers={
+                "Content-Type": "application/json", "Authorization": f"Bearer {token}", header: value})
+            try:
+                urllib.request.urlopen(forged, timeout=10)
+                raise AssertionError(f"a request with {header}: {value} was served")
+            except urllib.error.HTTPError as exc:
+                assert exc.code == code and words in json.loads(exc.read())["error"]
+
         async def session():
             async with (create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}) as http,
                         streamable_http_client(url, http_client=http) as (read, write),

@@ -400,13 +400,22 @@ def run_server(workspace: Workspace, *, http: bool = False, host: str = "127.0.0
         return
     import uvicorn
 
-    from honed.server.security import server_token
+    from honed.server.security import RequestGuard, server_token
 
     token = server_token(workspace.settings.server, host)
     app = server.streamable_http_app(host=host)
     if token is not None:
         app = BearerTokenGate(app, token, workspace.settings.server.token_env)
+    # The same Host and Origin rules as the HTTP API (server.allowed_hosts, server.allowed_origins),
+    # ahead of the token: a page of another site, or a rebound DNS name, is refused whatever it carries.
+    app = RequestGuard(app, settings=workspace.settings.server, host=host, reply=_guard_refusal)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
+
+
+def _guard_refusal(request, status: int, message: str):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": message}, status_code=status)
 
 
 class BearerTokenGate:
