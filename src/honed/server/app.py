@@ -34,6 +34,7 @@ from honed.server import (
     prometheus,
 )
 from honed.server.device_yield import DeviceYielder
+from honed.server.limits import LimitRequestBodies
 from honed.server.live import LiveFeed
 from honed.server.security import require_token, server_token
 from honed.server.serving import ModelPool
@@ -76,6 +77,7 @@ def create_app(workspace, *, host: str | None = None) -> FastAPI:
         app.include_router(module.router)
     pages.mount(app)
     app.add_middleware(InvalidateOnChange)
+    app.add_middleware(LimitRequestBodies)
     _error_handlers(app)
     return app
 
