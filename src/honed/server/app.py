@@ -34,6 +34,7 @@ from honed.server import (
     prometheus,
 )
 from honed.server.device_yield import DeviceYielder
+from honed.server.hide_paths import HidePaths
 from honed.server.limits import LimitRequestBodies
 from honed.server.live import LiveFeed
 from honed.server.security import require_token, server_token
@@ -78,6 +79,7 @@ def create_app(workspace, *, host: str | None = None) -> FastAPI:
     pages.mount(app)
     app.add_middleware(InvalidateOnChange)
     app.add_middleware(LimitRequestBodies)
+    app.add_middleware(HidePaths)
     _error_handlers(app)
     return app
 
