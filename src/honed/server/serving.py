@@ -298,6 +298,8 @@ def generate(loaded: LoadedModel, prompt, max_tokens: int, streamer=None,
     criteria = stop_when_set(stop) if stop is not None else None
     with loaded.lock, torch.inference_mode():
         if stop is not None and stop.is_set():  # the client left while the request waited for the model
+            if streamer is not None:
+                streamer.end()  # as generate() would: whoever waits for the next piece is let go
             return Answer("", int(batch["input_ids"].shape[1]), 0, "cancelled")
         output = loaded.model.generate(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=max_tokens,
