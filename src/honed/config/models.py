@@ -390,6 +390,16 @@ class ServerSettings(_Section):
         "Origin header (curl, SDKs) are not affected.",
     )
     upload_max_mb: float = Field(256.0, gt=0, description="Largest dataset upload, in MiB.")
+    max_json_body_bytes: int = Field(
+        2 * 2**20, ge=1024, description="Largest JSON request body, in bytes (2 MiB: room for a record of "
+        "ingest.max_record_chars characters even with every character escaped); larger ones get 413. "
+        "Dataset uploads have their own limit, upload_max_mb.",
+    )
+    max_prompt_tokens: int = Field(
+        4096, gt=0, description="Longest prompt /v1/chat/completions answers, in tokens after the chat "
+        "template; longer ones get 400 before they wait for the model. Generating costs time in proportion "
+        "to the prompt, and the answer adds at most max_tokens more.",
+    )
     status_cache_s: float = Field(
         0.25, ge=0, description="Longest a status answer may be reused for other clients, in seconds "
         "(0 = compute it for every request); changes made through the server show at once.",

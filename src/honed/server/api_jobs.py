@@ -7,11 +7,13 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from honed.daemon.control import ControlError, control_job, queue_job, remove_job
+from honed.server.api_registry import Adapter
 from honed.server.deps import INT64_MAX, Id, RowId, StoreDep, WorkspaceDep
 from honed.states import Command, CommandState, JobState, Priority, allowed
-from honed.store import AdapterInfo, CheckpointInfo, JobEvent, JobInfo
+from honed.store import CheckpointInfo, JobEvent, JobInfo
 from honed.store.schema import JOB_STATES
 from honed.store.serialize import control_result
 
@@ -35,11 +37,17 @@ class Status(BaseModel):
     runs: list[dict[str, Any]]
 
 
+class Checkpoint(CheckpointInfo):
+    """A checkpoint as the API shows it: where its files lie on the server stays there."""
+
+    path: SkipJsonSchema[str | None] = Field(None, exclude=True)
+
+
 class JobDetail(JobInfo):
     """A job with its run's checkpoints and the adapters it produced."""
 
-    checkpoints: list[CheckpointInfo]
-    adapters: list[AdapterInfo]
+    checkpoints: list[Checkpoint]
+    adapters: list[Adapter]
 
 
 class ControlAnswer(BaseModel):
@@ -100,8 +108,8 @@ def get_job(job_id: Id, store: StoreDep) -> JobDetail:
     job = store.get_job(job_id)
     # The daemon names the run when it claims the job, a moment before the trainer records it.
     recorded = job.run_id is not None and store.get_run(job.run_id) is not None
-    return JobDetail(**dict(job), checkpoints=store.list_checkpoints(job.run_id) if recorded else [],
-                     adapters=[a for a in store.list_adapters(job.track) if a.job_id == job.id])
+    return JobDetail(**dict(job), checkpoints=[dict(c) for c in store.list_checkpoints(job.run_id)] if recorded else [],
+                     adapters=[dict(a) for a in store.list_adapters(job.track) if a.job_id == job.id])
 
 
 @router.get("/jobs/{job_id}/events")

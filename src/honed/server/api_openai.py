@@ -7,7 +7,11 @@ later with ``POST /v1/experiences/{id}/feedback``. The official ``openai`` SDK w
 unchanged (``completion.model_extra["honed"]["experience_id"]``).
 
 While the models are released to a training job (``server.on_training = "unload"``),
-chat requests get 503 with a Retry-After header and a message naming the job.
+chat requests get 503 with a Retry-After header and a message naming the job. A prompt
+longer than ``server.max_prompt_tokens`` (counted after the chat template) gets 400
+before it waits for the model. A client that goes away (a stream closed, or a request
+that is not streamed abandoned) stops its generation after the decode step under way,
+and its cut-short answer is not stored.
 """
 
 from __future__ import annotations
@@ -22,16 +26,26 @@ from typing import Literal
 import anyio
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from honed.data.chat_encoding import ChatEncodingError
 from honed.server.api_experiences import ChatMessage
 from honed.server.deps import StoreDep, WorkspaceDep
-from honed.server.serving import DeltaStreamer, ModelNameError, ModelPool, ModelReleased, generate, resolve
+from honed.server.serving import (
+    DeltaStreamer,
+    ModelNameError,
+    ModelPool,
+    ModelReleased,
+    PromptTooLong,
+    encode_prompt,
+    generate,
+    resolve,
+)
 from honed.store import Store, StoreError
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+DISCONNECT_POLL_S = 0.25  # how often a request that is not streamed looks whether its client is still there
 
 
 class ChatRequest(BaseModel):
@@ -126,24 +140,31 @@ async def chat_completions(body: ChatRequest, request: Request, workspace: Works
             base_version=target.base_version, source="served", latency_ms=(time.perf_counter() - started) * 1000,
             prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
             meta={"user": body.user, **(body.metadata or {})} if (body.user or body.metadata) else None,
-            max_chars=None)  # the prompt was checked before generating; the answer is the model's
+            max_chars=None)  # bounded already: server.max_prompt_tokens, then max_tokens
 
     def honed_field(experience) -> dict:
         return {"experience_id": experience.id, "track": target.track,
                 "adapter": target.adapter.id if target.adapter else None, "served_by": target.label}
 
+    limit = workspace.settings.server.max_prompt_tokens
+    stop = threading.Event()  # set when the client has gone: generation ends after the step under way
+
     if not body.stream:
         def answer_now():
             with pool.lease(target, is_default=is_default) as loaded:
-                answer = generate(loaded, messages, max_tokens)
-            return answer, record(answer.text, answer)
+                answer = generate(loaded, encode_prompt(loaded, messages, limit), max_tokens, stop=stop)
+            return answer, None if stop.is_set() else record(answer.text, answer)
 
         try:
-            answer, experience = await run_in_threadpool(answer_now)
+            answer, experience = await _until_disconnected(request, stop, answer_now)
         except ModelReleased as exc:
             raise await run_in_threadpool(_released, exc, store, workspace.settings.server) from None
         except ChatEncodingError as exc:  # a control token in a message, and a template that rewrites messages
             raise HTTPException(400, f"messages: {exc}") from None
+        except PromptTooLong as exc:
+            raise HTTPException(400, str(exc)) from None
+        if experience is None:  # nobody is listening; an answer cut short is not kept as an experience
+            return Response(status_code=499)
         return JSONResponse({
             "id": completion_id, "object": "chat.completion", "created": created, "model": target.label,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
@@ -157,9 +178,10 @@ async def chat_completions(body: ChatRequest, request: Request, workspace: Works
     def generate_streaming():
         try:
             with pool.lease(target, is_default=is_default) as loaded:
+                prompt = encode_prompt(loaded, messages, limit)
                 outcome["streamer"] = DeltaStreamer(loaded.tokenizer, loaded.stop_ids)
                 ready.set()
-                outcome["answer"] = generate(loaded, messages, max_tokens, streamer=outcome["streamer"])
+                outcome["answer"] = generate(loaded, prompt, max_tokens, streamer=outcome["streamer"], stop=stop)
         except Exception as exc:  # noqa: BLE001 - reported to the client in the stream
             outcome["error"] = exc
             ready.set()
@@ -171,30 +193,67 @@ async def chat_completions(body: ChatRequest, request: Request, workspace: Works
                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
         return f"data: {json.dumps(payload)}\n\n"
 
-    # The lease is taken before the response starts, so that a refusal is a 503, not a stream.
+    # The lease is taken and the prompt measured before the response starts, so that a
+    # refusal is a 503 or a 400, not a stream.
     worker = threading.Thread(target=generate_streaming, name="honed-generate", daemon=True)
     worker.start()
     await anyio.to_thread.run_sync(ready.wait)
     if isinstance(outcome.get("error"), ModelReleased):
         raise await run_in_threadpool(_released, outcome["error"], store, workspace.settings.server)
+    if isinstance(outcome.get("error"), PromptTooLong):
+        raise HTTPException(400, str(outcome["error"]))
+    if isinstance(outcome.get("error"), ChatEncodingError):
+        raise HTTPException(400, f"messages: {outcome['error']}")
 
     async def events():
         if "error" in outcome:
             yield _error_event(outcome["error"])
             return
         streamer = outcome["streamer"]
-        yield chunk({"role": "assistant", "content": ""})
-        pieces = []
-        while (delta := await anyio.to_thread.run_sync(streamer.deltas.get)) is not None:
-            pieces.append(delta)
-            yield chunk({"content": delta})
-        await anyio.to_thread.run_sync(worker.join)
-        if "error" in outcome:
-            yield _error_event(outcome["error"])
-            return
-        answer = outcome["answer"]
-        experience = await run_in_threadpool(record, "".join(pieces), answer)
-        yield chunk({}, answer.finish_reason, usage=_usage(answer), honed=honed_field(experience))
-        yield "data: [DONE]\n\n"
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            pieces = []
+            # abandon_on_cancel: a client that leaves is noticed at once, not at the next delta
+            while (delta := await anyio.to_thread.run_sync(streamer.deltas.get, abandon_on_cancel=True)) is not None:
+                if await request.is_disconnected():
+                    return
+                pieces.append(delta)
+                yield chunk({"content": delta})
+            await anyio.to_thread.run_sync(worker.join)
+            if "error" in outcome:
+                yield _error_event(outcome["error"])
+                return
+            answer = outcome["answer"]
+            experience = await run_in_threadpool(record, "".join(pieces), answer)
+            yield chunk({}, answer.finish_reason, usage=_usage(answer), honed=honed_field(experience))
+            yield "data: [DONE]\n\n"
+        finally:
+            # Reached early only when the client went away (cancelled, closed, or seen
+            # disconnected): the rest is not generated and nothing is recorded.
+            stop.set()
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+
+async def _until_disconnected(request: Request, stop: threading.Event, work):
+    """``work()`` in a worker thread; meanwhile, ``stop`` is set if the client disconnects."""
+    outcome: dict = {}
+
+    async with anyio.create_task_group() as group:
+        async def watch():
+            while not await request.is_disconnected():
+                await anyio.sleep(DISCONNECT_POLL_S)
+            stop.set()
+
+        async def run():
+            try:
+                outcome["value"] = await run_in_threadpool(work)
+            except Exception as exc:  # noqa: BLE001 - raised again below, outside the task group
+                outcome["error"] = exc
+            group.cancel_scope.cancel()
+
+        group.start_soon(watch)
+        group.start_soon(run)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]

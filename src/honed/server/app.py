@@ -35,6 +35,8 @@ from honed.server import (
     prometheus,
 )
 from honed.server.device_yield import DeviceYielder
+from honed.server.hide_paths import HidePaths
+from honed.server.limits import LimitRequestBodies
 from honed.server.live import LiveFeed
 from honed.server.security import RequestGuard, require_token, server_token
 from honed.server.serving import ModelPool
@@ -77,6 +79,8 @@ def create_app(workspace, *, host: str | None = None) -> FastAPI:
         app.include_router(module.router)
     pages.mount(app)
     app.add_middleware(InvalidateOnChange)
+    app.add_middleware(LimitRequestBodies)
+    app.add_middleware(HidePaths)
     app.add_middleware(RequestGuard, settings=settings, host=host or settings.host, reply=_error)  # outermost
     _error_handlers(app)
     return app

@@ -265,27 +265,66 @@ class ModelPool:
         return LoadedModel(target, model, tokenizer, stop_token_ids(model, tokenizer))
 
 
-def generate(loaded: LoadedModel, messages: list[dict], max_tokens: int, streamer=None) -> Answer:
-    """Greedy answer to ``messages``; with ``streamer`` (a transformers streamer) the
-    text is also handed out piece by piece as it is generated."""
+class PromptTooLong(ValueError):
+    """The prompt is longer than ``server.max_prompt_tokens``; the message says by how much."""
+
+
+def encode_prompt(loaded: LoadedModel, messages: list[dict], max_tokens: int | None = None):
+    """``messages`` after the chat template, as the model's input tensors; PromptTooLong when
+    that is more than ``max_tokens`` tokens. Needs no lock: call it before waiting for one."""
     import torch
 
     from honed.data.chat_encoding import encode_chat
+
+    # A control token typed in a message is text: a user cannot end their turn and forge the assistant's.
+    ids = encode_chat(loaded.tokenizer, messages, add_generation_prompt=True).input_ids
+    batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+    size = len(ids)
+    if max_tokens is not None and size > max_tokens:
+        raise PromptTooLong(f"messages: the prompt is {size:,} tokens after the chat template; at most "
+                            f"{max_tokens:,} are answered (server.max_prompt_tokens): shorten the conversation")
+    return batch
+
+
+def generate(loaded: LoadedModel, prompt, max_tokens: int, streamer=None,
+             stop: threading.Event | None = None) -> Answer:
+    """Greedy answer to ``prompt`` (from :func:`encode_prompt`); with ``streamer`` (a
+    transformers streamer) the text is also handed out piece by piece as it is generated.
+    Setting ``stop`` ends the generation after the decode step under way (finish_reason
+    ``cancelled``): nobody waits for the rest."""
+    import torch
+
     from honed.evaluation.exact_match import decode_until_stop
 
     tokenizer = loaded.tokenizer
-    # A control token typed in a message is text: a user cannot end their turn and forge the assistant's.
-    prompt = encode_chat(tokenizer, messages, add_generation_prompt=True).input_ids
-    input_ids = torch.tensor([prompt], device=loaded.model.device)
+    batch = {name: tensor.to(loaded.model.device) for name, tensor in prompt.items()}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else loaded.stop_ids[0]
+    criteria = stop_when_set(stop) if stop is not None else None
     with loaded.lock, torch.inference_mode():
+        if stop is not None and stop.is_set():  # the client left while the request waited for the model
+            if streamer is not None:
+                streamer.end()  # as generate() would: whoever waits for the next piece is let go
+            return Answer("", int(batch["input_ids"].shape[1]), 0, "cancelled")
         output = loaded.model.generate(
-            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_tokens,
-            do_sample=False, eos_token_id=loaded.stop_ids, pad_token_id=pad_id, use_cache=True, streamer=streamer)
-    new = output[0, len(prompt):].tolist()
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=max_tokens,
+            do_sample=False, eos_token_id=loaded.stop_ids, pad_token_id=pad_id, use_cache=True, streamer=streamer,
+            stopping_criteria=criteria)
+    new = output[0, batch["input_ids"].shape[1]:].tolist()
     cut = next((k for k, token in enumerate(new) if token in loaded.stop_ids), len(new))
-    return Answer(decode_until_stop(tokenizer, new, loaded.stop_ids), len(prompt), cut,
-                  "stop" if cut < len(new) else "length")
+    finish = "stop" if cut < len(new) else "cancelled" if stop is not None and stop.is_set() else "length"
+    return Answer(decode_until_stop(tokenizer, new, loaded.stop_ids), int(batch["input_ids"].shape[1]), cut, finish)
+
+
+def stop_when_set(event: threading.Event):
+    """Transformers stopping criteria, checked after every decode step: stop once ``event`` is set."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopWhenSet(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([StopWhenSet()])
 
 
 class DeltaStreamer:

@@ -15,6 +15,7 @@ import threading
 import time
 
 from honed.daemon.status import status_info
+from honed.server.hide_paths import public_status
 from honed.store import Store
 from honed.store.serialize import plain
 
@@ -42,7 +43,7 @@ class StatusCache:
             if value is not None:
                 return value
             generation = self._generation
-            value = plain(status_info(self.workspace, self.store))
+            value = public_status(self.workspace, self.store, plain(status_info(self.workspace, self.store)))
             if generation == self._generation:  # no change was made while it was computed
                 self._value, self._at = value, time.monotonic()
             return value
