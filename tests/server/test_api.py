@@ -207,7 +207,11 @@ def test_live_stream_carries_events_and_status(client, api_ws, tmp_path):
                 elif line.startswith("data: "):
                     received.append((name, json.loads(line[6:])))
                     connected.set()
-                    if name == "status" and any(j["state"] == "queued" for j in received[-1][1]["queue"]):
+                    # The feed reads events, then the status: a job queued between the two reads is in
+                    # this status and in the next poll's events; wait for both.
+                    seen_status = any(n == "status" and any(j["state"] == "queued" for j in d["queue"])
+                                      for n, d in received)
+                    if seen_status and any(n == "event" and d["kind"] == "queued" for n, d in received):
                         return
 
     listener = threading.Thread(target=listen, daemon=True)
