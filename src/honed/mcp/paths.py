@@ -1,5 +1,4 @@
-"""Server paths and MCP clients: which files a client may make the server read, and
-server paths taken out of what it answers.
+"""Which files an MCP client may make the server read.
 
 A client (a model, an agent, anyone on the HTTP port with the token) names files for
 ``train_model``. Such a file must lie under the workspace or under one of ``[mcp]
@@ -7,15 +6,13 @@ allowed_dirs``, judged after symbolic links and ``..`` are resolved and before a
 of it is read; anything else is refused with the rule and the setting that widens it.
 Whether a refused path exists is never said.
 
-Answers name files inside the workspace (or its artifacts directory) by their
-workspace-relative names: the client needs the name, not the server's layout.
+What the server answers names workspace files by relative names (:mod:`honed.server_paths`).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 
 class PathRefusedError(ValueError):
@@ -50,32 +47,3 @@ def confined_path(workspace, given: str) -> Path:
         f"path {given} is outside the workspace and [mcp] allowed_dirs{through}; an MCP client may only give "
         "files under those: add its directory to [mcp] allowed_dirs in honed.toml, or move the file into "
         "the workspace (e.g. its inbox/)")
-
-
-class ServerPaths:
-    """Rewrites server paths under the workspace or its artifacts directory, wherever
-    they appear in an answer (a field, a message, a URL), as workspace-relative names."""
-
-    def __init__(self, workspace) -> None:
-        prefixes = {str(p) for root in (workspace.root, workspace.artifacts_dir) for p in (root, root.resolve())}
-        # Longest first: the artifacts directory may lie inside the workspace.
-        self.prefixes = sorted(prefixes, key=len, reverse=True)
-
-    def text(self, text: str) -> str:
-        """``text`` with each server path in it made relative ("." for a root itself)."""
-        for prefix in self.prefixes:
-            if prefix in text:
-                text = text.replace(prefix + os.sep, "")
-                if text == prefix:
-                    text = "."
-        return text
-
-    def answer(self, value: Any) -> Any:
-        """``value`` (plain JSON-ready data) with :meth:`text` applied to every string."""
-        if isinstance(value, str):
-            return self.text(value)
-        if isinstance(value, dict):
-            return {k: self.answer(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.answer(v) for v in value]
-        return value

@@ -21,7 +21,6 @@ import hmac
 import json
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import MCPServer
@@ -35,10 +34,11 @@ from honed.daemon import control
 from honed.daemon.control import ControlError
 from honed.daemon.status import status_info
 from honed.learning.trigger import LearnError
-from honed.mcp.paths import PathRefusedError, ServerPaths, confined_path
+from honed.mcp.paths import PathRefusedError, confined_path
 from honed.registry import deployment
 from honed.registry.deployment import DeployError
 from honed.registry.tracks import TrackError
+from honed.server_paths import PathHider, public_status
 from honed.states import Command, JobState, Priority
 from honed.store import NotFoundError, Store, StoreError
 from honed.store.serialize import control_result, deleted_experience, deploy_result, plain
@@ -96,15 +96,10 @@ class WorkspaceTools:
     def __init__(self, workspace: Workspace) -> None:
         self.workspace = workspace
         self.store: Store | None = None
-        self.paths = ServerPaths(workspace)
+        self.paths = PathHider(workspace)
 
     def _status(self) -> dict[str, Any]:
-        out = plain(status_info(self.workspace, self.store))
-        out["workspace"] = self.workspace.root.name  # its name, not where it lies on the server
-        base = out.get("base") or {}
-        if base.get("source") and Path(base["source"]).is_absolute():
-            base["source"] = Path(base["source"]).name
-        return out
+        return public_status(self.workspace, self.store, plain(status_info(self.workspace, self.store)))
 
     def _json(self, value: Any) -> str:
         return json.dumps(self.paths.answer(plain(value)), indent=2, default=str)
@@ -334,7 +329,7 @@ TOOLS = {
 }
 
 
-def _answering_tool_errors(fn: Callable, paths: ServerPaths) -> Callable:
+def _answering_tool_errors(fn: Callable, paths: PathHider) -> Callable:
     """``fn`` with honed's errors raised as ToolError, whose message the client sees; its
     answer and messages name the workspace's files by workspace-relative names."""
 
@@ -348,7 +343,7 @@ def _answering_tool_errors(fn: Callable, paths: ServerPaths) -> Callable:
     return tool
 
 
-def _answering_resource_errors(fn: Callable, paths: ServerPaths) -> Callable:
+def _answering_resource_errors(fn: Callable, paths: PathHider) -> Callable:
     """``fn`` with honed's errors raised as the SDK's resource errors (an unknown id is
     'not found'), whose message the client sees."""
 

@@ -15,7 +15,7 @@ import threading
 import time
 
 from honed.daemon.status import status_info
-from honed.server.hide_paths import public_status
+from honed.server_paths import public_status
 from honed.store import Store
 from honed.store.serialize import plain
 
