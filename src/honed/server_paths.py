@@ -14,12 +14,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from honed.workspace import looks_local
 
+if TYPE_CHECKING:
+    from honed.store import Store
+    from honed.workspace import Workspace
 
-def public_status(workspace, store, status: dict) -> dict:
+
+def public_status(workspace: Workspace, store: Store, status: dict[str, Any]) -> dict[str, Any]:
     """``status_info`` as a client sees it: the workspace by its name, the store without a
     file path (a SQLite file is ``sqlite (in the workspace)``; a server URL keeps its host,
     the password masked), a local base directory by its name."""
@@ -37,7 +41,7 @@ class PathHider:
     """Rewrites the server paths of one workspace wherever they appear: in bytes of a body
     (also JSON-escaped, as ``json.dumps`` writes them), in text, in plain JSON-ready data."""
 
-    def __init__(self, workspace) -> None:
+    def __init__(self, workspace: Workspace) -> None:
         pairs: list[tuple[str, str]] = []
         for root in {str(workspace.root), str(workspace.root.resolve())}:
             pairs += [(root + os.sep, ""), (root, ".")]

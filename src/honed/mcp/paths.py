@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from honed.workspace import Workspace
 
 
 class PathRefusedError(ValueError):
     """A path an MCP client gave is not one it may make the server read."""
 
 
-def allowed_roots(workspace) -> list[Path]:
+def allowed_roots(workspace: Workspace) -> list[Path]:
     """The workspace and ``[mcp] allowed_dirs`` (relative ones from the workspace), resolved."""
     roots = [workspace.root.resolve()]
     for entry in workspace.settings.mcp.allowed_dirs:
@@ -27,7 +31,7 @@ def allowed_roots(workspace) -> list[Path]:
     return roots
 
 
-def confined_path(workspace, given: str) -> Path:
+def confined_path(workspace: Workspace, given: str) -> Path:
     """The file ``given`` names, resolved, when it lies under :func:`allowed_roots`;
     PathRefusedError naming the rule and the setting otherwise. Nothing is opened: a
     missing file is judged like any other, so a refusal tells nothing of what exists."""
