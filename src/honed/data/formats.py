@@ -1,13 +1,19 @@
-"""The record shapes honed accepts, and their normalisation to chat messages.
+"""The record shapes honed accepts, and their normalisation.
 
-A dataset line is one JSON object in one of four shapes:
+A dataset line is one JSON object. The shapes for supervised fine-tuning (kind ``sft``):
 
 - chat: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``
+- ShareGPT: ``{"conversations": [{"from": "system"|"human"|"gpt", "value": str}, ...]}``
+  becomes chat messages (human: user, gpt: assistant);
 - ``{"prompt": str, "completion": str}`` becomes a user turn and an assistant turn;
 - ``{"instruction": str, "input": str (optional), "output": str}`` becomes a user turn
   (the instruction, then a blank line and the input when the input is not blank) and an
   assistant turn;
 - ``{"text": str}`` stays plain text (no turns; training takes loss on every token).
+
+The shapes for preference training, kinds ``preference`` (TRL's prompt/chosen/rejected,
+OpenAI's DPO lines) and ``unpaired`` (KTO's prompt/completion/label), are described and
+normalised in ``honed.data.preference_formats``; ``record_kind`` tells the kinds apart.
 
 Rules, decided here so every caller applies the same ones:
 
@@ -32,45 +38,53 @@ from typing import Any
 
 import orjson
 
-ROLES = ("system", "user", "assistant")
+from honed.data.kinds import Kind
+from honed.data.preference_formats import normalize_openai_pair, normalize_trl_pair, normalize_unpaired
+from honed.data.record_parts import (
+    ROLES,
+    RecordError,
+    check_length,
+    json_type_name,
+    message_problem,
+    quote,
+)
+from honed.data.record_parts import content as _content
+
+__all__ = [
+    "DEFAULT_MAX_RECORD_CHARS",
+    "ROLES",
+    "SHAPES",
+    "RecordError",
+    "canonical_bytes",
+    "describe_parse_error",
+    "json_type_name",
+    "normalize_record",
+    "parse_line",
+    "record_hash",
+    "record_kind",
+    "text_problem",
+]
+
 SHAPES = (
     '{"messages": [{"role", "content"}, ...]}',
+    '{"conversations": [{"from", "value"}, ...]}',
     '{"prompt", "completion"}',
     '{"instruction", "input" (optional), "output"}',
     '{"text"}',
+    '{"prompt" (optional), "chosen", "rejected"}',
+    '{"input": {"messages"}, "preferred_output", "non_preferred_output"}',
+    '{"prompt", "completion", "label"}',
 )
 DEFAULT_MAX_RECORD_CHARS = 32768
 UTF8_BOM = b"\xef\xbb\xbf"
 
 _ROLE_SET = frozenset(ROLES)
-_JSON_TYPE_NAMES = {
-    dict: "object",
-    list: "array",
-    str: "string",
-    int: "int",
-    float: "float",
-    bool: "bool",
-    type(None): "null",
-}
-_SHAPE_NAMES = ("messages", "prompt/completion", "instruction/output", "text")
-
-
-class RecordError(ValueError):
-    """One record cannot be used; ``reason`` says why, naming the offending key."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def json_type_name(value: Any) -> str:
-    """The JSON name of a parsed value's type (``object``, ``array``, ``int``...)."""
-    return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
-
-
-def _quote(value: str, limit: int = 40) -> str:
-    shown = value if len(value) <= limit else value[: limit - 3] + "..."
-    return repr(shown)
+_SHAPE_NAMES = (
+    "messages", "conversations", "prompt/completion", "instruction/output", "text", "chosen/rejected",
+    "preferred_output/non_preferred_output",
+)
+# ShareGPT's speakers and the chat roles they become.
+SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
 
 
 def parse_line(raw: bytes) -> Any:
@@ -116,26 +130,40 @@ def text_problem(text: str) -> str | None:
 def normalize_record(obj: Any, max_record_chars: int = DEFAULT_MAX_RECORD_CHARS) -> dict[str, Any]:
     """Return the normalised form of one parsed record.
 
-    The result is ``{"messages": [{"role": ..., "content": ...}, ...]}`` for the three
-    conversational shapes and ``{"text": ...}`` for plain text (it may share message
-    dicts with ``obj``). Raises RecordError.
+    The result is ``{"messages": [{"role": ..., "content": ...}, ...]}`` for the
+    conversational SFT shapes, ``{"text": ...}`` for plain text (it may share message
+    dicts with ``obj``), ``{"prompt", "chosen", "rejected"}`` for a preference pair and
+    ``{"prompt", "completion", "label"}`` for an unpaired judgement (see
+    ``honed.data.preference_formats``). Raises RecordError.
     """
     if type(obj) is not dict:
         raise RecordError(f"record must be a JSON object, got {json_type_name(obj)}")
     is_chat = "messages" in obj
+    is_sharegpt = "conversations" in obj
     is_pc = "prompt" in obj and "completion" in obj
     is_io = "instruction" in obj and "output" in obj
     is_text = "text" in obj
-    if is_chat + is_pc + is_io + is_text != 1:
-        raise RecordError(_shape_problem(obj, (is_chat, is_pc, is_io, is_text)))
+    is_pair = "chosen" in obj or "rejected" in obj
+    is_openai = "preferred_output" in obj or "non_preferred_output" in obj
+    matches = (is_chat, is_sharegpt, is_pc, is_io, is_text, is_pair, is_openai)
+    if sum(matches) != 1:
+        raise RecordError(_shape_problem(obj, matches))
 
     if is_chat:
         return {"messages": _chat_messages(obj["messages"], max_record_chars)}
     if is_text:
         text = _content(obj["text"], "text")
-        _check_length(len(text), max_record_chars)
+        check_length(len(text), max_record_chars)
         return {"text": text}
+    if is_sharegpt:
+        return {"messages": _sharegpt_messages(obj["conversations"], max_record_chars)}
+    if is_pair:
+        return normalize_trl_pair(obj, max_record_chars)
+    if is_openai:
+        return normalize_openai_pair(obj, max_record_chars)
     if is_pc:
+        if "label" in obj:
+            return normalize_unpaired(obj, max_record_chars)
         messages = [
             {"role": "user", "content": _content(obj["prompt"], "prompt")},
             {"role": "assistant", "content": _content(obj["completion"], "completion")},
@@ -152,8 +180,18 @@ def normalize_record(obj: Any, max_record_chars: int = DEFAULT_MAX_RECORD_CHARS)
             {"role": "user", "content": user},
             {"role": "assistant", "content": _content(obj["output"], "output")},
         ]
-    _check_length(len(messages[0]["content"]) + len(messages[1]["content"]), max_record_chars)
+    check_length(len(messages[0]["content"]) + len(messages[1]["content"]), max_record_chars)
     return {"messages": messages}
+
+
+def record_kind(record: dict[str, Any]) -> Kind:
+    """The kind of a normalised record: ``preference`` (prompt, chosen, rejected),
+    ``unpaired`` (prompt, completion, label) or ``sft`` (messages or text)."""
+    if "chosen" in record:
+        return "preference"
+    if "label" in record:
+        return "unpaired"
+    return "sft"
 
 
 def canonical_bytes(record: dict[str, Any]) -> bytes:
@@ -166,17 +204,9 @@ def record_hash(record: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_bytes(record)).hexdigest()
 
 
-def _content(value: Any, where: str) -> str:
-    if type(value) is not str:
-        raise RecordError(f"{where} must be a string, got {json_type_name(value)}")
-    if not value or value.isspace():
-        raise RecordError(f"{where} is empty" + (" (whitespace only)" if value else ""))
-    return value
-
-
 def _chat_messages(messages: Any, max_record_chars: int) -> list[dict[str, Any]]:
     # The fast path checks a well-formed message in one condition; the first message
-    # that fails it is examined again by _message_problem to say exactly what is wrong.
+    # that fails it is examined again by message_problem to say exactly what is wrong.
     if type(messages) is not list:
         raise RecordError(f"messages must be an array, got {json_type_name(messages)}")
     if not messages:
@@ -200,7 +230,7 @@ def _chat_messages(messages: Any, max_record_chars: int) -> list[dict[str, Any]]
                 # A message with exactly these two keys is already normalised: reuse it.
                 append(message if len(message) == 2 else {"role": role, "content": content})
                 continue
-        raise RecordError(_message_problem(len(out), message))
+        raise RecordError(message_problem("messages", len(out), message))
     if role != "assistant":
         if not any(m["role"] == "assistant" for m in out):
             raise RecordError("messages has no assistant message; the last message must be one")
@@ -209,35 +239,38 @@ def _chat_messages(messages: Any, max_record_chars: int) -> list[dict[str, Any]]
             "a chat record must end with an assistant message"
         )
     if total > max_record_chars:
-        _check_length(total, max_record_chars)
+        check_length(total, max_record_chars)
     return out
 
 
-def _message_problem(i: int, message: Any) -> str:
-    if type(message) is not dict:
-        return f"messages[{i}] must be an object, got {json_type_name(message)}"
-    if "role" not in message:
-        return f"messages[{i}] has no 'role'"
-    role = message["role"]
-    if type(role) is not str:
-        return f"messages[{i}].role must be a string, got {json_type_name(role)}"
-    if role not in _ROLE_SET:
-        return f"messages[{i}].role {_quote(role)} is not one of {', '.join(ROLES)}"
-    if "content" not in message:
-        return f"messages[{i}] has no 'content'"
-    try:
-        _content(message["content"], f"messages[{i}].content")
-    except RecordError as exc:
-        return exc.reason
-    raise AssertionError(f"messages[{i}] passed every check")  # pragma: no cover
-
-
-def _check_length(total: int, max_record_chars: int) -> None:
-    if total > max_record_chars:
-        raise RecordError(
-            f"record has {total} characters of content, more than "
-            f"max_record_chars={max_record_chars}"
-        )
+def _sharegpt_messages(turns: Any, max_record_chars: int) -> list[dict[str, Any]]:
+    if type(turns) is not list:
+        raise RecordError(f"conversations must be an array, got {json_type_name(turns)}")
+    if not turns:
+        raise RecordError("conversations is empty; a conversation needs at least one 'gpt' message")
+    out: list[dict[str, Any]] = []
+    total = 0
+    for i, turn in enumerate(turns):
+        at = f"conversations[{i}]"
+        if type(turn) is not dict:
+            raise RecordError(f"{at} must be an object, got {json_type_name(turn)}")
+        if "from" not in turn:
+            raise RecordError(f"{at} has no 'from'")
+        speaker = turn["from"]
+        if type(speaker) is not str:
+            raise RecordError(f"{at}.from must be a string, got {json_type_name(speaker)}")
+        if speaker not in SHAREGPT_ROLES:
+            raise RecordError(f"{at}.from {quote(speaker)} is not one of {', '.join(SHAREGPT_ROLES)}")
+        if "value" not in turn:
+            raise RecordError(f"{at} has no 'value'")
+        text = _content(turn["value"], f"{at}.value")
+        total += len(text)
+        out.append({"role": SHAREGPT_ROLES[speaker], "content": text})
+    if out[-1]["role"] != "assistant":
+        raise RecordError(f"conversations[{len(out) - 1}] is the last message and has from "
+                          f"{turns[-1]['from']!r}; a conversation must end with a 'gpt' message")
+    check_length(total, max_record_chars)
+    return out
 
 
 def _shape_problem(obj: dict[str, Any], matches: tuple[bool, ...]) -> str:
@@ -252,6 +285,6 @@ def _shape_problem(obj: dict[str, Any], matches: tuple[bool, ...]) -> str:
         if len(present) == 1:
             missing = pair[1] if present[0] == pair[0] else pair[0]
             return f"has {present[0]!r} but no {missing!r} (the {'/'.join(pair)} shape needs both)"
-    keys = [_quote(str(key), 20) for key in list(obj)[:8]]
+    keys = [quote(str(key), 20) for key in list(obj)[:8]]
     shown = ", ".join(keys) + (", ..." if len(obj) > 8 else "") if keys else "none"
     return f"unknown record shape (keys: {shown}); accepted shapes: {'; '.join(SHAPES)}"

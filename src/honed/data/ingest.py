@@ -6,7 +6,8 @@ being held), and never writes to the source. It produces, in ``dest_dir``, named
 the first 16 hex digits of the file's sha256:
 
 - ``<h>.jsonl``: one normalised record per line, ``{"line": N, "hash": ..., "messages":
-  [...]}`` or ``{..., "text": ...}``; only when the file is accepted;
+  [...]}``, ``{..., "text": ...}``, ``{..., "prompt", "chosen", "rejected"}`` or
+  ``{..., "prompt", "completion", "label"}``; only when the file is accepted;
 - ``<h>.rejected``: in lenient mode, the bad lines exactly as they were in the source
   (raw bytes, terminators included: they may not even be UTF-8);
 - ``<h>.report.json``: always; every bad line (error) and blank line (note) with its
@@ -19,6 +20,14 @@ Line rules: LF and CRLF endings are both fine, and so is a last line without one
 Whitespace-only lines are not records: they are skipped, counted in ``n_blank`` and
 listed as notes, and never make a file bad. A UTF-8 byte-order mark makes line 1 bad.
 A file is accepted when it has at least one record and, in strict mode, no bad line.
+
+One file holds one kind of record (``honed.data.kinds``): its first good line decides
+the kind, and a later line of another kind is a bad line whose reason names both. Bad
+lines, not a refused file: in lenient mode the good lines are kept and the others go to
+the reject file, so a stray pair in an SFT file loses nothing and blocks nothing, and
+strict mode refuses the file as it does for any bad line. (A majority vote would need
+a second pass over a file that may not fit in memory, and would let a line's fate
+depend on lines far below it.)
 """
 
 from __future__ import annotations
@@ -41,7 +50,9 @@ from honed.data.formats import (
     RecordError,
     describe_parse_error,
     normalize_record,
+    record_kind,
 )
+from honed.data.kinds import Kind, describe_kind
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +75,7 @@ class IngestResult:
 
     ``errors`` and ``notes`` hold at most ``max_issues`` entries each; ``n_bad`` and
     ``n_blank`` count all of them. ``n_records + n_bad + n_blank`` is the number of lines.
+    ``kind`` is the kind of every record (None when there is none).
     """
 
     source: Path
@@ -76,6 +88,7 @@ class IngestResult:
     n_records: int
     n_bad: int
     n_blank: int
+    kind: Kind | None
     errors: list[LineIssue]
     notes: list[LineIssue]
     normalized_path: Path | None
@@ -134,7 +147,7 @@ def ingest_file(
     normalized = _StagedFile(dest_dir)
     rejected = _StagedFile(dest_dir) if lenient else None
     try:
-        counts, errors, notes, file_hash, n_bytes = _scan(
+        counts, kind, errors, notes, file_hash, n_bytes = _scan(
             source, normalized, rejected, max_record_chars, max_line_bytes, max_issues
         )
         n_records, n_bad, n_blank = counts
@@ -162,6 +175,7 @@ def ingest_file(
             n_records=n_records,
             n_bad=n_bad,
             n_blank=n_blank,
+            kind=kind,
             errors=errors,
             notes=notes,
             normalized_path=normalized_path,
@@ -176,9 +190,9 @@ def ingest_file(
             report.discard()
         fsync_dir(dest_dir)
         log.info(
-            "ingested %s (%s mode): %s; %d records, %d bad lines, %d blank lines",
+            "ingested %s (%s mode): %s; %d records (%s), %d bad lines, %d blank lines",
             source, mode, "accepted" if accepted else f"rejected: {why}",
-            n_records, n_bad, n_blank,
+            n_records, kind, n_bad, n_blank,
         )
         return result
     finally:
@@ -190,7 +204,7 @@ def ingest_file(
 def _scan(
     source: Path, normalized: _StagedFile, rejected: _StagedFile | None,
     max_record_chars: int, max_line_bytes: int, max_issues: int,
-) -> tuple[tuple[int, int, int], list[LineIssue], list[LineIssue], str, int]:
+) -> tuple[tuple[int, int, int], Kind | None, list[LineIssue], list[LineIssue], str, int]:
     """The per-line loop. Kept free of attribute look-ups: it runs millions of times."""
     loads = orjson.loads
     dumps = orjson.dumps
@@ -198,6 +212,7 @@ def _scan(
     sha256 = hashlib.sha256
     decode_error = orjson.JSONDecodeError
     normalize = normalize_record
+    kind_of = record_kind
     file_hasher = sha256()
     hash_update = file_hasher.update
     write_normalized = normalized.write
@@ -207,6 +222,8 @@ def _scan(
     n_records = n_bad = n_blank = n_bytes = 0
     lineno = 0
     writing = True
+    file_kind: Kind | None = None
+    kind_line = 0
 
     with open(source, "rb", buffering=_READ_CHUNK) as f:
         readline = f.readline
@@ -237,15 +254,20 @@ def _scan(
                 except RecordError as exc:
                     reason = exc.reason
                 else:
-                    n_records += 1
-                    if writing:
-                        canonical = dumps(record, option=sort_keys)
-                        digest = sha256(canonical).hexdigest().encode()
-                        # The canonical bytes start with '{'; splice line and hash in front.
-                        write_normalized(
-                            b'{"line":%d,"hash":"%b",%b\n' % (lineno, digest, canonical[1:])
-                        )
-                    continue
+                    kind = kind_of(record)
+                    if file_kind is None:
+                        file_kind, kind_line = kind, lineno
+                    if kind == file_kind:
+                        n_records += 1
+                        if writing:
+                            canonical = dumps(record, option=sort_keys)
+                            digest = sha256(canonical).hexdigest().encode()
+                            # The canonical bytes start with '{'; splice line and hash in front.
+                            write_normalized(
+                                b'{"line":%d,"hash":"%b",%b\n' % (lineno, digest, canonical[1:])
+                            )
+                        continue
+                    reason = _mixed_kind(kind, file_kind, kind_line)
             n_bad += 1
             if len(errors) < max_issues:
                 errors.append(LineIssue(lineno, reason))
@@ -255,7 +277,13 @@ def _scan(
                 # Strict mode: the file is rejected whole, stop producing output.
                 writing = False
                 normalized.discard()
-    return (n_records, n_bad, n_blank), errors, notes, file_hasher.hexdigest(), n_bytes
+    return (n_records, n_bad, n_blank), file_kind, errors, notes, file_hasher.hexdigest(), n_bytes
+
+
+def _mixed_kind(kind: str, file_kind: str, kind_line: int) -> str:
+    return (f"line holds {describe_kind(kind, one=True)}, but this file holds {describe_kind(file_kind)} "
+            f"(the kind of its first record, line {kind_line}); a dataset holds one kind: "
+            f"put {describe_kind(kind)} in a file of their own")
 
 
 def _drain_long_line(readline: Callable[[int], bytes], head: bytes, hash_update: Callable[[bytes], object],
@@ -317,6 +345,7 @@ def _report_dict(result: IngestResult) -> dict[str, Any]:
         "n_records": result.n_records,
         "n_bad": result.n_bad,
         "n_blank": result.n_blank,
+        "kind": result.kind,
         "errors_truncated": result.errors_truncated,
         "normalized_path": str(result.normalized_path) if result.normalized_path else None,
         "rejected_path": str(result.rejected_path) if result.rejected_path else None,
@@ -332,6 +361,7 @@ def format_report(result: IngestResult, limit: int = 20) -> str:
     summary = (
         f"{name}: {verdict}, {result.mode} mode: {_count(result.n_records, 'record')}, "
         f"{_count(result.n_bad, 'bad line')}, {_count(result.n_blank, 'blank line')} skipped"
+        + (f"; kind {result.kind}" if result.kind else "")
     )
     lines = [summary]
     lines += [f"{name}:{issue.line}: {issue.reason}" for issue in result.errors[:limit]]
