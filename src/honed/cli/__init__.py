@@ -100,9 +100,9 @@ def datasets(workspace: WorkspaceOpt = None, track: Annotated[str | None, typer.
     if as_json:
         print(json.dumps([r.__dict__ for r in rows], indent=2, default=str))
         return
-    table = Table("id", "name", "track", "records", "rejected", "mode", "file hash", "added")
+    table = Table("id", "name", "track", "kind", "records", "rejected", "mode", "file hash", "added")
     for d in rows:
-        table.add_row(str(d.id), d.name, d.track, str(d.n_records), str(d.n_rejected), d.mode,
+        table.add_row(str(d.id), d.name, d.track, d.kind, str(d.n_records), str(d.n_rejected), d.mode,
                       d.file_hash[:12], str(d.created_at)[:19])
     console.print(table)
 
@@ -115,15 +115,18 @@ def synth(
         help="Training JSONL to write; the eval split goes beside it as *.eval.jsonl.")] = Path("data.jsonl"),
     seed: Annotated[int, typer.Option(help="Seed of the generator.")] = 0,
     eval_n: Annotated[int | None, typer.Option(help="Eval records (default: max(50, n/10)).")] = None,
+    kind: Annotated[str, typer.Option(
+        help="Kind of the training records: sft (chat), preference (chosen: the right answer, rejected: a near "
+             "miss) or unpaired (right answers labelled true, near misses false). Eval records are chat.")] = "sft",
 ) -> None:
-    """Write synthetic chat data of one task family (train and eval splits)."""
+    """Write synthetic data of one task family (train and eval splits)."""
     from honed.data.synthetic import write_synthetic
 
     try:
-        train_path, eval_path = write_synthetic(family, n, out, seed=seed, eval_n=eval_n)
+        train_path, eval_path = write_synthetic(family, n, out, seed=seed, eval_n=eval_n, kind=kind)
     except ValueError as exc:
         raise _fail(str(exc)) from None
-    console.print(f"wrote {train_path} (train) and {eval_path} (eval)")
+    console.print(f"wrote {train_path} (train, {kind}) and {eval_path} (eval)")
 
 
 def _parse_base_version(text: str | None) -> int | None:

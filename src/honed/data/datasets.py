@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from honed.data.ingest import IngestResult, format_report, ingest_file
+from honed.data.kinds import describe_kind
 
 
 def file_sha256(path: Path) -> str:
@@ -40,7 +41,7 @@ class AddedDataset:
         """Machine-readable outcome (``--json``)."""
         out = {"source": str(self.source), "accepted": self.accepted, "already_known": self.already_known}
         if self.dataset is not None:
-            out.update(dataset_id=self.dataset.id, track=self.dataset.track,
+            out.update(dataset_id=self.dataset.id, track=self.dataset.track, kind=self.dataset.kind,
                        records=self.dataset.n_records, rejected=self.dataset.n_rejected,
                        file_hash=self.dataset.file_hash)
         if self.ingest is not None:
@@ -57,12 +58,14 @@ class AddedDataset:
         """What a person needs to read about this file."""
         if self.already_known:
             d = self.dataset
-            return (f"{self.source}: already added as dataset {d.id} ({d.n_records} records, track {d.track}); "
-                    "nothing to do")
+            return (f"{self.source}: already added as dataset {d.id} ({d.n_records} records of kind {d.kind}, "
+                    f"track {d.track}); nothing to do")
         r = self.ingest
         lines = []
         if self.accepted:
-            lines.append(f"{self.source}: added as dataset {self.dataset.id}: {r.n_records} records"
+            # SFT is what most datasets hold; any other kind is worth a word.
+            kind = "" if self.dataset.kind == "sft" else f" ({describe_kind(self.dataset.kind)})"
+            lines.append(f"{self.source}: added as dataset {self.dataset.id}: {r.n_records} records{kind}"
                          + (f", {r.n_bad} bad lines kept aside in {r.rejected_path}" if r.n_bad else ""))
         else:
             lines.append(f"{self.source}: rejected ({r.rejection_reason}); nothing was added")
@@ -92,6 +95,6 @@ def add_dataset_file(workspace, store, source: Path, *, track: str, mode: str) -
         name=source.stem, track=track, file_hash=result.file_hash, source_path=str(source.resolve()),
         stored_path=str(result.normalized_path), mode=mode, n_records=result.n_records,
         n_rejected=result.n_bad, reject_path=str(result.rejected_path) if result.rejected_path else None,
-        records=result.iter_record_hashes(),
+        records=result.iter_record_hashes(), kind=result.kind or "sft",
     )
     return AddedDataset(source, dataset, result)

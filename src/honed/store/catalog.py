@@ -18,6 +18,7 @@ from honed.store.bulk import dialect_insert, insert_records, insert_trained
 from honed.store.errors import DuplicateDatasetError, NotFoundError, StoreError
 from honed.store.info import BaseInfo, DatasetInfo, TrackInfo
 from honed.store.schema import (
+    DATASET_KINDS,
     DATASET_MODES,
     bases,
     datasets,
@@ -162,10 +163,13 @@ def add_dataset(
     n_rejected: int,
     reject_path: str | None,
     records_: Iterable[tuple[int, str]],
+    kind: str = "sft",
 ) -> DatasetInfo:
     """Insert a dataset and stream its ``(line_no, record_hash)`` pairs in chunks."""
     if mode not in DATASET_MODES:
         raise StoreError(f"dataset mode {mode!r} is not one of {', '.join(DATASET_MODES)}")
+    if kind not in DATASET_KINDS:
+        raise StoreError(f"dataset kind {kind!r} is not one of {', '.join(DATASET_KINDS)}")
     require_track(conn, track)
     if (existing := find_dataset(conn, track, file_hash)) is not None:
         raise _duplicate(existing)
@@ -180,6 +184,7 @@ def add_dataset(
         n_rejected=n_rejected,
         reject_path=reject_path,
         created_at=utc_now(),
+        kind=kind,
     )
     try:
         # A savepoint, so that losing a race to a concurrent ingest of the same file
@@ -203,11 +208,14 @@ def add_dataset(
     return dataset
 
 
-def list_datasets(conn: sa.Connection, track: str | None = None) -> list[DatasetInfo]:
-    """Datasets of ``track`` (all tracks when None), oldest first."""
+def list_datasets(conn: sa.Connection, track: str | None = None, kind: str | None = None) -> list[DatasetInfo]:
+    """Datasets of ``track`` (all tracks when None) and of ``kind`` (all kinds when
+    None), oldest first."""
     query = sa.select(datasets).order_by(datasets.c.id)
     if track is not None:
         query = query.where(datasets.c.track == track)
+    if kind is not None:
+        query = query.where(datasets.c.kind == kind)
     return [DatasetInfo.model_validate(r) for r in conn.execute(query)]
 
 

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from honed.data.kinds import Kind
 from honed.states import (
     AdapterState,
     Command,
@@ -85,7 +86,7 @@ class TrackInfo(BaseModel):
 
 
 class DatasetInfo(BaseModel):
-    """One ingested JSONL source."""
+    """One ingested JSONL source; ``kind`` is what every record of it holds."""
 
     model_config = _VIEW
 
@@ -100,6 +101,7 @@ class DatasetInfo(BaseModel):
     n_rejected: int
     reject_path: str | None
     created_at: Time
+    kind: Kind  # what every record holds: sft, preference (pairs) or unpaired (labelled)
 
 
 class RunInfo(BaseModel):

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.types import TypeDecorator
 
+from honed.data.kinds import KINDS
 from honed.states import AdapterState, Command, CommandState, DeployAction, JobState, Priority, RunStatus
 
 # Explicit constraint names: SQLite can only change constraints by rebuilding a table
@@ -41,6 +42,7 @@ COMMAND_STATES = tuple(CommandState)
 ADAPTER_STATES = tuple(AdapterState)
 DEPLOY_ACTIONS = tuple(DeployAction)
 DATASET_MODES = ("strict", "lenient")
+DATASET_KINDS = KINDS  # what its records are: sft, preference or unpaired
 # "layers": per-layer LoRA delta norms ({"layer.3.q_proj": 0.012, ...}) every
 # telemetry.layer_stats_every steps.
 METRIC_KINDS = ("train", "eval", "layers")
@@ -146,6 +148,9 @@ datasets = sa.Table(
     sa.Column("n_rejected", sa.Integer, nullable=False),
     sa.Column("reject_path", sa.Text, nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # Every record of a dataset is of this kind (honed.data.kinds); rows from before
+    # preference data existed are SFT.
+    sa.Column("kind", sa.String(16), nullable=False, server_default="sft"),
     sa.UniqueConstraint("track", "file_hash"),
     # Never reuse an id: runs refer to datasets by id inside their JSON.
     sqlite_autoincrement=True,

@@ -158,13 +158,15 @@ class Store:
         n_rejected: int,
         reject_path: str | None,
         records: Iterable[tuple[int, str]],
+        kind: str = "sft",
     ) -> DatasetInfo:
         """Record an ingested dataset and its ``(line_no, record_hash)`` pairs.
 
         ``records`` is consumed lazily and inserted in chunks within the same
         transaction, so a million records never sit in memory. Raises
         DuplicateDatasetError (with ``existing_id``) when the track already has a
-        dataset with this file hash.
+        dataset with this file hash. ``kind`` is what every record holds (sft,
+        preference or unpaired; ``honed.data.kinds``).
         """
         with self._transaction(write=True) as conn:
             return catalog.add_dataset(
@@ -179,6 +181,7 @@ class Store:
                 n_rejected=n_rejected,
                 reject_path=reject_path,
                 records_=records,
+                kind=kind,
             )
 
     count_datasets = reads(catalog.count_datasets)
