@@ -9,7 +9,10 @@ families; the others are new skills a LoRA adapter can be seen to learn.
     '49+97='
 
 Records are chat records, the shape honed ingests:
-``{"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}``.
+``{"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}``. For preference
+training, ``write_synthetic(..., kind=...)`` writes the training split as pairs
+(``preference``: chosen the right answer, rejected a near miss) or as labelled single
+answers (``unpaired``: right answers labelled true, near misses false, alternating).
 """
 
 from __future__ import annotations
@@ -26,11 +29,14 @@ from honed.atomic_files import write_bytes_atomically
 
 __all__ = [
     "FAMILIES",
+    "RECORD_KINDS",
     "Family",
+    "as_kind",
     "chat_record",
     "eval_path_for",
     "generate",
     "get_family",
+    "near_miss",
     "pairs",
     "write_synthetic",
 ]
@@ -218,6 +224,46 @@ def generate(family: str, n: int, seed: int = 0) -> list[dict[str, Any]]:
     return records
 
 
+RECORD_KINDS = ("sft", "preference", "unpaired")
+
+
+def near_miss(answer: str, rng: random.Random) -> str:
+    """A wrong answer that looks right: ``answer`` with one letter or digit changed to
+    another of its class ('85' -> '35'), so it always differs and keeps its form."""
+    positions = [i for i, c in enumerate(answer) if c.isascii() and c.isalnum()]
+    if not positions:
+        return answer + "x"
+    i = rng.choice(positions)
+    c = answer[i]
+    pool = string.digits if c.isdigit() else _LETTERS if c.islower() else string.ascii_uppercase
+    return answer[:i] + rng.choice([p for p in pool if p != c]) + answer[i + 1 :]
+
+
+def as_kind(records: list[dict[str, Any]], kind: str, seed: int = 0) -> list[dict[str, Any]]:
+    """The chat records of ``generate`` rewritten as records of ``kind``, deterministic for ``seed``.
+
+    ``sft``: unchanged; ``preference``: TRL's conversational pairs ``{"prompt": [user],
+    "chosen": [assistant: the answer], "rejected": [assistant: a near miss]}``;
+    ``unpaired``: KTO's ``{"prompt", "completion", "label"}``, the right answer labelled
+    true on even lines and a near miss labelled false on odd ones.
+    """
+    if kind not in RECORD_KINDS:
+        raise ValueError(f"unknown record kind {kind!r}; allowed: {', '.join(RECORD_KINDS)}")
+    if kind == "sft":
+        return records
+    rng = random.Random(f"near-miss:{seed}")
+    out: list[dict[str, Any]] = []
+    for i, record in enumerate(records):
+        user, answer = record["messages"][0], record["messages"][1]
+        wrong = {"role": "assistant", "content": near_miss(answer["content"], rng)}
+        if kind == "preference":
+            out.append({"prompt": [user], "chosen": [answer], "rejected": [wrong]})
+        else:
+            good = i % 2 == 0
+            out.append({"prompt": [user], "completion": [answer if good else wrong], "label": good})
+    return out
+
+
 def eval_path_for(train_path: Path) -> Path:
     """The eval file that belongs to `train_path`: `data/rev.jsonl` -> `data/rev.eval.jsonl`."""
     train_path = Path(train_path)
@@ -226,15 +272,19 @@ def eval_path_for(train_path: Path) -> Path:
 
 
 def write_synthetic(
-    family: str, n: int, out: Path, *, seed: int = 0, eval_n: int | None = None
+    family: str, n: int, out: Path, *, seed: int = 0, eval_n: int | None = None, kind: str = "sft"
 ) -> tuple[Path, Path]:
     """Write `n` train records to `out` and `eval_n` eval records beside it.
 
     The eval file is `out` with the suffix `.eval.jsonl`; `eval_n` defaults to
-    max(50, n // 10). No prompt is in both files. Each file is written to a temporary
-    name, fsynced and renamed into place, so a reader never sees half a file.
+    max(50, n // 10). No prompt is in both files. The train records are of `kind`
+    (see `as_kind`); the eval records are always chat records, since a model is judged
+    by its answers whatever it learned from. Each file is written to a temporary name,
+    fsynced and renamed into place, so a reader never sees half a file.
     Returns (train path, eval path).
     """
+    if kind not in RECORD_KINDS:
+        raise ValueError(f"unknown record kind {kind!r}; allowed: {', '.join(RECORD_KINDS)}")
     out = Path(out)
     eval_n = max(50, n // 10) if eval_n is None else eval_n
     if eval_n < 0:
@@ -244,7 +294,7 @@ def write_synthetic(
     records = generate(family, eval_n + n, seed)
     eval_out = eval_path_for(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_jsonl_atomically(records[eval_n:], out)
+    _write_jsonl_atomically(as_kind(records[eval_n:], kind, seed), out)
     _write_jsonl_atomically(records[:eval_n], eval_out)
     return out, eval_out
 
