@@ -445,5 +445,11 @@ def test_cli_synth_writes_pairs_that_add_as_a_preference_dataset(make_workspace,
     assert [(d["n_records"], d["kind"]) for d in listing] == [(30, "preference")]
     table = run_honed("datasets", "-w", str(ws.root), env={"COLUMNS": "200"}).stdout
     assert "kind" in table and "preference" in table
+    # The trainer learns by supervised fine-tuning: a job on pairs is refused at the door, naming both.
+    job = run_honed("queue", "add", str(listing[0]["id"]), "-w", str(ws.root), check=False)
+    assert job.returncode == 1 and "holds preference pairs" in job.stderr and "'sft'" in job.stderr, job.stderr
+    assert json.loads(run_honed("queue", "list", "-w", str(ws.root), "--json").stdout) == []
+    once = run_honed("train", "--dataset", str(listing[0]["id"]), "-w", str(ws.root), check=False)
+    assert once.returncode == 1 and "holds preference pairs" in once.stderr, once.stderr
     bad = run_honed("synth", "arithmetic", "--kind", "pairs", "--out", str(tmp_path / "x.jsonl"), check=False)
     assert bad.returncode == 1 and "allowed: sft, preference, unpaired" in bad.stderr

@@ -35,6 +35,7 @@ def queue_job(workspace, store, datasets: list[str], *, track: str, priority: st
     refused at the door rather than failing the job later. Returns the job and the
     outcome of adding each file (AddedDataset), for reporting."""
     from honed.data.datasets import add_dataset_file
+    from honed.data.kinds import datasets_problem
 
     try:
         load_settings(workspace.root, overrides or {})
@@ -59,6 +60,10 @@ def queue_job(workspace, store, datasets: list[str], *, track: str, priority: st
         if not result.accepted:
             raise ControlError(result.describe())
         ids.append(result.dataset.id)
+    # The trainer learns by supervised fine-tuning: preference pairs and thumbs wait for an objective that uses them.
+    problem = datasets_problem("sft", [store.get_dataset(i) for i in ids])
+    if problem:
+        raise ControlError(problem)
     try:
         job = store.create_job(track=track, dataset_ids=ids, overrides=overrides or {}, priority=priority,
                                source=source)

@@ -71,7 +71,7 @@ def _regression_datasets(store, track: str, dataset_ids: list[int]) -> list:
             learned.update(run.dataset_ids if run else ())
     first = min(mine) if mine else 0
     chosen = []
-    for dataset in store.list_datasets(track):
+    for dataset in store.list_datasets(track, kind="sft"):  # exact match needs reference answers
         wanted = dataset.id in learned if learned else dataset.id < first
         if wanted and dataset.id not in mine and Path(dataset.stored_path).is_file():
             chosen.append(dataset)

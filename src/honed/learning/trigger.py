@@ -265,7 +265,7 @@ def _replay(store, track: str, base_version: int, want: int, rng: random.Random)
         return []
     picked: list[tuple[int, dict]] = []
     seen = 0
-    for dataset in store.list_datasets(track):
+    for dataset in store.list_datasets(track, kind="sft"):  # a batch is supervised examples
         if not dataset.stored_path or not Path(dataset.stored_path).is_file():
             continue
         for record in read_jsonl(Path(dataset.stored_path)):

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from honed.config import LoraSettings, TrainSettings
+from honed.data.kinds import datasets_problem
 from honed.data.plan import load_plan, make_plan, read_jsonl, write_plan
 from honed.training.everyday import everyday_records
 from honed.training.spec import RunSpec
@@ -49,6 +50,9 @@ def prepare_run(workspace: Workspace, store, dataset_ids: list[int], *, track: s
         if dataset is None:
             raise RunError(f"unknown dataset id {dataset_id}")
         datasets.append(dataset)
+    problem = datasets_problem("sft", datasets)  # the trainer's one objective, supervised fine-tuning
+    if problem:
+        raise RunError(problem)
 
     def new_records():
         for dataset in datasets:
@@ -57,7 +61,7 @@ def prepare_run(workspace: Workspace, store, dataset_ids: list[int], *, track: s
     def replay_pool():
         chosen = set(dataset_ids)
         trained = store.trained_record_hashes(track, version)
-        for dataset in store.list_datasets(track):
+        for dataset in store.list_datasets(track, kind="sft"):  # replay within the kind being trained
             if dataset.id not in chosen and dataset.stored_path:
                 yield from (r for r in read_jsonl(Path(dataset.stored_path)) if r["hash"] in trained)
 
