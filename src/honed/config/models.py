@@ -68,6 +68,22 @@ class LoraSettings(_Section):
 class TrainSettings(_Section):
     """One training run: schedule, batching, checkpoints and failure policy."""
 
+    objective: Literal["sft", "dpo", "kto"] = Field(
+        "sft", description="What the run learns from: sft on answers (messages or text), dpo on "
+        "preference pairs (prompt, chosen, rejected), kto on unpaired judgements (prompt, "
+        "completion, label). The reference policy of dpo and kto is the base without the adapter.",
+    )
+    beta: float = Field(
+        0.1, gt=0, description="dpo and kto: how far the policy may move from the reference "
+        "(higher stays closer); the rewards reported are beta x the log-probability ratio.",
+    )
+    desirable_weight: float = Field(
+        1.0, gt=0, description="kto: weight of the loss on thumbs-up examples.",
+    )
+    undesirable_weight: float = Field(
+        1.0, gt=0, description="kto: weight of the loss on thumbs-down examples (raise it when "
+        "thumbs-down are rarer).",
+    )
     epochs: float = Field(3.0, gt=0, description="Passes over the training records.")
     max_steps: int = Field(
         0, ge=0, description="Stop after this many optimizer steps; 0 means no limit."

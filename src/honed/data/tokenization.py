@@ -53,12 +53,15 @@ class Example:
         return sum(1 for t in self.targets if t != IGNORE)
 
 
-def assistant_char_spans(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans of its assistant turns."""
+def assistant_char_spans(
+    tokenizer: Any, messages: list[dict[str, Any]], first: int = 0
+) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of its assistant turns (those at
+    index ``first`` or later: a preference completion's, not its prompt's)."""
     text = render_chat(tokenizer, messages, add_generation_prompt=False)
     spans = []
     for i, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or i < first:
             continue
         before = render_chat(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
         through = render_chat(tokenizer, messages[: i + 1], add_generation_prompt=False)

@@ -11,7 +11,9 @@ included, and the exception goes on up); ``cleanup`` closes what setup opened.
 
 The pieces these steps are made of (learning rate, data order, one optimizer step,
 validation loss, checkpoint contents, adapter save) are in :mod:`honed.training.trainer`.
-A new objective (DPO, KTO) changes one step: the loss inside ``train``.
+The preference objectives (``train.objective`` dpo, kto; :mod:`honed.training.preference`)
+change what the records are tokenised into, the loss inside ``train`` and the held-out
+loss; the lifecycle (control, checkpoints, resume, metrics, manifest) is the same.
 
 Under torchrun (``dist``) every rank runs the recipe; rank 0 alone asks ``control``,
 calls the callbacks, writes files and records in the store, and the other ranks follow
@@ -39,6 +41,12 @@ from honed.training import checkpoints as ckpt
 from honed.training.distributed import Dist
 from honed.training.layer_stats import lora_delta_norms
 from honed.training.model_loading import load_tokenizer, load_training_model, nvml_uuid, pick_device
+from honed.training.preference import (
+    ReferenceLogps,
+    TokenizedPreferences,
+    preference_train_step,
+    preference_validation_loss,
+)
 from honed.training.runs import mark_learned
 from honed.training.spec import CheckpointCallback, Control, RunOutcome, RunSpec, StepCallback
 from honed.training.trainer import (
@@ -114,6 +122,9 @@ class TrainingRecipe:
                    "('honed queue') for the daemon, or set train.nproc = 1" if dist.world == 1
                    else "torchrun's --nproc-per-node must match train.nproc")
             )
+        if cfg.objective != "sft" and cfg.nproc > 1:
+            raise ValueError(f"train.objective = {cfg.objective!r} trains in one process for now; set "
+                             "train.nproc = 1 (or train.objective = 'sft')")
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if dist.main:
@@ -124,8 +135,16 @@ class TrainingRecipe:
         self.gpu = nvml_uuid(self.device)
         self.tokenizer = load_tokenizer(spec.base)
         self.model = load_training_model(spec.base, self.device, spec.lora, cfg)  # QLoRA, checkpointing as cfg says
-        self.train_examples = TokenizedRecords(self.tokenizer, plan.train, cfg.max_seq_len, "train")
-        self.heldout_examples = TokenizedRecords(self.tokenizer, plan.heldout, cfg.max_seq_len, "held-out")
+        if cfg.objective == "sft":
+            self.train_examples = TokenizedRecords(self.tokenizer, plan.train, cfg.max_seq_len, "train")
+            self.heldout_examples = TokenizedRecords(self.tokenizer, plan.heldout, cfg.max_seq_len, "held-out")
+        else:
+            self.train_examples = TokenizedPreferences(self.tokenizer, plan.train, cfg.max_seq_len, "train",
+                                                       cfg.objective)
+            self.heldout_examples = TokenizedPreferences(self.tokenizer, plan.heldout, cfg.max_seq_len, "held-out",
+                                                         cfg.objective)
+            # The base with the adapter disabled: no second copy of the model.
+            self.reference = ReferenceLogps(self.model, self.tokenizer.pad_token_id)
         self.total = total_steps(len(self.train_examples), cfg)
         self.steps_per_epoch = steps_per_epoch(len(self.train_examples), cfg)
 
@@ -203,10 +222,15 @@ class TrainingRecipe:
         spec, cfg, dist, state = self.spec, self.cfg, self.dist, self.state
         started = time.perf_counter()
         indices = examples_for_step(state.step, len(self.train_examples), cfg, dist.rank)
-        batches = [pack_batch([self.train_examples[i] for i in mb], cfg.max_seq_len,
-                              self.tokenizer.pad_token_id, cfg.pack) for mb in indices]
         lr = learning_rate(state.step, self.total, cfg, state.lr_scale)
-        result = train_step(self.wrapped, self.optimizer, self.params, batches, cfg, lr, dist, self.filler)
+        if cfg.objective == "sft":
+            batches = [pack_batch([self.train_examples[i] for i in mb], cfg.max_seq_len,
+                                  self.tokenizer.pad_token_id, cfg.pack) for mb in indices]
+            result = train_step(self.wrapped, self.optimizer, self.params, batches, cfg, lr, dist, self.filler)
+        else:
+            pairs = [[self.train_examples[i] for i in mb] for mb in indices]
+            result = preference_train_step(self.wrapped, self.reference, self.optimizer, self.params, pairs, cfg, lr,
+                                           self.tokenizer.pad_token_id)
         state.step += 1
         state.tokens_seen += result["tokens"]
         elapsed = time.perf_counter() - started
@@ -215,7 +239,7 @@ class TrainingRecipe:
             "lr": lr, "grad_norm": result["grad_norm"], "tokens": result["tokens"],
             "tokens_per_s": result["tokens"] / elapsed if elapsed > 0 else 0.0,
             "peak_rss_mb": round(peak_rss_mb(), 1), "time": datetime.now(UTC).isoformat(),
-            **training_step_stats(self.gpu),
+            **training_step_stats(self.gpu), **result.get("figures", {}),
         }
         if self.device.type == "cuda":
             row["peak_accel_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -239,7 +263,11 @@ class TrainingRecipe:
 
     def validate(self) -> float | None:
         """The held-out loss now, logged (None without held-out examples)."""
-        val = validation_loss(self.model, self.heldout_examples, self.cfg, self.tokenizer.pad_token_id)
+        if self.cfg.objective == "sft":
+            val = validation_loss(self.model, self.heldout_examples, self.cfg, self.tokenizer.pad_token_id)
+        else:
+            val = preference_validation_loss(self.model, self.reference, self.heldout_examples, self.cfg,
+                                             self.tokenizer.pad_token_id)
         if val is not None:
             self.log_metrics([{"step": self.state.step, "val_loss": val}], "eval")
         return val

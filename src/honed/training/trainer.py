@@ -150,6 +150,16 @@ def train_step(model, optimizer, params, batches: list[PackedBatch], cfg: TrainS
             (loss * dist.world if dist.active else loss).backward()
     if dist.active:
         loss_total, local_tokens = dist.sum([loss_total, float(local_tokens)])
+    grad_norm, problem = apply_update(optimizer, params, cfg, lr, loss_total)
+    return {
+        "loss": loss_total, "grad_norm": grad_norm, "lr": lr, "problem": problem,
+        "targets": n_targets, "tokens": int(local_tokens),
+    }
+
+
+def apply_update(optimizer, params, cfg: TrainSettings, lr: float, loss_total: float) -> tuple[float, str | None]:
+    """Clip the accumulated gradients and step the optimizer, unless the loss or the
+    gradient norm is unsound; returns the norm and the problem (None when applied)."""
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
     grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
     problem = None
@@ -162,10 +172,7 @@ def train_step(model, optimizer, params, batches: list[PackedBatch], cfg: TrainS
             group["lr"] = lr
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return {
-        "loss": loss_total, "grad_norm": grad_norm, "lr": lr, "problem": problem,
-        "targets": n_targets, "tokens": int(local_tokens),
-    }
+    return grad_norm, problem
 
 
 @torch.no_grad()

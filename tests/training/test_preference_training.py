@@ -1,0 +1,116 @@
+"""DPO in honed's training recipe: the SFT lifecycle holds (pause, exact resume, metrics)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from honed.data.plan import Plan, read_jsonl, write_plan
+from honed.data.synthetic import write_synthetic
+from honed.states import RunStatus
+from honed.training.recipe import run_attempt_of
+from honed.training.runs import prepare_run, resume_spec
+from honed.workspace import open_workspace
+
+SETTINGS = [
+    "train.objective=dpo", "train.beta=0.5", "train.batch_size=4", "train.max_seq_len=128", "train.eval_every=0",
+    "train.threads=1", "train.warmup_steps=2", "train.heldout_fraction=0.1", "train.max_steps=12",
+    "train.checkpoint_every=4", "train.lr=1e-2", "lora.dropout=0.1",
+]
+FIGURES = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+
+
+@pytest.fixture
+def reversal_records(tmp_path) -> Path:
+    train, _ = write_synthetic("reversal", 40, tmp_path / "data" / "rev.jsonl", seed=1)
+    return train
+
+
+def _as_pairs(records: list[dict]) -> list[dict]:
+    """Preference pairs from chat records: chosen = the answer, rejected = the input unreversed."""
+    pairs = []
+    for record in records:
+        *prompt, answer = record["messages"]
+        wrong = answer["content"][::-1]
+        pairs.append({"hash": record["hash"], "prompt": prompt, "chosen": [answer],
+                      "rejected": [{"role": "assistant", "content": wrong}]})
+    return pairs
+
+
+def _prepare(tmp_path: Path, base: Path, data: Path, name: str):
+    from honed.config import parse_assignments
+    from honed.data.datasets import add_dataset_file
+    from honed.workspace import init_workspace
+
+    init_workspace(tmp_path / name, base=str(base))
+    ws = open_workspace(tmp_path / name, parse_assignments(SETTINGS))
+    store = ws.open_store()
+    added = add_dataset_file(ws, store, data, track="main", mode="strict")
+    spec = prepare_run(ws, store, [added.dataset.id], track="main")
+    plan_train = list(read_jsonl(spec.run_dir / "train.jsonl"))
+    plan_heldout = list(read_jsonl(spec.run_dir / "heldout.jsonl"))
+    write_plan(Plan(train=_as_pairs(plan_train), heldout=_as_pairs(plan_heldout)), spec.run_dir)
+    return ws, store, spec
+
+
+def _figures(run_dir: Path) -> dict[int, dict]:
+    """Each step's training row, the latest attempt winning."""
+    rows: dict[int, dict] = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row["kind"] == "train" and rows.get(row["step"], {"attempt": 0})["attempt"] <= row["attempt"]:
+            rows[row["step"]] = row
+    return rows
+
+
+def test_a_paused_dpo_run_resumes_with_the_same_figures_at_every_later_step(tmp_path, tiny_random_base,
+                                                                            reversal_records):
+    _, store, spec = _prepare(tmp_path, tiny_random_base, reversal_records, "straight")
+    try:
+        outcome = run_attempt_of(spec, store)
+    finally:
+        store.close()
+    assert outcome.status == RunStatus.SUCCEEDED and outcome.step == 12
+    expected = _figures(spec.run_dir)
+    assert sorted(expected) == list(range(1, 13))
+    assert all(set(FIGURES) <= set(row) for row in expected.values())
+    assert "val_loss" in outcome.final_metrics
+    init = load_file(str(spec.run_dir / "adapter_init.safetensors"))
+    trained = load_file(str(outcome.adapter_path / "adapter_model.safetensors"))
+    assert all(not torch.equal(init[k], trained[k]) for k in trained)
+
+    ws, store, spec = _prepare(tmp_path, tiny_random_base, reversal_records, "paused")
+    try:
+        paused = run_attempt_of(spec, store, control=lambda step: "pause" if step == 6 else None)
+        assert paused.status == RunStatus.PAUSED and paused.step == 6
+        resumed = run_attempt_of(resume_spec(ws, store, spec.run_id), store)
+    finally:
+        store.close()
+    assert resumed.status == RunStatus.SUCCEEDED and resumed.attempt == 2
+    got = _figures(spec.run_dir)
+    assert sorted(got) == list(range(1, 13))
+    assert {got[s]["attempt"] for s in got} == {1, 2}
+    for step in range(1, 13):
+        for key in FIGURES:
+            assert abs(got[step][key] - expected[step][key]) <= 1e-6, f"step {step} {key}"
+
+
+def test_a_record_that_is_not_a_pair_fails_the_run_naming_it(tmp_path, tiny_random_base, reversal_records):
+    _, store, spec = _prepare(tmp_path, tiny_random_base, reversal_records, "ws")
+    plan_train = list(read_jsonl(spec.run_dir / "train.jsonl"))
+    plan_train[0] = {"hash": plan_train[0]["hash"], "messages": [{"role": "user", "content": "hi"},
+                                                                 {"role": "assistant", "content": "yo"}]}
+    write_plan(Plan(train=plan_train, heldout=[]), spec.run_dir)
+    from honed.data.tokenization import TokenizationError
+
+    try:
+        with pytest.raises(TokenizationError, match=rf"train record {plan_train[0]['hash'][:12]}.*"
+                                                     r"train.objective = 'dpo' needs a preference pair"):
+            run_attempt_of(spec, store)
+        assert store.get_run(spec.run_id).status == RunStatus.FAILED
+    finally:
+        store.close()
