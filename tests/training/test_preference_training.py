@@ -25,20 +25,10 @@ FIGURES = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rew
 
 
 @pytest.fixture
-def reversal_records(tmp_path) -> Path:
-    train, _ = write_synthetic("reversal", 40, tmp_path / "data" / "rev.jsonl", seed=1)
+def reversal_pairs(tmp_path) -> Path:
+    """Preference pairs of the reversal task: chosen the right answer, rejected a near miss."""
+    train, _ = write_synthetic("reversal", 40, tmp_path / "data" / "rev.jsonl", seed=1, kind="preference")
     return train
-
-
-def _as_pairs(records: list[dict]) -> list[dict]:
-    """Preference pairs from chat records: chosen = the answer, rejected = the input unreversed."""
-    pairs = []
-    for record in records:
-        *prompt, answer = record["messages"]
-        wrong = answer["content"][::-1]
-        pairs.append({"hash": record["hash"], "prompt": prompt, "chosen": [answer],
-                      "rejected": [{"role": "assistant", "content": wrong}]})
-    return pairs
 
 
 def _prepare(tmp_path: Path, base: Path, data: Path, name: str):
@@ -50,11 +40,8 @@ def _prepare(tmp_path: Path, base: Path, data: Path, name: str):
     ws = open_workspace(tmp_path / name, parse_assignments(SETTINGS))
     store = ws.open_store()
     added = add_dataset_file(ws, store, data, track="main", mode="strict")
-    spec = prepare_run(ws, store, [added.dataset.id], track="main")
-    plan_train = list(read_jsonl(spec.run_dir / "train.jsonl"))
-    plan_heldout = list(read_jsonl(spec.run_dir / "heldout.jsonl"))
-    write_plan(Plan(train=_as_pairs(plan_train), heldout=_as_pairs(plan_heldout)), spec.run_dir)
-    return ws, store, spec
+    assert added.dataset.kind == "preference"
+    return ws, store, prepare_run(ws, store, [added.dataset.id], track="main")
 
 
 def _figures(run_dir: Path) -> dict[int, dict]:
@@ -68,8 +55,8 @@ def _figures(run_dir: Path) -> dict[int, dict]:
 
 
 def test_a_paused_dpo_run_resumes_with_the_same_figures_at_every_later_step(tmp_path, tiny_random_base,
-                                                                            reversal_records):
-    _, store, spec = _prepare(tmp_path, tiny_random_base, reversal_records, "straight")
+                                                                            reversal_pairs):
+    _, store, spec = _prepare(tmp_path, tiny_random_base, reversal_pairs, "straight")
     try:
         outcome = run_attempt_of(spec, store)
     finally:
@@ -83,7 +70,7 @@ def test_a_paused_dpo_run_resumes_with_the_same_figures_at_every_later_step(tmp_
     trained = load_file(str(outcome.adapter_path / "adapter_model.safetensors"))
     assert all(not torch.equal(init[k], trained[k]) for k in trained)
 
-    ws, store, spec = _prepare(tmp_path, tiny_random_base, reversal_records, "paused")
+    ws, store, spec = _prepare(tmp_path, tiny_random_base, reversal_pairs, "paused")
     try:
         paused = run_attempt_of(spec, store, control=lambda step: "pause" if step == 6 else None)
         assert paused.status == RunStatus.PAUSED and paused.step == 6
@@ -99,8 +86,8 @@ def test_a_paused_dpo_run_resumes_with_the_same_figures_at_every_later_step(tmp_
             assert abs(got[step][key] - expected[step][key]) <= 1e-6, f"step {step} {key}"
 
 
-def test_a_record_that_is_not_a_pair_fails_the_run_naming_it(tmp_path, tiny_random_base, reversal_records):
-    _, store, spec = _prepare(tmp_path, tiny_random_base, reversal_records, "ws")
+def test_a_record_that_is_not_a_pair_fails_the_run_naming_it(tmp_path, tiny_random_base, reversal_pairs):
+    _, store, spec = _prepare(tmp_path, tiny_random_base, reversal_pairs, "ws")
     plan_train = list(read_jsonl(spec.run_dir / "train.jsonl"))
     plan_train[0] = {"hash": plan_train[0]["hash"], "messages": [{"role": "user", "content": "hi"},
                                                                  {"role": "assistant", "content": "yo"}]}

@@ -38,7 +38,7 @@ def queue_job(workspace, store, datasets: list[str], *, track: str, priority: st
     from honed.data.kinds import datasets_problem
 
     try:
-        load_settings(workspace.root, overrides or {})
+        settings = load_settings(workspace.root, overrides or {})
     except SettingsError as exc:
         raise ControlError(str(exc)) from None
     if store.get_track(track) is None:
@@ -60,8 +60,8 @@ def queue_job(workspace, store, datasets: list[str], *, track: str, priority: st
         if not result.accepted:
             raise ControlError(result.describe())
         ids.append(result.dataset.id)
-    # The trainer learns by supervised fine-tuning: preference pairs and thumbs wait for an objective that uses them.
-    problem = datasets_problem("sft", [store.get_dataset(i) for i in ids])
+    # Refused at the door: an objective that cannot learn from a dataset's kind (pairs under SFT, ...).
+    problem = datasets_problem(settings.train.objective, [store.get_dataset(i) for i in ids])
     if problem:
         raise ControlError(problem)
     try:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from honed.config import LoraSettings, TrainSettings
-from honed.data.kinds import datasets_problem
+from honed.data.kinds import ACCEPTED_KINDS, datasets_problem
 from honed.data.plan import load_plan, make_plan, read_jsonl, write_plan
 from honed.training.everyday import everyday_records
 from honed.training.spec import RunSpec
@@ -50,7 +50,8 @@ def prepare_run(workspace: Workspace, store, dataset_ids: list[int], *, track: s
         if dataset is None:
             raise RunError(f"unknown dataset id {dataset_id}")
         datasets.append(dataset)
-    problem = datasets_problem("sft", datasets)  # the trainer's one objective, supervised fine-tuning
+    cfg = settings.train
+    problem = datasets_problem(cfg.objective, datasets)
     if problem:
         raise RunError(problem)
 
@@ -61,18 +62,18 @@ def prepare_run(workspace: Workspace, store, dataset_ids: list[int], *, track: s
     def replay_pool():
         chosen = set(dataset_ids)
         trained = store.trained_record_hashes(track, version)
-        for dataset in store.list_datasets(track, kind="sft"):  # replay within the kind being trained
-            if dataset.id not in chosen and dataset.stored_path:
+        for dataset in store.list_datasets(track):
+            # Replay within the kinds the objective learns from: SFT replays SFT, DPO pairs.
+            if dataset.id not in chosen and dataset.stored_path and dataset.kind in ACCEPTED_KINDS[cfg.objective]:
                 yield from (r for r in read_jsonl(Path(dataset.stored_path)) if r["hash"] in trained)
 
-    cfg = settings.train
     plan = make_plan(
         new_records(), trained=store.trained_record_hashes(track, version),
         replay_pool=replay_pool() if cfg.replay_ratio > 0 else (),
         heldout_fraction=cfg.heldout_fraction, replay_ratio=cfg.replay_ratio,
         retrain_seen=cfg.retrain_seen, seed=cfg.seed,
         everyday_pool=everyday_records(workspace, workspace.resolve_base_path(store, version), version)
-        if cfg.everyday_replay > 0 else (),
+        if cfg.everyday_replay > 0 and cfg.objective == "sft" else (),  # everyday records are SFT chats
         everyday_ratio=cfg.everyday_replay,
     )
     run_id = run_id or new_run_id()
