@@ -171,6 +171,9 @@ def _content(value: Any, where: str) -> str:
         raise RecordError(f"{where} must be a string, got {json_type_name(value)}")
     if not value or value.isspace():
         raise RecordError(f"{where} is empty" + (" (whitespace only)" if value else ""))
+    problem = text_problem(value)  # the rule experiences follow: one rule for all training text
+    if problem:
+        raise RecordError(f"{where} {problem}")
     return value
 
 
@@ -195,6 +198,7 @@ def _chat_messages(messages: Any, max_record_chars: int) -> list[dict[str, Any]]
                 and type(content) is str
                 and content
                 and not content.isspace()
+                and "\x00" not in content
             ):
                 total += len(content)
                 # A message with exactly these two keys is already normalised: reuse it.
