@@ -125,6 +125,9 @@ def test_record_hash_changes_with_content_and_is_sha256_hex():
             "messages[2] is the last message and has role 'user'; "
             "a chat record must end with an assistant message",
         ),
+        ({"messages": [{"role": "user", "content": "a\x00"}, {"role": "assistant", "content": "b"}]},
+         "messages[0].content contains a NUL character at position 1"),
+        ({"text": "\ud800x"}, "text contains a lone surrogate (U+D800) at position 0"),
         ({"prompt": 1, "completion": "b"}, "prompt must be a string, got int"),
         ({"prompt": "a", "completion": "  "}, "completion is empty (whitespace only)"),
         ({"instruction": "a", "input": ["x"], "output": "b"}, "input must be a string, got array"),

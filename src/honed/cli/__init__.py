@@ -270,7 +270,8 @@ def _print_train_summary(summary: dict) -> None:
 
 
 @app.command()
-def runs(workspace: WorkspaceOpt = None, limit: Annotated[int, typer.Option()] = 20, as_json: JsonOpt = False) -> None:
+def runs(workspace: WorkspaceOpt = None, limit: Annotated[int, typer.Option(min=1)] = 20,
+         as_json: JsonOpt = False) -> None:
     """List runs, newest first."""
     ws = _workspace(workspace)
     store = ws.open_store()

@@ -165,7 +165,7 @@ def queue_add(
 @queue_app.command("list")
 def queue_list(
     all_: Annotated[bool, typer.Option("--all", help="Also finished jobs.")] = False,
-    limit: Annotated[int, typer.Option(help="Most jobs shown.")] = 100,
+    limit: Annotated[int, typer.Option(min=1, help="Most jobs shown.")] = 100,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -334,7 +334,7 @@ def _control(command: str, job: str | None, wait: float, workspace: Path | None,
 
 
 JobArg = Annotated[str | None, typer.Argument(help="Job id (default: the running job).")]
-WaitOpt = Annotated[float, typer.Option(help="Seconds to wait for the job to reach its new state.")]
+WaitOpt = Annotated[float, typer.Option(min=0, help="Seconds to wait for the job to reach its new state.")]
 
 
 @app.command()

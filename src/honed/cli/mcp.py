@@ -19,7 +19,8 @@ def mcp_command(
                                        "instead of stdio.")] = False,
     host: Annotated[str, typer.Option(help="Address to bind with --http; anything but loopback needs the "
                                       "token in server.token_env.")] = "127.0.0.1",
-    port: Annotated[int | None, typer.Option(help="TCP port with --http (default: 8322).")] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535,  # beyond it uvicorn hangs instead of failing
+                                             help="TCP port with --http (default: 8322).")] = None,
     workspace: WorkspaceOpt = None,
 ) -> None:
     """Serve the workspace to MCP clients (tools: status, jobs, training, deployment,

@@ -47,6 +47,7 @@ from honed.data.record_parts import (
     json_type_name,
     message_problem,
     quote,
+    text_problem,
 )
 from honed.data.record_parts import content as _content
 
@@ -112,19 +113,6 @@ def describe_parse_error(raw: bytes, exc: orjson.JSONDecodeError) -> str:
         bad = raw[err.start : err.end].hex(" ")
         return f"invalid UTF-8 at byte offset {err.start} of the line (bytes {bad}): {err.reason}"
     return f"invalid JSON at column {exc.colno}: {exc.msg}"
-
-
-def text_problem(text: str) -> str | None:
-    """Why ``text`` cannot be kept as training data, or None: a NUL character (PostgreSQL
-    refuses it) or a lone UTF-16 surrogate (no UTF-8 file can hold it), with its position."""
-    nul = text.find("\x00")
-    if nul >= 0:
-        return f"contains a NUL character at position {nul}"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return f"contains a lone surrogate (U+{ord(text[exc.start]):04X}) at position {exc.start}"
-    return None
 
 
 def normalize_record(obj: Any, max_record_chars: int = DEFAULT_MAX_RECORD_CHARS) -> dict[str, Any]:
@@ -225,6 +213,7 @@ def _chat_messages(messages: Any, max_record_chars: int) -> list[dict[str, Any]]
                 and type(content) is str
                 and content
                 and not content.isspace()
+                and "\x00" not in content
             ):
                 total += len(content)
                 # A message with exactly these two keys is already normalised: reuse it.

@@ -43,12 +43,29 @@ def quote(value: str, limit: int = 40) -> str:
     return repr(shown)
 
 
+def text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be kept as training data, or None: a NUL character (PostgreSQL
+    refuses it) or a lone UTF-16 surrogate (no UTF-8 file can hold it), with its position."""
+    nul = text.find("\x00")
+    if nul >= 0:
+        return f"contains a NUL character at position {nul}"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"contains a lone surrogate (U+{ord(text[exc.start]):04X}) at position {exc.start}"
+    return None
+
+
 def content(value: Any, where: str) -> str:
-    """``value`` when it is a string with something other than whitespace in it."""
+    """``value`` when it is a string with something other than whitespace in it, and
+    text a training file can hold (:func:`text_problem`)."""
     if type(value) is not str:
         raise RecordError(f"{where} must be a string, got {json_type_name(value)}")
     if not value or value.isspace():
         raise RecordError(f"{where} is empty" + (" (whitespace only)" if value else ""))
+    problem = text_problem(value)  # the rule experiences follow: one rule for all training text
+    if problem:
+        raise RecordError(f"{where} {problem}")
     return value
 
 
@@ -78,7 +95,8 @@ def message_list(value: Any, where: str, *, empty_hint: str) -> tuple[list[dict[
         if type(message) is dict:
             role = message.get("role")
             text = message.get("content")
-            if type(role) is str and role in _ROLE_SET and type(text) is str and text and not text.isspace():
+            if (type(role) is str and role in _ROLE_SET and type(text) is str and text and not text.isspace()
+                    and "\x00" not in text):
                 out.append({"role": role, "content": text})
                 total += len(text)
                 continue

@@ -68,7 +68,7 @@ def sync_pointer(workspace, store, track: str) -> Path:
         "adapter_id": adapter.id if adapter else None,
         "name": adapter.name if adapter else None,
         "path": adapter.path if adapter else None,
-        "base_version": adapter.base_version if adapter else store.get_track(track).base_version,
+        "base_version": adapter.base_version if adapter else store.require_track(track).base_version,
         "deployment_id": history[0].id if history else None,
         "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -185,6 +185,19 @@ def check_experience(messages: Any, output: Any, meta: Any, max_chars: int | Non
             json.dumps(meta, ensure_ascii=False, allow_nan=False).encode("utf-8")
         except (TypeError, ValueError) as exc:
             raise StoreError(f"metadata: not storable as JSON ({exc})") from None
+        if _holds_nul(meta):  # PostgreSQL's jsonb refuses it, SQLite would keep it: refused on both
+            raise StoreError("metadata: contains a NUL character, which the store cannot keep")
+
+
+def _holds_nul(value: Any) -> bool:
+    """Whether a JSON value has a NUL character in any of its strings or keys."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 def _check_text(name: str, text: Any) -> None:

@@ -159,6 +159,8 @@ def get_deployment(conn: sa.Connection, deployment_id: int) -> DeploymentInfo:
 def list_deployments(conn: sa.Connection, track: str, limit: int | None = None) -> list[DeploymentInfo]:
     """A track's deployment history, newest first."""
     query = sa.select(deployments).where(deployments.c.track == track).order_by(deployments.c.id.desc())
+    if limit is not None and limit < 0:  # SQLite would take it as no limit, PostgreSQL refuses it
+        raise StoreError(f"limit {limit}: give a positive number of deployments")
     if limit:
         query = query.limit(limit)
     return [DeploymentInfo.model_validate(r) for r in conn.execute(query)]

@@ -86,6 +86,8 @@ def create_run(
 
 def list_runs(conn: sa.Connection, track: str | None = None, limit: int = 50) -> list[RunInfo]:
     """The newest runs first, of one track or of all."""
+    if limit < 0:  # SQLite would take it as no limit, PostgreSQL refuses it
+        raise StoreError(f"limit {limit}: give a positive number of runs")
     query = sa.select(runs).order_by(runs.c.started_at.desc(), runs.c.id.desc()).limit(limit)
     if track is not None:
         query = query.where(runs.c.track == track)

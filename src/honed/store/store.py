@@ -123,6 +123,10 @@ class Store:
             raise StoreError(
                 f"store {self.display_url} refused the change: {self._reason(exc)}"
             ) from exc
+        except sa.exc.DataError as exc:  # PostgreSQL: a value out of its column's range, a negative LIMIT
+            raise StoreError(f"the store refused a value: {self._reason(exc).splitlines()[0]}") from exc
+        except OverflowError as exc:  # SQLite's driver: an integer beyond 64 bits
+            raise StoreError(f"the store refused a value: {exc}") from exc
 
     def _reason(self, exc: sa.exc.DBAPIError) -> str:
         reason = str(exc.orig).strip() if exc.orig is not None else str(exc)
