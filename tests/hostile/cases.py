@@ -123,16 +123,3 @@ def assert_store(before: dict, after: dict, stores: bool, what: str) -> None:
         changed = {t: (before.get(t), after.get(t)) for t in before.keys() | after.keys()
                    if before.get(t) != after.get(t)}
         assert not changed, f"{what}: refused, yet the store changed: {changed}"
-
-
-# What pending cases wait for: the changes other branches of issue 22 bring. The lead
-# removes ``pending=`` from a case once its change is merged and the case passes.
-ORIGIN = "lands with the Origin check (403 for a foreign Origin on a mutating request)"
-CONTENT_TYPE = "lands with the content-type check (415 for a non-JSON body on a JSON route)"
-HOST = "lands with the Host check (400/421 for a Host that is not the server's)"
-ERROR_SHAPE = "lands with {'error': ...} for every error, 404/405 and parse errors included"
-INT64 = "lands with int64 bounds (400 for an integer beyond int64)"
-BODY_LIMIT = "lands with the JSON body limit (413)"
-PROMPT_LIMIT = "lands with the prompt limit (400)"
-MCP_PATHS = "lands with MCP paths confined to the workspace and [mcp] allowed_dirs"
-EXPERIENCE_ROUTES = "lands with the experiences delete/exclude routes"

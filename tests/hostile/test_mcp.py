@@ -8,7 +8,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from tests.hostile.cases import MCP_PATHS, McpCase, as_params, assert_store
+from tests.hostile.cases import McpCase, as_params, assert_store
 
 USER = [{"role": "user", "content": "ping"}]
 INJECT = "x'; DROP TABLE jobs; --"
@@ -17,7 +17,7 @@ CASES = [
     # --- reading ---------------------------------------------------------------------------
     McpCase("get-job-unknown", "get_job", {"job_id": 999}, "no job 999"),
     McpCase("get-job-text", "get_job", {"job_id": "abc"}, "job_id"),
-    McpCase("get-job-beyond-int64", "get_job", {"job_id": 10**20}, "refused a value"),
+    McpCase("get-job-beyond-int64", "get_job", {"job_id": 10**20}, "no job 100000000000000000000"),
     McpCase("list-jobs-bad-state", "list_jobs", {"states": ["bogus"]}, "states"),
     McpCase("list-jobs-limit-zero", "list_jobs", {"limit": 0}, "limit"),
     McpCase("list-datasets-track-sql", "list_datasets", {"track": INJECT}, is_error=False),
@@ -28,8 +28,9 @@ CASES = [
     McpCase("train-relative-path", "train_model", {"datasets": ["data.jsonl"]}, "give a dataset id or an absolute"),
     McpCase("train-parent-path", "train_model", {"datasets": ["../../etc/passwd"]}, "absolute path"),
     McpCase("train-unknown-dataset", "train_model", {"datasets": [999]}, "999"),
-    McpCase("train-missing-file", "train_model", {"datasets": ["/nonexistent/none.jsonl"]}, "no such file"),
-    McpCase("train-system-file", "train_model", {"datasets": ["/etc/passwd"]}, "allowed", pending=MCP_PATHS),
+    McpCase("train-missing-file", "train_model", {"datasets": ["/nonexistent/none.jsonl"]},
+            "is outside the workspace and [mcp] allowed_dirs"),  # whether it exists is not said
+    McpCase("train-system-file", "train_model", {"datasets": ["/etc/passwd"]}, "allowed"),
     McpCase("train-directory", "train_model", {"datasets": ["/tmp"]}, "/tmp"),
     McpCase("train-bad-priority", "train_model", {"datasets": [1], "priority": "urgent"}, "priority"),
     McpCase("train-unknown-track", "train_model", {"datasets": [1], "track": "nope"}, "nope"),

@@ -11,12 +11,6 @@ import json
 import pytest
 
 from tests.hostile.cases import (
-    CONTENT_TYPE,
-    ERROR_SHAPE,
-    EXPERIENCE_ROUTES,
-    INT64,
-    ORIGIN,
-    PROMPT_LIMIT,
     HttpCase,
     as_params,
 )
@@ -84,14 +78,13 @@ CASES = [
     chat("chat-max-tokens-beyond-int64", {"model": "main", "messages": USER, "max_tokens": 10**20}, 400,
          "max_tokens"),
     chat("chat-prompt-over-limit", {"model": "main", "messages": [{"role": "user", "content": "x" * 2_000_000}]},
-         400, "prompt", pending=PROMPT_LIMIT, run_pending=False),  # today: a 2M-character generation
+         400, "prompt"),  # today: a 2M-character generation
     chat("chat-foreign-origin", {"model": "main", "messages": USER}, 403, "rigin",
-         headers={"origin": "http://evil.example"}, pending=ORIGIN),
-    HttpCase("chat-text-plain", "POST", "/v1/chat/completions", 415, "content",
-             content=json.dumps({"model": "main", "messages": USER}), headers={"content-type": "text/plain"},
-             pending=CONTENT_TYPE),
-    HttpCase("models-post", "POST", "/v1/models", 405, "", pending=ERROR_SHAPE),
-    HttpCase("v1-route-unknown", "GET", "/v1/engines", 404, "", pending=ERROR_SHAPE),
+         headers={"origin": "http://evil.example"}),
+    HttpCase("chat-text-plain", "POST", "/v1/chat/completions", 415, "send the body as JSON",
+             content=json.dumps({"model": "main", "messages": USER}), headers={"content-type": "text/plain"}),
+    HttpCase("models-post", "POST", "/v1/models", 405, "POST"),
+    HttpCase("v1-route-unknown", "GET", "/v1/engines", 404, "nothing at GET /v1/engines"),
     # --- logged experiences ---------------------------------------------------------------------
     log("log-empty-object", {}, 400, "messages: Field required"),
     log("log-messages-empty", {"messages": [], "output": "x"}, 400, "messages"),
@@ -117,7 +110,7 @@ CASES = [
     log("log-tokens-fraction", {"completion_tokens": 1.5, "messages": USER, "output": "x"}, 400,
         "completion_tokens"),
     log("log-tokens-beyond-int64", {"prompt_tokens": 10**20, "messages": USER, "output": "x"}, 400,
-        "prompt_tokens", pending=INT64),  # today: 400 "the store refused a value", without the field
+        "prompt_tokens"),
     log("log-metadata-list", {"metadata": [1, 2], "messages": USER, "output": "x"}, 400, "metadata"),
     raw("log-metadata-lone-surrogate", "/v1/experiences",
         '{"messages": [{"role": "user", "content": "x"}], "output": "x", "metadata": {"k": "\\ud800"}}',
@@ -128,12 +121,11 @@ CASES = [
     raw("log-latency-nan", "/v1/experiences",
         '{"messages": [{"role": "user", "content": "x"}], "output": "x", "latency_ms": NaN}', 400, "latency_ms"),
     log("log-foreign-origin", {"messages": USER, "output": "x"}, 403, "rigin",
-        headers={"origin": "http://evil.example"}, pending=ORIGIN),
+        headers={"origin": "http://evil.example"}),
     # --- feedback ---------------------------------------------------------------------------
     feedback("feedback-unknown-experience", {"thumbs": "up"}, 404, "999", experience="999"),
     feedback("feedback-id-text", {"thumbs": "up"}, 400, "experience_id", experience="abc"),
-    feedback("feedback-id-beyond-int64", {"thumbs": "up"}, 400, "experience_id", experience="99999999999999999999",
-             pending=INT64),
+    feedback("feedback-id-beyond-int64", {"thumbs": "up"}, 400, "experience_id", experience="99999999999999999999"),
     feedback("feedback-thumbs-sideways", {"thumbs": "sideways"}, 400, "thumbs"),
     feedback("feedback-score-above-one", {"score": 1.5}, 400, "score"),
     feedback("feedback-score-negative", {"score": -0.1}, 400, "score"),
@@ -146,9 +138,8 @@ CASES = [
     feedback("feedback-correction-over-limit", {"corrected_output": "x" * 5000}, 400, "ingest.max_record_chars"),
     HttpCase("experience-unknown", "GET", "/v1/experiences/999", 404, "999"),
     HttpCase("experience-id-text", "GET", "/v1/experiences/abc", 400, "experience_id"),
-    HttpCase("experience-id-beyond-int64", "GET", "/v1/experiences/99999999999999999999", 400, "experience_id",
-             pending=INT64),
-    HttpCase("experience-delete-unknown", "DELETE", "/v1/experiences/999", 404, "999", pending=EXPERIENCE_ROUTES),
+    HttpCase("experience-id-beyond-int64", "GET", "/v1/experiences/99999999999999999999", 400, "experience_id"),
+    HttpCase("experience-delete-unknown", "DELETE", "/v1/experiences/999", 404, "999"),
     # --- what is accepted is kept exactly: hostile text is data, not SQL --------------------
     log("log-sql-injection-stored-as-text", {"messages": [{"role": "user", "content": INJECT}], "output": INJECT},
         201, stores=True),

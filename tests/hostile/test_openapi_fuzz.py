@@ -23,7 +23,6 @@ from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis.errors import Unsatisfiable  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 
-from tests.hostile.cases import ERROR_SHAPE  # noqa: E402
 from tests.hostile.conftest import BASE_URL  # noqa: E402
 
 EXAMPLES = int(os.environ.get("HONED_FUZZ_EXAMPLES", "8"))
@@ -116,7 +115,6 @@ def test_fuzzed_requests_never_get_a_server_error(fuzz_run):
     assert not fuzz_run.server_errors, "\n".join(map(str, fuzz_run.server_errors[:20]))
 
 
-@pytest.mark.xfail(strict=False, reason=ERROR_SHAPE)
 def test_every_fuzzed_error_carries_the_error_key(fuzz_run):
     assert not fuzz_run.unshaped_errors, f"{len(fuzz_run.unshaped_errors)} of {fuzz_run.requests}:\n" + \
         "\n".join(map(str, fuzz_run.unshaped_errors[:20]))

@@ -15,7 +15,7 @@ from honed.data.formats import DEFAULT_MAX_RECORD_CHARS, text_problem
 from honed.store.catalog import require_track
 from honed.store.errors import NotFoundError, StoreError
 from honed.store.info import ExperienceInfo
-from honed.store.schema import EXPERIENCE_SOURCES, THUMBS, adapters, experiences, teacher_answers, utc_now
+from honed.store.schema import EXPERIENCE_SOURCES, MAX_ID, THUMBS, adapters, experiences, teacher_answers, utc_now
 
 # The reason of an experience a batch set aside (it could not be a training line) starts so.
 SET_ASIDE_PREFIX = "set aside: "
@@ -52,10 +52,6 @@ def add_experience(conn: sa.Connection, *, track: str, messages: list[dict[str, 
     )).inserted_primary_key[0]
     return get_experience(conn, new_id)
 
-
-# Ids are INTEGER columns: 32 bits on PostgreSQL. A larger number names no experience,
-# and asking the database about it would fail there (and overflow SQLite's 64 bits).
-MAX_ID = 2**31 - 1
 
 
 def get_experience(conn: sa.Connection, experience_id: int) -> ExperienceInfo:

@@ -34,6 +34,7 @@ from honed.store.schema import (
     JOB_FINAL_STATES,
     JOB_PRIORITIES,
     JOB_STATES,
+    MAX_ID,
     encode_non_finite,
     job_commands,
     job_events,
@@ -149,6 +150,8 @@ def create_job(conn: sa.Connection, *, track: str, dataset_ids: list[int], overr
 
 def get_job(conn: sa.Connection, job_id: int, lock: bool = False) -> JobInfo:
     """The job with ``job_id`` (row-locked on PostgreSQL with ``lock``); StoreError if none."""
+    if not 0 < job_id <= MAX_ID:
+        raise NotFoundError(f"no job {job_id}")
     query = sa.select(jobs).where(jobs.c.id == job_id)
     if lock and conn.dialect.name == "postgresql":
         query = query.with_for_update()

@@ -20,6 +20,10 @@ from sqlalchemy.types import TypeDecorator
 from honed.data.kinds import KINDS
 from honed.states import AdapterState, Command, CommandState, DeployAction, JobState, Priority, RunStatus
 
+# Ids are INTEGER columns: 32 bits on PostgreSQL. A larger number names no row, and
+# asking the database about it would fail there (and overflow SQLite's 64 bits).
+MAX_ID = 2**31 - 1
+
 # Explicit constraint names: SQLite can only change constraints by rebuilding a table
 # (Alembic's batch mode), and that needs names to find them.
 NAMING_CONVENTION = {
