@@ -210,3 +210,15 @@ def test_replay_is_drawn_from_earlier_datasets_of_the_batchs_kind_only(learn_ws,
         assert source["source"] == "replay" and source["dataset_id"] == earlier_pairs.id
         stored = pair_hashes[source["record_hash"]]
         assert line == {"prompt": stored["prompt"], "chosen": stored["chosen"], "rejected": stored["rejected"]}
+
+
+def test_an_unknown_learn_objective_is_refused_naming_the_key_and_the_choices(tmp_path):
+    from honed.config import SettingsError, load_settings
+
+    (tmp_path / "honed.toml").write_text('[tracks.chat.learn]\nobjective = "ppo"\n')
+    with pytest.raises(SettingsError) as err:
+        load_settings(tmp_path)
+    assert "tracks.chat.learn.objective = 'ppo' is not allowed: 'sft', 'dpo', 'kto' or 'auto'" in str(err.value)
+    (tmp_path / "honed.toml").write_text('[tracks.chat.learn]\nobjective = "auto"\n')
+    settings = load_settings(tmp_path)
+    assert (settings.learn.objective, settings.learn_for("chat").objective) == ("sft", "auto")  # sft by default
