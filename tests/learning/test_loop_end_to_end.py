@@ -132,3 +132,36 @@ def _failed(store):
     if jobs:
         raise AssertionError(f"job {jobs[0].id} {jobs[0].state}: {jobs[0].error}")
     return None
+
+
+def test_a_batch_of_pairs_from_corrections_trains_the_tiny_model_with_dpo(make_workspace, tiny_random_base):
+    """run-now assembles the corrections as pairs; the job's own overrides train them with
+    DPO (as the daemon would) and the run marks the batch's experiences trained."""
+    from honed.learning.trigger import run_now
+    from honed.states import RunStatus
+    from honed.training.recipe import run_attempt_of
+    from honed.training.runs import prepare_run
+    from tests.learning.conftest import log_reversals
+
+    ws = make_workspace(tiny_random_base, name="dpo-loop")
+    update_config_file(ws.root, {
+        "train": {"batch_size": 4, "max_seq_len": 128, "eval_every": 0, "threads": 1, "warmup_steps": 1,
+                  "heldout_fraction": 0.0, "max_steps": 4, "checkpoint_every": 4, "lr": 1e-2},
+        "learn": {"threshold": 4, "objective": "auto"},
+    })
+    ws = open_workspace(ws.root)
+    words = [r["messages"][0]["content"].removeprefix("reverse: ") for r in generate("reversal", 8, seed=3)]
+    with ws.open_store() as store:
+        ids = log_reversals(store, words)
+        for i, word in zip(ids, words):
+            store.add_feedback(i, corrected_output=word[::-1])
+        done, _ = run_now(ws, store, "main", teacher=False)
+        assert done.objective == "dpo" and done.counts["pairs"] == 8
+        job = store.get_job(done.job_id)
+        spec = prepare_run(open_workspace(ws.root, job.overrides), store, job.dataset_ids, track="main")
+        assert spec.train.objective == "dpo"
+        outcome = run_attempt_of(spec, store)
+        assert outcome.status == RunStatus.SUCCEEDED and outcome.step == 4
+        rows = [json.loads(line) for line in (spec.run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert any("rewards/margins" in row for row in rows if row["kind"] == "train")
+        assert store.mark_experiences_trained(spec.run_id, job.dataset_ids) == 8

@@ -7,7 +7,7 @@ import json
 from datetime import datetime, timedelta
 
 from honed.data.datasets import add_dataset_file
-from honed.learning.trigger import JOB_OVERRIDES, learning_state, tick
+from honed.learning.trigger import job_overrides, learning_state, tick
 from honed.workspace import open_workspace
 from tests.daemon.conftest import synth
 from tests.learning.conftest import configure_learning, log_reversals
@@ -32,7 +32,7 @@ def test_trigger_threshold_cooldown_window_and_once_only(learn_ws, teacher):
         done = tick(ws, store, "main")
         assert done is not None and done.batch.trigger == "threshold"
         job = store.get_job(done.job_id)
-        assert job.state == "queued" and job.overrides == JOB_OVERRIDES and job.dataset_ids == [done.dataset_id]
+        assert job.state == "queued" and job.overrides == job_overrides("sft") and job.dataset_ids == [done.dataset_id]
         assert sorted(done.batch.experience_ids) == first
 
         # While its batch is queued, those experiences are not assembled again.

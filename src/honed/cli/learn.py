@@ -39,6 +39,9 @@ def learn_status(track: TrackOpt = None, workspace: WorkspaceOpt = None, as_json
                       f"improvement, {s.unrated} unrated)", highlight=False)
         console.print(f"  ready to train: {s.ready} of {s.threshold} ({s.corrected_by_person} corrected by a person, "
                       f"{s.corrected_by_teacher} by the teacher)", highlight=False)
+        console.print(f"  objective: {s.objective} ({s.objective_why}); {s.pairs} preference pairs (corrections "
+                      f"of served outputs), {s.unpaired} unpaired judgements (thumbs, scores)", highlight=False,
+                      soft_wrap=True)
         if s.excluded:
             console.print(f"  excluded from training: {s.excluded} ({s.set_aside} set aside by a batch; "
                           "'honed experiences include ID' offers one again)", highlight=False)
@@ -84,15 +87,23 @@ def learn_run_now(
             raise fail(str(exc)) from None
     if as_json:
         print(json.dumps({"batch": done.batch.id, "job": done.job_id, "dataset": done.dataset_id,
+                          "objective": done.objective,
                           "path": str(done.path), "provenance": str(done.provenance_path), "counts": done.counts,
                           "teacher": report.summary() if report else None}, indent=2))
         return
     if report is not None:
         console.print(_describe_pass(report), highlight=False, soft_wrap=True)
     c = done.counts
-    console.print(f"track {name}: batch {done.batch.id} queued as job {done.job_id}: {c['lessons']} lessons "
-                  f"({c['person']} corrected by a person, {c['teacher']} by the teacher, {c['good']} good) and "
-                  f"{c['replay']} replay lines; dataset {done.dataset_id}, provenance {done.provenance_path}",
+    if done.objective == "dpo":
+        what = f"{c['pairs']} preference pairs ({c['person']} corrected by a person, {c['teacher']} by the teacher)"
+    elif done.objective == "kto":
+        what = (f"{c['desirable'] + c['undesirable']} unpaired judgements from {c['lessons']} experiences "
+                f"({c['desirable']} desirable, {c['undesirable']} not)")
+    else:
+        what = (f"{c['lessons']} lessons ({c['person']} corrected by a person, {c['teacher']} by the teacher, "
+                f"{c['good']} good)")
+    console.print(f"track {name}: batch {done.batch.id} ({done.objective}) queued as job {done.job_id}: {what} "
+                  f"and {c['replay']} replay lines; dataset {done.dataset_id}, provenance {done.provenance_path}",
                   highlight=False, soft_wrap=True)
 
 

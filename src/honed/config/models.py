@@ -549,6 +549,12 @@ class LearnSettings(_Section):
         "replay of what the track already learned.",
     )
     max_batch: int = Field(1000, gt=0, description="Most experiences in one assembled dataset.")
+    objective: Literal["sft", "dpo", "kto", "auto"] = Field(
+        "sft", description="What a batch trains: 'sft' (corrections and good outputs as answers), 'dpo' "
+        "(corrections against the served outputs as preference pairs), 'kto' (thumbs and scores as unpaired "
+        "judgements, a correction as one good and one bad example), or 'auto': 'dpo' when at least "
+        "learn.threshold pairs exist, 'kto' when no output is corrected and some were judged bad, else 'sft'.",
+    )
     priority: Priority = Field(Priority.NORMAL, description="Priority of the jobs it queues.")
     teacher: TeacherSettings = Field(default_factory=TeacherSettings)
 

@@ -250,8 +250,8 @@ class WorkspaceTools:
         from honed.learning.trigger import run_now
 
         done, report = run_now(self.workspace, self.store, track or self.workspace.settings.track, teacher=teacher)
-        return {"batch": done.batch.id, "job": done.job_id, "dataset": done.dataset_id, "counts": done.counts,
-                "teacher": report.summary() if report else None}
+        return {"batch": done.batch.id, "job": done.job_id, "dataset": done.dataset_id, "objective": done.objective,
+                "counts": done.counts, "teacher": report.summary() if report else None}
 
     # --- tools that change what runs or what is live --------------------------------
 

@@ -21,6 +21,7 @@ class RunNowAnswer(BaseModel):
     batch: LearningBatchInfo
     job: int
     dataset: int
+    objective: str  # what the batch trains: sft, dpo or kto
     counts: dict[str, Any]
     teacher: dict[str, Any] | None
 
@@ -29,7 +30,8 @@ class RunNowAnswer(BaseModel):
 def learn_status(workspace: WorkspaceDep, store: StoreDep, track: str | None = None) -> list[dict]:
     """Each track's loop: experiences by judgement, corrections, the teacher's budget, those
     excluded from training (``set_aside``: by a batch, the latest in ``set_aside_recent``
-    with their reasons), and whether the trigger would fire now (or why not)."""
+    with their reasons), the objective a batch would train (``objective``, ``objective_why``)
+    with the ``pairs`` and ``unpaired`` judgements it could use, and whether the trigger would fire now (or why not)."""
     from honed.learning.trigger import learning_state
 
     names = [track] if track else [t.name for t in store.list_tracks()]
@@ -62,5 +64,5 @@ async def run_now(track: str, workspace: WorkspaceDep, store: StoreDep,
     from honed.learning.trigger import run_now as assemble_now
 
     done, report = await run_in_threadpool(assemble_now, workspace, store, track, teacher=teacher)
-    return RunNowAnswer(batch=done.batch, job=done.job_id, dataset=done.dataset_id, counts=done.counts,
-                        teacher=report.summary() if report else None)
+    return RunNowAnswer(batch=done.batch, job=done.job_id, dataset=done.dataset_id, objective=done.objective,
+                        counts=done.counts, teacher=report.summary() if report else None)
