@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 from honed.config import LearnSettings
 from honed.evaluation.win_rate import JudgeUnavailable
@@ -16,7 +17,7 @@ JUDGE_SYSTEM = ("You compare two answers to the same conversation and say which 
 _VERDICT = re.compile(r"[\s\"'*`(\[]*(?:answer\s*)?(A|B|TIE)[\s\"'*`)\].!]*", re.IGNORECASE)
 
 
-def judge_prompt(prompt: list[dict], first: str, second: str) -> list[dict]:
+def judge_prompt(prompt: list[dict[str, Any]], first: str, second: str) -> list[dict[str, Any]]:
     """The chat messages that ask which of ``first`` (A) and ``second`` (B) is better."""
     conversation = "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in prompt)
     return [{"role": "system", "content": JUDGE_SYSTEM},
@@ -49,14 +50,14 @@ class TeacherJudge:
                                     timeout=t.timeout_s, max_retries=0)
         self.calls = 0
 
-    def ask(self, prompt: list[dict], first: str, second: str) -> str | None:
+    def ask(self, prompt: list[dict[str, Any]], first: str, second: str) -> str | None:
         """One verdict (see :func:`parse_verdict`); JudgeUnavailable when the teacher
         cannot be asked."""
         import openai
 
         self.calls += 1
         try:
-            completion = self.client.chat.completions.create(model=self.model, messages=judge_prompt(prompt, first,
+            completion = self.client.chat.completions.create(model=self.model, messages=judge_prompt(prompt, first,  # type: ignore[arg-type]
                                                              second), max_tokens=8, temperature=0)
         except openai.APITimeoutError:
             raise JudgeUnavailable(f"no verdict within {self.timeout_s:g}s from the judge at {self.base_url}") from None

@@ -18,6 +18,7 @@ import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from honed.evaluation.statistics import mcnemar_p
 
@@ -37,7 +38,7 @@ class Comparison:
     reason: str | None = None  # why the judge could not be asked
 
 
-Decide = Callable[[list[dict], str, str], Comparison]
+Decide = Callable[[list[dict[str, Any]], str, str], Comparison]
 """``decide(prompt_messages, candidate_answer, live_answer)``."""
 
 
@@ -49,7 +50,7 @@ class WinRate:
     losses: int
     ties: int
     notes: dict[str, int] = field(default_factory=dict)
-    samples: list[dict] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)
     failure: str | None = None  # the first reason a judge could not be asked
 
     @property
@@ -76,14 +77,14 @@ class WinRate:
         """Two-sided sign test (scipy's ``binomtest(wins, wins + losses).pvalue``)."""
         return min(1.0, 2 * min(self.p_better, self.p_worse))
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """What the evaluation keeps (JSON)."""
         return {"n": self.n, "wins": self.wins, "losses": self.losses, "ties": self.ties, "rate": self.rate,
                 "p": self.p, "p_better": self.p_better, "p_worse": self.p_worse, "notes": dict(self.notes),
                 "failure": self.failure, "samples": self.samples}
 
 
-def win_rate(candidate_answers: list[str], live_answers: list[str], prompts: list[list[dict]],
+def win_rate(candidate_answers: list[str], live_answers: list[str], prompts: list[list[dict[str, Any]]],
              decide: Decide, samples_kept: int = 0) -> WinRate:
     """Compare the candidate's and the live model's answers to the same ``prompts`` with
     ``decide``; keep the first ``samples_kept`` comparisons for inspection. Identical
@@ -93,7 +94,8 @@ def win_rate(candidate_answers: list[str], live_answers: list[str], prompts: lis
                          f"candidate answers, {len(live_answers)} live answers, {len(prompts)} prompts")
     counts: Counter[str] = Counter()
     notes: Counter[str] = Counter()
-    samples, failure = [], None
+    samples: list[dict[str, Any]] = []
+    failure: str | None = None
     for prompt, candidate, live in zip(prompts, candidate_answers, live_answers):
         result = Comparison(TIE, "identical") if candidate.strip() == live.strip() else decide(prompt, candidate, live)
         if result.outcome not in (WIN, LOSS, TIE):
@@ -108,23 +110,23 @@ def win_rate(candidate_answers: list[str], live_answers: list[str], prompts: lis
     return WinRate(counts[WIN], counts[LOSS], counts[TIE], dict(notes), samples, failure)
 
 
-def scorer_decider(score: Callable[[str, list[dict]], float]) -> Decide:
+def scorer_decider(score: Callable[[str, list[dict[str, Any]]], float]) -> Decide:
     """Each answer scored by ``score(answer, prompt_messages)``; the higher wins."""
 
-    def decide(prompt: list[dict], candidate: str, live: str) -> Comparison:
+    def decide(prompt: list[dict[str, Any]], candidate: str, live: str) -> Comparison:
         ours, theirs = score(candidate, prompt), score(live, prompt)
         return Comparison(WIN if ours > theirs else LOSS if ours < theirs else TIE)
 
     return decide
 
 
-def both_orders(ask: Callable[[list[dict], str, str], str | None]) -> Decide:
+def both_orders(ask: Callable[[list[dict[str, Any]], str, str], str | None]) -> Decide:
     """A judge asked twice, the candidate first as A then second as B. ``ask`` returns
     ``"A"``, ``"B"``, ``"tie"``, None (a reply it could not parse) or raises JudgeUnavailable.
     Only two verdicts that agree decide; a disagreement (a judge that prefers a position)
     is a tie."""
 
-    def decide(prompt: list[dict], candidate: str, live: str) -> Comparison:
+    def decide(prompt: list[dict[str, Any]], candidate: str, live: str) -> Comparison:
         try:
             first, second = ask(prompt, candidate, live), ask(prompt, live, candidate)
         except JudgeUnavailable as exc:
@@ -146,7 +148,7 @@ class JudgeUnavailable(RuntimeError):
     """The judge could not be asked (unreachable, an HTTP error, not a chat completion)."""
 
 
-def prompt_of(record: dict) -> list[dict] | None:
+def prompt_of(record: dict[str, Any]) -> list[dict[str, Any]] | None:
     """What the model is asked in a record of any kind: a chat record's conversation before
     its last assistant turn, a pair's or a judgement's ``prompt`` (messages, or a string
     taken as one user turn). None when the record has no prompt."""
@@ -162,7 +164,7 @@ def prompt_of(record: dict) -> list[dict] | None:
     return None
 
 
-def distinct_prompts(records: list[dict]) -> list[list[dict]]:
+def distinct_prompts(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """The records' prompts, each once, in order (unpaired judgements repeat prompts)."""
     seen, prompts = set(), []
     for record in records:
