@@ -8,6 +8,8 @@ of a small set shipped with honed that the bare base answers right), ``control``
 user's ``[eval] control_path``) and the user's sets from ``[eval] sets``. Each set is
 scored by its scorers; a sample of outputs is kept, and each record's right/wrong outcome
 per generation scorer, so the gates can pair candidate and baseline record by record.
+With ``[eval] win_rate`` on, both also answer the prompts of ``win_rate_sets`` and a
+decider compares the answers (:func:`compare_answers`, :mod:`honed.evaluation.win_rate`).
 """
 
 from __future__ import annotations
