@@ -45,6 +45,7 @@ TIER_BY_NODE_ID = [
     ("tests/data/*", "unit"),
     ("tests/evaluation/test_gates_statistics.py::*", "unit"),
     ("tests/evaluation/test_scorers_and_gates.py::*", "unit"),
+    ("tests/evaluation/test_win_rate.py::*", "unit"),
     ("tests/telemetry/test_energy.py::test_nvml_*", "integration"),  # a real GPU's counter
     ("tests/telemetry/test_energy.py::*", "unit"),
     ("tests/daemon/test_daemon_log.py::*", "unit"),

@@ -67,8 +67,28 @@ def adapters_list(track: TrackOpt = None, workspace: WorkspaceOpt = None, as_jso
         verdict = a.verdict or {}
         summary = ("passed" if verdict.get("passed") else "failed: " + "; ".join(verdict["failed"])
                    if verdict.get("failed") else "held: " + "; ".join(verdict.get("held", []))) if verdict else ""
+        summary = "; ".join(filter(None, [_win_rate_cell(verdict), summary]))
         table.add_row(str(a.id), a.name, a.track, a.state, a.run_id or "", summary[:70])
     console.print(table)
+
+
+def _win_rate_cell(verdict: dict, every_set: bool = False) -> str:
+    """The win rate of a verdict in a few words: ``win rate 0.62 on heldout (p=0.01)``."""
+    measured = verdict.get("win_rate") or {}
+    if measured.get("error"):
+        return f"win rate not measured: {measured['error']}"
+    parts = []
+    for name, f in measured.get("sets", {}).items():
+        if f.get("error"):
+            parts.append(f"win rate not measured on {name}: {f['error']}")
+        elif f.get("rate") is not None:
+            detail = f" ({f['wins']} won, {f['losses']} lost, {f['ties']} tied, p={f['p']:.2g})" if every_set else \
+                f" (p={f['p']:.2g})"
+            parts.append(f"win rate {f['rate']:.2f} on {name}{detail}")
+        if not every_set:
+            break
+    suffix = f" by {measured.get('decider')}" if every_set and parts else ""
+    return "; ".join(parts) + suffix
 
 
 @adapters_app.command("show")
@@ -90,6 +110,8 @@ def adapters_show(adapter: Annotated[int, typer.Argument(help="Adapter id.")], w
         for rule in info.verdict.get("rules", []):
             mark = "ok  " if rule["ok"] else "HELD" if rule.get("held") else "FAIL"
             console.print(f"  {mark} {rule['rule']}: {rule['detail']}", highlight=False)
+        if info.verdict.get("win_rate"):
+            console.print(f"{'win rate':<13} {_win_rate_cell(info.verdict, every_set=True)}", highlight=False)
     for d in history:
         console.print(f"{d.at:%Y-%m-%d %H:%M:%S}  {d.action:<9} -> "
                       f"{d.adapter_id if d.adapter_id is not None else 'base'}  {d.reason}", highlight=False)

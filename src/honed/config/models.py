@@ -296,6 +296,17 @@ class EvalSettings(_Section):
         "candidate may not forget. Empty: only the track's regression set and the general set shipped "
         "with honed make the control set.",
     )
+    win_rate: Literal["off", "scorer", "judge"] = Field(
+        "off", description="Also compare the candidate with the live model prompt by prompt on the sets of "
+        "win_rate_sets (both answer each prompt, greedy): 'scorer' scores both answers with the track's "
+        "learn.scorer (the higher wins), 'judge' asks the teacher (learn.teacher) in both orders, a "
+        "disagreement counting as a tie. 'off': no win rate (what 'win_rate' gate rules need).",
+    )
+    win_rate_sets: list[str] = Field(
+        default_factory=lambda: ["heldout"], description="The sets whose prompts the win rate compares "
+        "(heldout, regression, control, general or a user-defined set). Each costs two more generation "
+        "passes, and with the judge two teacher calls per prompt whose answers differ.",
+    )
 
 
 class GateRule(_Section):
@@ -304,38 +315,54 @@ class GateRule(_Section):
     ``kind`` says how it is judged: ``threshold`` compares the set's figure with ``min``
     and ``max_regression`` (the rules honed had first); ``gain``, ``regression`` and
     ``retention`` compare the candidate with the live model record by record (an exact
-    one-sided McNemar test on the same prompts), so a difference must be more than noise."""
+    one-sided McNemar test on the same prompts), so a difference must be more than noise;
+    ``win_rate`` reads the win rate of ``eval.win_rate`` (a sign test on wins and losses)."""
 
     set: str = Field(description="heldout, regression, control (the pooled control set), or the name of a "
                      "user-defined set.")
-    scorer: str = Field(description="exact_match, contains, json_valid, json_fields, loss, perplexity, "
-                        "or a 'module:function' scorer.")
-    kind: Literal["threshold", "gain", "regression", "retention"] = Field(
+    scorer: str = Field("", description="exact_match, contains, json_valid, json_fields, loss, perplexity, "
+                        "or a 'module:function' scorer. win_rate rules take none (eval.win_rate decides).")
+    kind: Literal["threshold", "gain", "regression", "retention", "win_rate"] = Field(
         "threshold", description="threshold: min and max_regression on the set's figure. gain: the candidate "
         "must beat the live model on the set with confidence (p < alpha). regression: it must not be shown "
         "worse (p < alpha), nor may the upper confidence bound of its drop exceed max_drop (or what the set "
         "can resolve, if more). retention: on the records the live model answers right (for set 'control': "
         "those of the regression set, the general set shipped with honed and eval.control_path), it must "
-        "not be shown worse nor drop more than max_drop.",
+        "not be shown worse nor drop more than max_drop. win_rate: the candidate's win rate over the live "
+        "model on the set (ties count half) must be at least min, and a one-sided sign test on its wins and "
+        "losses must show it better (p < alpha); one shown worse fails.",
     )
-    min: float | None = Field(None, description="Lowest acceptable value (for loss: highest).")
+    min: float | None = Field(None, description="Lowest acceptable value (for loss: highest; for win_rate: the "
+                              "least win rate, 0..1).")
     max_regression: float | None = Field(
         None, description="threshold only: how much worse than the deployed adapter (or the bare base) the "
         "candidate may be, in the scorer's units.",
     )
-    alpha: float = Field(0.05, gt=0, lt=1, description="gain, regression, retention: significance level of "
-                         "the one-sided paired test.")
+    alpha: float = Field(0.05, gt=0, lt=1, description="gain, regression, retention, win_rate: significance "
+                         "level of the one-sided paired test.")
     max_drop: float | None = Field(
         None, ge=0, le=1, description="regression, retention: largest drop allowed, as a fraction of the "
         "set's records (0.05 = 5 points).",
     )
     min_examples: int = Field(
-        20, ge=1, description="gain, regression: fewer records than this and the candidate is held for a "
-        "person (awaiting approval), never deployed on its own.",
+        20, ge=1, description="gain, regression, win_rate: fewer records (prompts) than this and the candidate "
+        "is held for a person (awaiting approval), never deployed on its own.",
     )
 
     @model_validator(mode="after")
     def _check_kind(self) -> GateRule:
+        if self.kind == "win_rate":
+            if self.scorer not in ("", "win_rate"):
+                raise ValueError(f"a win_rate rule takes no scorer (eval.win_rate decides), not {self.scorer!r}")
+            if self.max_regression is not None or self.max_drop is not None:
+                raise ValueError("a win_rate rule takes min (the least win rate) and alpha, not max_regression "
+                                 "or max_drop")
+            if self.min is not None and not 0.0 <= self.min <= 1.0:
+                raise ValueError(f"a win_rate rule's min is a win rate in 0..1, not {self.min:g}")
+            return self
+        if not self.scorer:
+            raise ValueError(f"a {self.kind} rule needs a scorer: exact_match, contains, json_valid, json_fields, "
+                             "loss, perplexity or 'module:function'")
         # Paired tests need a right/wrong outcome per record; loss has none.
         if self.kind != "threshold" and self.scorer in ("loss", "perplexity"):
             raise ValueError(f"a {self.kind} rule needs a generation scorer (exact_match, contains, json_valid, "
@@ -621,6 +648,23 @@ class Settings(_Section):
         "eval_sets under [tracks.support-bot].",
     )
 
+    @model_validator(mode="after")
+    def _check_win_rate_rules(self) -> Settings:
+        # A win_rate rule with nothing measuring it would hold every candidate.
+        gates = [("gates", self.gates)] + [(f"tracks.{name}.gates", t.gates) for name, t in self.tracks.items()
+                                           if t.gates is not None]
+        for where, settings in gates:
+            for rule in settings.rules:
+                if rule.kind != "win_rate":
+                    continue
+                if self.eval.win_rate == "off":
+                    raise ValueError(f"{where}.rules has a win_rate rule on {rule.set!r}, but eval.win_rate is "
+                                     "'off'; set it to 'scorer' or 'judge'")
+                if rule.set not in self.eval.win_rate_sets:
+                    raise ValueError(f"{where}.rules has a win_rate rule on {rule.set!r}, which is not in "
+                                     f"eval.win_rate_sets {self.eval.win_rate_sets}")
+        return self
+
     def gates_for(self, track: str) -> GateSettings:
         """The gates of ``track``: its own, else the workspace's."""
         own = self.tracks.get(track)
@@ -651,5 +695,8 @@ def describe_validation_error(err: ValidationError, origin: str) -> str:
             lines.append(f"{origin}: unknown key '{key}'")
             continue
         allowed = e.get("ctx", {}).get("expected") or e["msg"]
+        if not key:  # a rule across sections (Settings' own validator): its message names the keys
+            lines.append(f"{origin}: {allowed.removeprefix('Value error, ')}")
+            continue
         lines.append(f"{origin}: {key} = {value!r} is not allowed: {allowed}")
     return "\n".join(lines)

@@ -8,6 +8,8 @@ of a small set shipped with honed that the bare base answers right), ``control``
 user's ``[eval] control_path``) and the user's sets from ``[eval] sets``. Each set is
 scored by its scorers; a sample of outputs is kept, and each record's right/wrong outcome
 per generation scorer, so the gates can pair candidate and baseline record by record.
+With ``[eval] win_rate`` on, both also answer the prompts of ``win_rate_sets`` and a
+decider compares the answers (:func:`compare_answers`, :mod:`honed.evaluation.win_rate`).
 """
 
 from __future__ import annotations
@@ -84,7 +86,9 @@ def build_eval_sets(workspace, store, *, track: str, run_dir: Path, dataset_ids:
     sets = []
     heldout = list(read_jsonl(run_dir / "heldout.jsonl")) if (run_dir / "heldout.jsonl").exists() else []
     if heldout:
-        sets.append(EvalSet("heldout", _sample(heldout, cfg.max_records), ["exact_match", "loss"]))
+        # Pairs and thumbs (preference training) have no reference answer: only the win rate judges them.
+        scorers = ["exact_match", "loss"] if all(_is_chat(r) for r in heldout) else []
+        sets.append(EvalSet("heldout", _sample(heldout, cfg.max_records), scorers))
     if cfg.regression_records:
         pool = [r for d in _regression_datasets(store, track, dataset_ids) for r in read_jsonl(Path(d.stored_path))]
         if pool:
@@ -233,10 +237,73 @@ def evaluate_candidate(workspace, store, *, track: str, base_path: str, base_ver
         with model.disable_adapter():
             baseline, baseline_outcomes = score_sets(model, tokenizer, sets, workspace)
         baseline_name = f"base v{base_version}"
-    return {"candidate": candidate, "baseline": baseline, "baseline_name": baseline_name,
-            "baseline_adapter": baseline_adapter,
-            "sets": {s.name: {"records": len(s.records), "scorers": s.scorers} for s in sets},
-            "outcomes": {"candidate": candidate_outcomes, "baseline": baseline_outcomes}, "control": control}
+    evaluation = {"candidate": candidate, "baseline": baseline, "baseline_name": baseline_name,
+                  "baseline_adapter": baseline_adapter,
+                  "sets": {s.name: {"records": len(s.records), "scorers": s.scorers} for s in sets},
+                  "outcomes": {"candidate": candidate_outcomes, "baseline": baseline_outcomes}, "control": control}
+    if workspace.settings.eval.win_rate != "off":
+        evaluation["win_rate"] = compare_answers(model, tokenizer, sets, workspace, track, baseline_adapter)
+    return evaluation
+
+
+def _decider(mode: str, learn):
+    """The decider of ``eval.win_rate`` for a track's learning settings, and its name."""
+    from honed.evaluation.scorers import ScorerError
+    from honed.evaluation.win_rate import both_orders, scorer_decider
+
+    if mode == "scorer":
+        if not learn.scorer:
+            raise ScorerError("eval.win_rate = 'scorer' scores answers with the track's scorer: set learn.scorer")
+        from honed.learning.judge import score_output
+
+        return scorer_decider(lambda output, prompt: score_output(learn, output, prompt)), f"scorer {learn.scorer}"
+    from honed.evaluation.llm_judge import TeacherJudge
+
+    judge = TeacherJudge(learn)
+    return both_orders(judge.ask), f"judge {judge.model} at {judge.base_url}"
+
+
+def compare_answers(model, tokenizer, sets: list[EvalSet], workspace, track: str,
+                    baseline_adapter: int | None) -> dict:
+    """The candidate's win rate over the live model on each set of ``eval.win_rate_sets``:
+    both answer every distinct prompt of the set (the same greedy decoding), and the
+    decider of ``eval.win_rate`` compares them. ``{"decider", "sets": {set: figures}}``;
+    a decider that cannot be used, or a judge never reached, is an ``error`` instead."""
+    from honed.evaluation.exact_match import generate_answers
+    from honed.evaluation.scorers import ScorerError
+    from honed.evaluation.win_rate import JudgeUnavailable, distinct_prompts, win_rate
+
+    cfg = workspace.settings.eval
+    try:
+        decide, decider = _decider(cfg.win_rate, workspace.settings.learn_for(track))
+    except (ScorerError, JudgeUnavailable) as exc:
+        return {"decider": cfg.win_rate, "error": str(exc), "sets": {}}
+    figures: dict = {}
+    for eval_set in sets:
+        prompts = distinct_prompts(eval_set.records) if eval_set.name in cfg.win_rate_sets else []
+        if not prompts:
+            continue
+        model.set_adapter("candidate")
+        candidate = generate_answers(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
+                                     batch_size=cfg.batch_size)
+        if baseline_adapter is not None:
+            model.set_adapter("deployed")
+            live = generate_answers(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
+                                    batch_size=cfg.batch_size)
+        else:
+            with model.disable_adapter():
+                live = generate_answers(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
+                                        batch_size=cfg.batch_size)
+        try:
+            result = win_rate(candidate, live, prompts, decide, cfg.samples_kept)
+        except ScorerError as exc:
+            figures[eval_set.name] = {"error": str(exc)}
+            continue
+        figures[eval_set.name] = result.as_dict()
+        asked = result.n - result.notes.get("identical", 0)
+        if asked and result.notes.get("failed", 0) == asked:  # nothing was judged: not a figure
+            figures[eval_set.name]["error"] = f"the judge was never reached: {result.failure}"
+    return {"decider": decider, "sets": figures}
 
 
 def evaluate_and_gate(workspace, store, job, run, base_path: str, fence: int | None = None):

@@ -6,7 +6,9 @@ with the live model's figure. The others pair the candidate and the live model r
 by record on the same prompts and let an exact one-sided McNemar test tell a difference
 from noise: ``gain`` (the candidate must be shown better), ``regression`` (it must not be
 shown worse, nor possibly worse by more than the allowance) and ``retention`` (what the
-live model answers right must not be lost). A rule without enough evidence either way
+live model answers right must not be lost). ``win_rate`` reads the candidate's win rate
+over the live model (see :mod:`honed.evaluation.win_rate`) and its sign test. A rule
+without enough evidence either way
 *holds* the candidate for a person; it is never deployed on its own."""
 
 from __future__ import annotations
@@ -50,8 +52,23 @@ def decide(evaluation: dict, rules: list, require_approval: bool) -> dict:
             elif not outcome["ok"]:
                 failed.append(f"{outcome['rule']}: {outcome['detail']}")
         outcomes.append(outcome)
-    return {"passed": not failed and not held, "failed": failed, "held": held, "rules": outcomes,
-            "require_approval": require_approval, "baseline": baseline_name}
+    verdict = {"passed": not failed and not held, "failed": failed, "held": held, "rules": outcomes,
+               "require_approval": require_approval, "baseline": baseline_name}
+    if "win_rate" in evaluation:  # reported with the verdict whether or not a rule reads it
+        verdict["win_rate"] = win_rate_summary(evaluation["win_rate"])
+    return verdict
+
+
+def win_rate_summary(measured: dict) -> dict:
+    """The win rate figures a verdict shows: per set, its rate, counts and p-values, or the
+    error that kept it from being measured."""
+    keep = ("n", "wins", "losses", "ties", "rate", "p", "p_better", "p_worse", "notes", "error")
+    out: dict = {"decider": measured.get("decider")}
+    if measured.get("error"):
+        out["error"] = measured["error"]
+    out["sets"] = {name: {k: v for k, v in figures.items() if k in keep}
+                   for name, figures in measured.get("sets", {}).items()}
+    return out
 
 
 def adapter_state(verdict: dict) -> str:
@@ -222,4 +239,44 @@ def _retention(rule, evaluation: dict, baseline_name: str) -> dict:
     return out
 
 
-_PAIRED = {"gain": _gain, "regression": _regression, "retention": _retention}
+def _win_rate(rule, evaluation: dict, baseline_name: str) -> dict:
+    """The candidate's win rate over the live model on ``rule.set`` (ties count half). It
+    fails when a one-sided sign test shows it loses (p_worse < alpha), passes when the test
+    shows it wins (p_better < alpha; ``min`` is checked by :func:`decide`), and is held
+    for a person when nothing was measured, when there are fewer than ``min_examples``
+    prompts, or when too few prompts were decided for any result to be significant."""
+    label = f"win_rate {rule.set}"
+    measured = evaluation.get("win_rate") or {}
+    figures = measured.get("sets", {}).get(rule.set)
+    why = measured.get("error") or (figures or {}).get("error")
+    if figures is None or why:
+        why = why or f"no win rate on the {rule.set} set (no prompts, or not in eval.win_rate_sets)"
+        return {"rule": label, "kind": "win_rate", "ok": False, "held": True, "n": 0, "alpha": rule.alpha,
+                "detail": f"not measured: {why}; held for a person"}
+    n, wins, losses, ties, alpha = figures["n"], figures["wins"], figures["losses"], figures["ties"], rule.alpha
+    out = {"rule": label, "kind": "win_rate", "ok": True, "held": False, "candidate": figures["rate"],
+           "baseline": None if figures["rate"] is None else 1 - figures["rate"], "n": n, "wins": wins,
+           "losses": losses, "ties": ties, "p": figures["p_better"], "p_worse": figures["p_worse"], "alpha": alpha,
+           "decider": measured.get("decider")}
+    notes = figures.get("notes") or {}
+    noted = "".join(f", {count} {note}" for note, count in sorted(notes.items()))
+    rate = figures["rate"] if figures["rate"] is not None else 0.5
+    counts = (f"win rate {rate:.3g} against {baseline_name} on {n} prompts by {measured.get('decider')}: {wins} won, "
+              f"{losses} lost, {ties} tied{noted}; sign test p={figures['p_better']:.3g}")
+    if figures["p_worse"] < alpha:
+        out.update(ok=False, detail=f"it loses to {baseline_name}: {counts}, p(worse)={figures['p_worse']:.3g} "
+                   f"< α {alpha:g}")
+    elif n < rule.min_examples:
+        out.update(ok=False, held=True, detail=f"{counts}; {n} prompts are fewer than min_examples "
+                   f"{rule.min_examples}: too few to decide; held for a person")
+    elif figures["p_better"] < alpha:
+        out["detail"] = f"{counts} < α {alpha:g}: it wins"
+    elif wins > losses and wins + losses < fewest_discordant(alpha):
+        out.update(ok=False, held=True, detail=f"{counts}; only {wins + losses} prompts were decided, and p < α "
+                   f"{alpha:g} needs at least {fewest_discordant(alpha)}: held for a person")
+    else:
+        out.update(ok=False, detail=f"no measurable win over {baseline_name}: {counts} ≥ α {alpha:g}")
+    return out
+
+
+_PAIRED = {"gain": _gain, "regression": _regression, "retention": _retention, "win_rate": _win_rate}
