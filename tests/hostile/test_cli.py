@@ -71,7 +71,7 @@ WORKSPACE_CASES = [
     CliCase("adapter-unknown", ("adapters", "show", "-w", "{ws}", "999"), 1, "999"),
     CliCase("adapter-id-text", ("adapters", "show", "-w", "{ws}", "abc"), 2, "Invalid value for 'adapter'"),
     CliCase("deploy-unknown", ("deploy", "-w", "{ws}", "999"), 1, "999"),
-    CliCase("deploy-rejected", ("deploy", "-w", "{ws}", "2"), 1, "did not pass its gates"),
+    CliCase("deploy-rejected", ("deploy", "-w", "{ws}", "2"), 1, "was rejected"),
     CliCase("approve-not-awaiting", ("approve", "-w", "{ws}", "1"), 1, "approval"),
     CliCase("reject-rejected", ("reject", "-w", "{ws}", "2"), 1, "is rejected"),
     CliCase("rollback-never-deployed", ("rollback", "-w", "{ws}"), 1, "has never been deployed"),

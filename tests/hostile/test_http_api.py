@@ -156,7 +156,7 @@ CASES = [
     HttpCase("approve-not-awaiting", "POST", "/api/adapters/{adapter}/approve", 409, "approval"),
     HttpCase("reject-rejected", "POST", "/api/adapters/{rejected}/reject", 409, "is rejected"),
     HttpCase("approve-rejected", "POST", "/api/adapters/{rejected}/approve", 409, "rejected"),
-    HttpCase("deploy-rejected", "POST", "/api/adapters/{rejected}/deploy", 409, "did not pass its gates"),
+    HttpCase("deploy-rejected", "POST", "/api/adapters/{rejected}/deploy", 409, "was rejected"),
     HttpCase("approve-unknown", "POST", "/api/adapters/999/approve", 404, "999"),
     HttpCase("track-name-space", "POST", "/api/tracks", 400, "track name", json={"name": "bad name"}),
     HttpCase("track-name-path", "POST", "/api/tracks", 400, "track name", json={"name": "../etc"}),

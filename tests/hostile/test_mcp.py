@@ -61,7 +61,7 @@ CASES = [
     McpCase("control-unknown-job", "control_job", {"command": "pause", "job_id": 999, "wait_s": 0}, "no job 999"),
     McpCase("control-wait-negative", "control_job", {"command": "pause", "job_id": 2, "wait_s": -1}, "wait_s"),
     McpCase("deploy-unknown", "deploy", {"adapter_id": 999}, "999"),
-    McpCase("deploy-rejected", "deploy", {"adapter_id": 2}, "did not pass its gates"),
+    McpCase("deploy-rejected", "deploy", {"adapter_id": 2}, "was rejected"),
     McpCase("approve-not-awaiting", "approve", {"adapter_id": 1}, "approval"),
     McpCase("reject-rejected", "reject", {"adapter_id": 2}, "is rejected"),
     McpCase("rollback-never-deployed", "rollback", {}, "has never been deployed"),

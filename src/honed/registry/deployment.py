@@ -133,6 +133,9 @@ def deploy(workspace, store, adapter_id: int, *, force: bool = False, reason: st
         if adapter.state == "awaiting_approval":
             raise DeployError(f"adapter {adapter_id} awaits approval: 'honed approve {adapter_id}' "
                               "(or --force)")
+        if adapter.state == "rejected" and not verdict.get("failed"):
+            raise DeployError(f"adapter {adapter_id} was rejected (by a person, or when it was evaluated); "
+                              "--force deploys it anyway")
         if not verdict.get("passed"):
             why = "; ".join(verdict.get("failed", [])) or "it has no gate verdict"
             raise DeployError(f"adapter {adapter_id} did not pass its gates ({why}); --force deploys it anyway")
