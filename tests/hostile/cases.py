@@ -55,7 +55,7 @@ class McpCase:
 @dataclass(frozen=True)
 class CliCase:
     """One ``honed`` command line. ``{ws}``, ``{tmp}`` and the other names of
-    :data:`tests.hostile.test_cli.PLACES` in ``argv`` or ``env`` are filled in at run time."""
+    :data:`tests.hostile.test_hostile_cli.PLACES` in ``argv`` or ``env`` are filled in at run time."""
 
     id: str
     argv: tuple[str, ...]

@@ -5,7 +5,7 @@ error carries the ``error`` key.
 The run is seeded (``derandomize``), so it finds the same inputs each time; each
 operation gets ``HONED_FUZZ_EXAMPLES`` examples per generation mode (default 8; raise it
 for a longer hunt). Left out: ``POST /v1/chat/completions`` (it generates with a model:
-up to 8192 tokens per request; its refusals are in test_openai.py), ``GET /api/live``
+up to 8192 tokens per request; its refusals are in test_hostile_openai.py), ``GET /api/live``
 (an endless event stream) and ``GET /metrics`` (Prometheus text). Control commands are
 sent with ``wait_s`` of at most 0.1 s, since no daemon runs to answer them.
 """
