@@ -26,6 +26,7 @@ from schemathesis import GenerationMode  # noqa: E402
 from tests.hostile.conftest import BASE_URL  # noqa: E402
 
 EXAMPLES = int(os.environ.get("HONED_FUZZ_EXAMPLES", "8"))
+pytestmark = pytest.mark.slow  # about 15 s of schema analysis per store before the first request
 LEFT_OUT = {
     ("POST", "/v1/chat/completions"): "generates with a model",
     ("GET", "/api/live"): "an endless event stream",

@@ -139,7 +139,13 @@ def test_a_page_of_another_origin_cannot_change_anything(make_workspace, tiny_ra
         page.locator("button[data-action=upload]").click()
         with ws.open_store() as store:
             wait_for(lambda: len(store.list_datasets(None)) == 2, 15, "the upload from the monitor")
-        own = {(method, path, status) for method, path, origin, status in seen if origin == server.url}
+
+        def own_requests() -> set:
+            return {(method, path, status) for method, path, origin, status in seen if origin == server.url}
+
+        # The dataset is stored before its answer is sent: wait for the answer too.
+        wait_for(lambda: ("POST", "/api/datasets", 201) in own_requests(), 15, "the upload's answer")
+        own = own_requests()
         assert {("PATCH", f"/api/jobs/{job}", 200), ("POST", f"/api/jobs/{job}/cancel", 200),
                 ("POST", "/api/datasets", 201)} <= own, seen
         page.goto("about:blank")  # the monitor's live stream ends before the server does
