@@ -85,6 +85,40 @@ def test_completions_are_experiences(served, tiny_random_base):
         client.chat.completions.create(model="main", messages=[*QUESTION, {"role": "assistant", "content": "x"}])
 
 
+def test_sampling_follows_temperature_top_p_and_seed_and_unsupported_parameters_are_refused(served):
+    ws, server, client = served
+
+    def answer(**sampling) -> str:
+        return client.chat.completions.create(model="main", messages=QUESTION, max_tokens=16,
+                                              **sampling).choices[0].message.content
+
+    greedy = answer()
+    assert answer(temperature=0) == greedy  # server.default_temperature = 0: greedy unless asked
+    # The same seed and request give the same answer; other seeds give other answers
+    # (the random tiny base spreads its probability: at temperature 1.5, 16 tokens never repeat).
+    drawn = answer(temperature=1.5, seed=7)
+    assert answer(temperature=1.5, seed=7) == drawn
+    others = {answer(temperature=1.5, seed=seed) for seed in range(8, 12)}
+    assert len(others | {drawn}) >= 4 and others != {greedy}
+    # top_p small enough keeps only the most likely token: sampling becomes greedy.
+    assert answer(temperature=1.5, top_p=1e-6, seed=3) == greedy
+    with ws.open_store() as store:
+        sampled = store.list_experiences(track="main", limit=3)
+    assert {"temperature": 1.5, "top_p": 1e-6, "seed": 3} in [e.meta.get("sampling") for e in sampled if e.meta]
+
+    with pytest.raises(openai.BadRequestError, match=r"temperature: Input should be less than or equal to 2"):
+        answer(temperature=2.5)
+    with pytest.raises(openai.BadRequestError, match=r"top_p: Input should be greater than 0"):
+        answer(top_p=0)
+    for refused, match in [({"stop": ["\n"]}, r'stop = \["\\n"\]'), ({"presence_penalty": 0.5}, "presence_penalty = 0.5"),
+                           ({"logprobs": True}, "logprobs = true"),
+                           ({"response_format": {"type": "json_object"}}, "response_format")]:
+        with pytest.raises(openai.BadRequestError, match=match + ".*not supported by honed's built-in server"):
+            answer(**refused)
+    # What asks for nothing is not refused: a neutral penalty, plain text format.
+    assert answer(presence_penalty=0, response_format={"type": "text"}) == greedy
+
+
 def test_a_deploy_under_load_switches_versions_cleanly(served, tiny_random_base):
     ws, server, client = served
     first, second = _adapter(ws, tiny_random_base, "a1", 1), _adapter(ws, tiny_random_base, "a2", 2)

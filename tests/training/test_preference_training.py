@@ -101,3 +101,33 @@ def test_a_record_that_is_not_a_pair_fails_the_run_naming_it(tmp_path, tiny_rand
         assert store.get_run(spec.run_id).status == RunStatus.FAILED
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("balance", [True, False])
+def test_kto_on_one_sided_thumbs_weighs_the_rarer_label_up_and_the_manifest_says_so(tmp_path, tiny_random_base,
+                                                                                    balance):
+    from honed.config import parse_assignments
+    from honed.data.datasets import add_dataset_file
+    from honed.workspace import init_workspace
+
+    # Thumbs as an application gets them: three down for every one up.
+    train, _ = write_synthetic("reversal", 40, tmp_path / "data" / "rev.jsonl", seed=1, kind="unpaired")
+    records = [json.loads(line) for line in train.read_text().splitlines()]
+    for i, record in enumerate(records):
+        record["label"] = i % 4 == 0
+    train.write_text("".join(json.dumps(r) + "\n" for r in records))
+    init_workspace(tmp_path / "ws", base=str(tiny_random_base))
+    settings = [s for s in SETTINGS if not s.startswith(("train.objective", "train.heldout_fraction"))]
+    ws = open_workspace(tmp_path / "ws", parse_assignments(
+        [*settings, "train.objective=kto", "train.heldout_fraction=0", "train.max_steps=2",
+         "train.desirable_weight=1.5", f"train.kto_balance={str(balance).lower()}"]))
+    with ws.open_store() as store:
+        dataset = add_dataset_file(ws, store, train, track="main", mode="strict").dataset
+        assert dataset.kind == "unpaired"
+        spec = prepare_run(ws, store, [dataset.id], track="main")
+        assert run_attempt_of(spec, store).status == RunStatus.SUCCEEDED
+    up = sum(r["label"] for r in records)
+    weights = json.loads((spec.run_dir / "manifest.json").read_text())["kto_weights"]
+    assert (weights["desirable"], weights["undesirable"]) == (up, len(records) - up)
+    expected = 1.5 * (len(records) - up) / up if balance else 1.5
+    assert weights["desirable_weight"] == pytest.approx(expected) and weights["undesirable_weight"] == 1.0

@@ -84,6 +84,11 @@ class TrainSettings(_Section):
         1.0, gt=0, description="kto: weight of the loss on thumbs-down examples (raise it when "
         "thumbs-down are rarer).",
     )
+    kto_balance: bool = Field(
+        True, description="kto: raise the weight of the rarer label (thumbs up or down) by the ratio of "
+        "the counts in the training split, so that both carry the same total weight (TRL advises a ratio "
+        "between 1 and 4/3; most feedback is one-sided). The weights used are in the run's manifest.",
+    )
     epochs: float = Field(3.0, gt=0, description="Passes over the training records.")
     max_steps: int = Field(
         0, ge=0, description="Stop after this many optimizer steps; 0 means no limit."
@@ -442,6 +447,11 @@ class ServerSettings(_Section):
         4096, gt=0, description="Longest prompt /v1/chat/completions answers, in tokens after the chat "
         "template; longer ones get 400 before they wait for the model. Generating costs time in proportion "
         "to the prompt, and the answer adds at most max_tokens more.",
+    )
+    default_temperature: float = Field(
+        0.0, ge=0, le=2, description="Temperature of a chat request that sets none (0: greedy, the same "
+        "answer every time; OpenAI's own default is 1.0). A request's temperature, top_p and seed decide "
+        "its own sampling.",
     )
     status_cache_s: float = Field(
         0.25, ge=0, description="Longest a status answer may be reused for other clients, in seconds "

@@ -115,7 +115,14 @@ def answer_budget(tokenizer: Any, references: list[str]) -> int:
 
 def decode_until_stop(tokenizer: Any, tokens: list[int], stop_ids: list[int]) -> str:
     cut = next((k for k, token in enumerate(tokens) if token in stop_ids), len(tokens))
-    return tokenizer.decode(tokens[:cut], skip_special_tokens=True).strip()
+    return model_text(tokenizer.decode(tokens[:cut], skip_special_tokens=True)).strip()
+
+
+def model_text(text: str) -> str:
+    """Generated text as honed hands it out and stores it: a NUL character (a byte token
+    a model can sample) is shown as U+2400 (SYMBOL FOR NULL), since no text column of
+    PostgreSQL, and no training line, may hold a NUL."""
+    return text.replace("\x00", "\u2400")
 
 
 def exact_match(

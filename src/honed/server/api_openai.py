@@ -27,7 +27,7 @@ import anyio
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from honed.data.chat_encoding import ChatEncodingError
 from honed.server.api_experiences import ChatMessage
@@ -38,6 +38,7 @@ from honed.server.serving import (
     ModelPool,
     ModelReleased,
     PromptTooLong,
+    Sampling,
     encode_prompt,
     generate,
     resolve,
@@ -48,9 +49,20 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 DISCONNECT_POLL_S = 0.25  # how often a request that is not streamed looks whether its client is still there
 
 
+# OpenAI's request parameters the built-in server does not implement, and the value of
+# each that asks for nothing (what a client that never heard of it sends, if anything).
+UNSUPPORTED = {"stop": None, "presence_penalty": 0, "frequency_penalty": 0, "logprobs": False,
+               "top_logprobs": None, "logit_bias": None, "response_format": {"type": "text"}, "tools": None,
+               "tool_choice": None, "functions": None, "function_call": None, "audio": None, "prediction": None}
+
+
 class ChatRequest(BaseModel):
-    """The parts of OpenAI's chat completion request honed uses; sampling parameters are
-    accepted and ignored (decoding is greedy)."""
+    """OpenAI's chat completion request. ``temperature``, ``top_p`` and ``seed`` decide the
+    sampling (see :class:`~honed.server.serving.Sampling`); a parameter honed does not
+    implement (:data:`UNSUPPORTED`) is refused with 400 when it asks for anything, never
+    ignored."""
+
+    model_config = ConfigDict(extra="allow")
 
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
@@ -58,10 +70,30 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1, le=8192)
     stream: bool = False
     n: Literal[1] = 1
-    temperature: float | None = None
-    top_p: float | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)
     user: str | None = None
     metadata: dict | None = None
+
+    def unsupported(self) -> list[str]:
+        """The parameters given that honed does not implement, each with its value."""
+        extra = self.model_extra or {}
+        return [f"{name} = {json.dumps(extra[name])}" for name, neutral in UNSUPPORTED.items()
+                if name in extra and extra[name] is not None and extra[name] != neutral]
+
+    def sampling(self, default_temperature: float) -> Sampling:
+        temperature = self.temperature if self.temperature is not None else default_temperature
+        return Sampling(temperature, self.top_p if self.top_p is not None else 1.0, self.seed)
+
+
+def _meta(body: ChatRequest, sampling: Sampling) -> dict | None:
+    """What an experience keeps of the request beyond its messages: the caller's ``user``
+    and ``metadata``, and how a sampled answer was drawn (a greedy one needs no note)."""
+    meta = {**({"user": body.user} if body.user else {}), **(body.metadata or {})}
+    if not sampling.greedy:
+        meta["sampling"] = sampling.described()
+    return meta or None
 
 
 def _usage(answer) -> dict:
@@ -120,6 +152,10 @@ async def chat_completions(body: ChatRequest, request: Request, workspace: Works
     """Answer with the track's live model, record the interaction as an experience."""
     started = time.perf_counter()
     messages = [m.model_dump() for m in body.messages]
+    if unsupported := body.unsupported():
+        raise HTTPException(400, f"{'; '.join(unsupported)}: not supported by honed's built-in server (it "
+                                 "implements temperature, top_p, seed, max_tokens and stream); leave them out")
+    sampling = body.sampling(workspace.settings.server.default_temperature)
     if messages[-1]["role"] == "assistant":
         raise HTTPException(400, "messages: the last message is the assistant's; end with the user's turn "
                                  "to get an answer")
@@ -139,7 +175,7 @@ async def chat_completions(body: ChatRequest, request: Request, workspace: Works
             adapter_id=target.adapter.id if target.adapter else None,
             base_version=target.base_version, source="served", latency_ms=(time.perf_counter() - started) * 1000,
             prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
-            meta={"user": body.user, **(body.metadata or {})} if (body.user or body.metadata) else None,
+            meta=_meta(body, sampling),
             max_chars=None)  # bounded already: server.max_prompt_tokens, then max_tokens
 
     def honed_field(experience) -> dict:
@@ -152,7 +188,8 @@ async def chat_completions(body: ChatRequest, request: Request, workspace: Works
     if not body.stream:
         def answer_now():
             with pool.lease(target, is_default=is_default) as loaded:
-                answer = generate(loaded, encode_prompt(loaded, messages, limit), max_tokens, stop=stop)
+                answer = generate(loaded, encode_prompt(loaded, messages, limit), max_tokens, stop=stop,
+                                  sampling=sampling)
             return answer, None if stop.is_set() else record(answer.text, answer)
 
         try:
@@ -181,7 +218,8 @@ async def chat_completions(body: ChatRequest, request: Request, workspace: Works
                 prompt = encode_prompt(loaded, messages, limit)
                 outcome["streamer"] = DeltaStreamer(loaded.tokenizer, loaded.stop_ids)
                 ready.set()
-                outcome["answer"] = generate(loaded, prompt, max_tokens, streamer=outcome["streamer"], stop=stop)
+                outcome["answer"] = generate(loaded, prompt, max_tokens, streamer=outcome["streamer"], stop=stop,
+                                             sampling=sampling)
         except Exception as exc:  # noqa: BLE001 - reported to the client in the stream
             outcome["error"] = exc
             ready.set()

@@ -17,6 +17,7 @@ way finish first.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -71,6 +72,34 @@ class LoadedModel:
     stop_ids: list[int]
     lock: threading.Lock = field(default_factory=threading.Lock)
     users: int = 0
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next tokens are picked, as OpenAI defines it: ``temperature`` 0 is greedy;
+    above 0 tokens are sampled from the softmax at that temperature, kept to the smallest
+    set whose probability reaches ``top_p`` (no top-k). The same ``seed`` and request give
+    the same answer; without one, each answer draws a fresh seed."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def generate_kwargs(self) -> dict:
+        if self.greedy:
+            return {"do_sample": False}
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
+
+    def described(self) -> dict:
+        """What an experience records of how its output was drawn."""
+        return {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+
+
+GREEDY = Sampling()
 
 
 @dataclass
@@ -287,11 +316,11 @@ def encode_prompt(loaded: LoadedModel, messages: list[dict], max_tokens: int | N
 
 
 def generate(loaded: LoadedModel, prompt, max_tokens: int, streamer=None,
-             stop: threading.Event | None = None) -> Answer:
-    """Greedy answer to ``prompt`` (from :func:`encode_prompt`); with ``streamer`` (a
-    transformers streamer) the text is also handed out piece by piece as it is generated.
-    Setting ``stop`` ends the generation after the decode step under way (finish_reason
-    ``cancelled``): nobody waits for the rest."""
+             stop: threading.Event | None = None, sampling: Sampling = GREEDY) -> Answer:
+    """The answer to ``prompt`` (from :func:`encode_prompt`), drawn as ``sampling`` says;
+    with ``streamer`` (a transformers streamer) the text is also handed out piece by piece
+    as it is generated. Setting ``stop`` ends the generation after the decode step under
+    way (finish_reason ``cancelled``): nobody waits for the rest."""
     import torch
 
     from honed.evaluation.exact_match import decode_until_stop
@@ -305,10 +334,14 @@ def generate(loaded: LoadedModel, prompt, max_tokens: int, streamer=None,
             if streamer is not None:
                 streamer.end()  # as generate() would: whoever waits for the next piece is let go
             return Answer("", int(batch["input_ids"].shape[1]), 0, "cancelled")
+        if not sampling.greedy:
+            # One generation at a time holds the model's lock, so seeding torch's generator here
+            # decides this answer's draws alone.
+            torch.manual_seed(sampling.seed if sampling.seed is not None else secrets.randbits(63))
         output = loaded.model.generate(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=max_tokens,
-            do_sample=False, eos_token_id=loaded.stop_ids, pad_token_id=pad_id, use_cache=True, streamer=streamer,
-            stopping_criteria=criteria)
+            eos_token_id=loaded.stop_ids, pad_token_id=pad_id, use_cache=True, streamer=streamer,
+            stopping_criteria=criteria, **sampling.generate_kwargs())
     new = output[0, batch["input_ids"].shape[1]:].tolist()
     cut = next((k for k, token in enumerate(new) if token in loaded.stop_ids), len(new))
     finish = "stop" if cut < len(new) else "cancelled" if stop is not None and stop.is_set() else "length"
@@ -335,6 +368,10 @@ class DeltaStreamer:
     def __init__(self, tokenizer, stop_ids: list[int]) -> None:
         import queue
 
+        from honed.evaluation.exact_match import model_text
+
+        self.model_text = model_text
+
         self.tokenizer, self.stop_ids = tokenizer, set(stop_ids)
         self.deltas: queue.Queue = queue.Queue()
         self.tokens: list[int] = []
@@ -351,7 +388,7 @@ class DeltaStreamer:
                 self.stopped = True
                 return
             self.tokens.append(token)
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True).lstrip()
+        text = self.model_text(self.tokenizer.decode(self.tokens, skip_special_tokens=True)).lstrip()
         if text.endswith("\ufffd") or not text.startswith(self.sent):
             return  # half a character, or a retokenised tail: wait for more
         if len(text) > len(self.sent):

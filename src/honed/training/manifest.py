@@ -63,7 +63,8 @@ def base_record(store, version: int, loaded_from: str) -> dict:
 
 
 def write_manifest(run_dir: Path, *, run, datasets: list, plan_info: dict, outcome, checkpoints: list,
-                   base: dict, store_url: str, metrics_path: Path, energy: dict | None = None) -> Path:
+                   base: dict, store_url: str, metrics_path: Path, energy: dict | None = None,
+                   kto_weights: dict | None = None) -> Path:
     """Write ``run_dir/manifest.json`` for the attempt that just ended; ``energy`` is
     :func:`honed.telemetry.energy_log.run_energy` of the run."""
     manifest = {
@@ -95,6 +96,8 @@ def write_manifest(run_dir: Path, *, run, datasets: list, plan_info: dict, outco
         "energy": energy if energy is not None else {"measured": False, "method": "none",
                                                      "basis": "no energy reading was recorded"},
     }
+    if kto_weights is not None:  # what train.kto_balance made of the configured weights
+        manifest["kto_weights"] = kto_weights
     path = run_dir / "manifest.json"
     write_json_atomically(path, manifest)
     return path

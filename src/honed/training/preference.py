@@ -244,6 +244,21 @@ def mismatched(items: list[Completion]) -> list[Completion]:
             for p, c in zip(items, shifted, strict=True)]
 
 
+def balanced_kto_weights(examples: TokenizedPreferences, cfg: TrainSettings) -> dict[str, Any]:
+    """The KTO weights a run uses, and the label counts of its training split: with
+    ``train.kto_balance`` the weight of the rarer label is multiplied by the ratio of the
+    counts, so both labels carry the same total weight."""
+    desirable = sum(1 for record in examples.records if record["label"] is True)
+    undesirable = len(examples.records) - desirable
+    weights = {"desirable_weight": cfg.desirable_weight, "undesirable_weight": cfg.undesirable_weight}
+    if cfg.kto_balance and desirable and undesirable:
+        if desirable < undesirable:
+            weights["desirable_weight"] *= undesirable / desirable
+        else:
+            weights["undesirable_weight"] *= desirable / undesirable
+    return {**weights, "desirable": desirable, "undesirable": undesirable, "balanced": cfg.kto_balance}
+
+
 # --- one micro-batch, one step ------------------------------------------------------------------
 
 

@@ -44,6 +44,7 @@ from honed.training.model_loading import load_tokenizer, load_training_model, nv
 from honed.training.preference import (
     ReferenceLogps,
     TokenizedPreferences,
+    balanced_kto_weights,
     preference_train_step,
     preference_validation_loss,
 )
@@ -108,6 +109,7 @@ class TrainingRecipe:
         self.checkpoints_dir = spec.run_dir / "checkpoints"
         self.metrics_file = None
         self.meter = None
+        self.weights: dict | None = None  # kto: the weights used and the label counts (the manifest keeps them)
 
     # --- setup ---------------------------------------------------------------------
 
@@ -145,6 +147,13 @@ class TrainingRecipe:
                                                          cfg.objective)
             # The base with the adapter disabled: no second copy of the model.
             self.reference = ReferenceLogps(self.model, self.tokenizer.pad_token_id)
+            if cfg.objective == "kto":
+                self.weights = balanced_kto_weights(self.train_examples, cfg)
+                self.cfg = cfg = cfg.model_copy(update={k: self.weights[k] for k in ("desirable_weight",
+                                                                                    "undesirable_weight")})
+                log.info("run %s: kto on %d desirable and %d undesirable examples, weights %.3g and %.3g",
+                         spec.run_id, self.weights["desirable"], self.weights["undesirable"],
+                         cfg.desirable_weight, cfg.undesirable_weight)
         self.total = total_steps(len(self.train_examples), cfg)
         self.steps_per_epoch = steps_per_epoch(len(self.train_examples), cfg)
 
@@ -355,7 +364,7 @@ class TrainingRecipe:
             checkpoints=[{"step": c.step, "path": c.path} for c in store.list_checkpoints(spec.run_id)],
             base=base_record(store, spec.base_version, spec.base),
             store_url=store.display_url, metrics_path=spec.run_dir / "metrics.jsonl",
-            energy=run_energy(spec.run_dir, run.attempt),
+            energy=run_energy(spec.run_dir, run.attempt), kto_weights=self.weights,
         )
 
     # --- cleanup --------------------------------------------------------------------------
