@@ -110,7 +110,8 @@ def test_sampling_follows_temperature_top_p_and_seed_and_unsupported_parameters_
         answer(temperature=2.5)
     with pytest.raises(openai.BadRequestError, match=r"top_p: Input should be greater than 0"):
         answer(top_p=0)
-    for refused, match in [({"stop": ["\n"]}, r'stop = \["\\n"\]'), ({"presence_penalty": 0.5}, "presence_penalty = 0.5"),
+    for refused, match in [({"stop": ["\n"]}, r'stop = \["\\n"\]'),
+                           ({"presence_penalty": 0.5}, "presence_penalty = 0.5"),
                            ({"logprobs": True}, "logprobs = true"),
                            ({"response_format": {"type": "json_object"}}, "response_format")]:
         with pytest.raises(openai.BadRequestError, match=match + ".*not supported by honed's built-in server"):
