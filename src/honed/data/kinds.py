@@ -26,6 +26,13 @@ ACCEPTED_KINDS: dict[str, tuple[Kind, ...]] = {
     "dpo": ("preference",),
     "kto": ("unpaired", "preference"),
 }
+
+
+def batch_kind(objective: str) -> Kind:
+    """The kind of dataset a learning batch of ``objective`` is (the first kind it accepts)."""
+    return ACCEPTED_KINDS[objective][0]
+
+
 _HOLDS = {
     "sft": "SFT records (conversations or text)",
     "preference": "preference pairs",

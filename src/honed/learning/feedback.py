@@ -27,8 +27,6 @@ from dataclasses import dataclass
 from honed.learning.judge import GOOD, NEEDS_IMPROVEMENT, Lesson, judgement
 from honed.store import ExperienceInfo
 
-KIND_OF = {"sft": "sft", "dpo": "preference", "kto": "unpaired"}  # the dataset kind a batch of each objective is
-
 
 @dataclass(frozen=True)
 class Taught:

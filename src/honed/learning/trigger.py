@@ -39,11 +39,10 @@ from pathlib import Path
 
 from honed.atomic_files import write_bytes_atomically, write_json_atomically
 from honed.daemon.schedule import in_window, parse_window
-from honed.data.kinds import describe_kind
+from honed.data.kinds import batch_kind, describe_kind
 from honed.data.plan import read_jsonl
 from honed.learning.curriculum import day_start, needs_teacher, teacher_pass
 from honed.learning.feedback import (
-    KIND_OF,
     Taught,
     choose_objective,
     dpo_taught,
@@ -227,7 +226,7 @@ def assemble(workspace, store, state: LearningState, *, trigger: str) -> Assembl
 
     track = state.track
     cfg = workspace.settings.learn_for(track)
-    objective, kind = state.objective, KIND_OF[state.objective]
+    objective, kind = state.objective, batch_kind(state.objective)
     taught = sorted(state.taught, key=lambda t: t.experience_id)[:cfg.max_batch]
     if not taught:
         raise LearnError(f"track {track}: no experience is ready to train on ({state.good} good, "

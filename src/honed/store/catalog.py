@@ -20,9 +20,9 @@ from honed.store.info import BaseInfo, DatasetInfo, TrackInfo
 from honed.store.schema import (
     DATASET_KINDS,
     DATASET_MODES,
-    MAX_ID,
     bases,
     datasets,
+    storable_id,
     tracks,
     utc_now,
 )
@@ -139,7 +139,7 @@ def find_dataset(conn: sa.Connection, track: str, file_hash: str) -> DatasetInfo
 
 def get_dataset(conn: sa.Connection, dataset_id: int) -> DatasetInfo | None:
     """The dataset with ``dataset_id``, if any."""
-    if not 0 < dataset_id <= MAX_ID:
+    if not storable_id(dataset_id):
         return None
     row = conn.execute(sa.select(datasets).where(datasets.c.id == dataset_id)).first()
     return DatasetInfo.model_validate(row) if row else None

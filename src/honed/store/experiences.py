@@ -15,7 +15,7 @@ from honed.data.formats import DEFAULT_MAX_RECORD_CHARS, text_problem
 from honed.store.catalog import require_track
 from honed.store.errors import NotFoundError, StoreError
 from honed.store.info import ExperienceInfo
-from honed.store.schema import EXPERIENCE_SOURCES, MAX_ID, THUMBS, adapters, experiences, teacher_answers, utc_now
+from honed.store.schema import EXPERIENCE_SOURCES, THUMBS, adapters, experiences, storable_id, teacher_answers, utc_now
 
 # The reason of an experience a batch set aside (it could not be a training line) starts so.
 SET_ASIDE_PREFIX = "set aside: "
@@ -56,7 +56,7 @@ def add_experience(conn: sa.Connection, *, track: str, messages: list[dict[str, 
 
 def get_experience(conn: sa.Connection, experience_id: int) -> ExperienceInfo:
     """The experience with this id; NotFoundError when there is none."""
-    if not 0 < experience_id <= MAX_ID:
+    if not storable_id(experience_id):
         raise NotFoundError(f"no experience {experience_id}")
     row = conn.execute(sa.select(experiences).where(experiences.c.id == experience_id)).first()
     if row is None:

@@ -34,12 +34,12 @@ from honed.store.schema import (
     JOB_FINAL_STATES,
     JOB_PRIORITIES,
     JOB_STATES,
-    MAX_ID,
     encode_non_finite,
     job_commands,
     job_events,
     jobs,
     runs,
+    storable_id,
     utc_now,
     workers,
 )
@@ -150,7 +150,7 @@ def create_job(conn: sa.Connection, *, track: str, dataset_ids: list[int], overr
 
 def get_job(conn: sa.Connection, job_id: int, lock: bool = False) -> JobInfo:
     """The job with ``job_id`` (row-locked on PostgreSQL with ``lock``); StoreError if none."""
-    if not 0 < job_id <= MAX_ID:
+    if not storable_id(job_id):
         raise NotFoundError(f"no job {job_id}")
     query = sa.select(jobs).where(jobs.c.id == job_id)
     if lock and conn.dialect.name == "postgresql":

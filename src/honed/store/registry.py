@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from honed.store.catalog import require_track
 from honed.store.errors import JobStateError, NotFoundError, StoreError
 from honed.store.info import AdapterInfo, DeploymentInfo
-from honed.store.schema import MAX_ID, adapters, deployments, encode_non_finite, tracks, utc_now
+from honed.store.schema import adapters, deployments, encode_non_finite, storable_id, tracks, utc_now
 
 
 def add_adapter(conn: sa.Connection, *, track: str, run_id: str | None, job_id: int | None,
@@ -34,7 +34,7 @@ def add_adapter(conn: sa.Connection, *, track: str, run_id: str | None, job_id: 
 
 def get_adapter(conn: sa.Connection, adapter_id: int) -> AdapterInfo:
     """The adapter with this id; StoreError naming it otherwise."""
-    if not 0 < adapter_id <= MAX_ID:
+    if not storable_id(adapter_id):
         raise NotFoundError(f"no adapter {adapter_id}")
     row = conn.execute(sa.select(adapters).where(adapters.c.id == adapter_id)).first()
     if row is None:

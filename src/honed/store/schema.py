@@ -24,6 +24,12 @@ from honed.states import AdapterState, Command, CommandState, DeployAction, JobS
 # asking the database about it would fail there (and overflow SQLite's 64 bits).
 MAX_ID = 2**31 - 1
 
+
+def storable_id(value: int) -> bool:
+    """Whether ``value`` can be a row id (1..MAX_ID): anything else names no row, and is
+    answered "not found" before it reaches a database that would overflow on it."""
+    return 0 < value <= MAX_ID
+
 # Explicit constraint names: SQLite can only change constraints by rebuilding a table
 # (Alembic's batch mode), and that needs names to find them.
 NAMING_CONVENTION = {
