@@ -21,6 +21,7 @@ from honed.evaluation.win_rate import (
     distinct_prompts,
     scorer_decider,
     win_rate,
+    win_rate_over_samples,
 )
 
 
@@ -44,6 +45,28 @@ def test_scorer_decider_counts_wins_losses_and_ties_half() -> None:
     assert [s["outcome"] for s in result.samples] == [WIN, LOSS]
     assert result.samples[0] == {"prompt": "question 0", "candidate": "long answer", "live": "short",
                                  "outcome": WIN, "note": None}
+
+
+def test_sampled_rounds_decide_each_prompt_by_the_balance_of_its_comparisons() -> None:
+    # Three rounds of two prompts. Prompt 0: the candidate wins two rounds, loses one (won).
+    # Prompt 1: one win, one loss, one identical answer (a tie: no coin for the sign test).
+    candidate = [["long answer", "abc"], ["long answer", "a"], ["x", "same"]]
+    live = [["short", "ab"], ["short", "abc"], ["xyz", "same"]]
+    result = win_rate_over_samples(candidate, live, prompts(2), scorer_decider(length_score), samples_kept=5)
+    assert (result.wins, result.losses, result.ties) == (1, 0, 1)
+    assert result.notes == {"identical": 1}  # notes count comparisons
+    assert [s["candidate"] for s in result.samples] == ["long answer", "abc"]  # the first round's
+    # One round is the plain win rate.
+    assert win_rate_over_samples([candidate[0]], [live[0]], prompts(2), scorer_decider(length_score)).as_dict() == \
+        win_rate(candidate[0], live[0], prompts(2), scorer_decider(length_score)).as_dict()
+    with pytest.raises(ValueError, match="as many rounds"):
+        win_rate_over_samples(candidate, live[:2], prompts(2), scorer_decider(length_score))
+
+
+def test_sampled_win_rate_rounds_need_a_temperature() -> None:
+    with pytest.raises(ValueError, match=r"eval.win_rate_samples = 4 needs sampling.*win_rate_temperature above 0"):
+        Settings.model_validate({"eval": {"win_rate_samples": 4}})
+    assert Settings.model_validate({"eval": {"win_rate_samples": 4, "win_rate_temperature": 0.7}})
 
 
 def test_a_judge_is_asked_in_both_orders_and_a_disagreement_is_a_tie() -> None:

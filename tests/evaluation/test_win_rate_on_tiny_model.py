@@ -178,6 +178,37 @@ def test_the_evaluator_measures_the_win_rate_with_the_tracks_scorer(make_workspa
     assert listed["evaluation"]["win_rate"]["sets"]["heldout"]["notes"] == {"identical": 30}
 
 
+def test_a_sampled_win_rate_draws_the_same_rounds_again_and_names_them(make_workspace, tiny_random_base, tmp_path,
+                                                                       forty_two):
+    pytest.importorskip("torch")
+    from honed.evaluation.evaluate import evaluate_candidate
+
+    ws = configure(make_workspace(tiny_random_base), win_rate="scorer")
+    update_config_file(ws.root, {"eval": {"win_rate_temperature": 1.0, "win_rate_samples": 3}})
+    ws = open_workspace(ws.root)
+    store = ws.open_store()
+    make_heldout(tmp_path / "run")
+    base = ws.resolve_base_path(store)
+
+    def evaluate():
+        return evaluate_candidate(ws, store, track="main", base_path=base, base_version=0, candidate_path=forty_two,
+                                  run_dir=tmp_path / "run", dataset_ids=[], general_control=False)
+
+    first, again = evaluate()["win_rate"]["sets"]["heldout"], evaluate()["win_rate"]["sets"]["heldout"]
+    store.close()
+    assert (first["temperature"], first["rounds"]) == (1.0, 3)
+    assert first == again  # seeded rounds: the same evaluation gives the same figures
+    assert first["n"] == 30 and first["wins"] > first["losses"], first
+    verdict = decide(only_win_rate(first), ws.settings.gates_for("main").rules, False)
+    assert "(sampled at temperature 1, 3 answers each)" in verdict["rules"][0]["detail"]
+
+
+def only_win_rate(figures: dict) -> dict:
+    """An evaluation holding only a win rate."""
+    return {"candidate": {}, "baseline": {}, "baseline_name": "base v0",
+            "win_rate": {"decider": "scorer", "sets": {"heldout": figures}}}
+
+
 def test_the_evaluator_asks_the_teacher_as_judge(make_workspace, tiny_random_base, tmp_path, judge, forty_two):
     from honed.evaluation.evaluate import evaluate_candidate
 

@@ -307,6 +307,16 @@ class EvalSettings(_Section):
         "learn.scorer (the higher wins), 'judge' asks the teacher (learn.teacher) in both orders, a "
         "disagreement counting as a tie. 'off': no win rate (what 'win_rate' gate rules need).",
     )
+    win_rate_temperature: float = Field(
+        0.0, ge=0, le=2, description="How both models answer the win rate's prompts: 0 greedy; above 0 "
+        "sampled at this temperature, as an application that samples is served (set it to what your "
+        "application asks for: the gate then judges the answers people get).",
+    )
+    win_rate_samples: int = Field(
+        1, ge=1, le=16, description="Answers per prompt and model when sampling (win_rate_temperature > 0): "
+        "sample k of the candidate is compared with sample k of the live model (the same seed), and the "
+        "prompt is won by whichever wins more of its comparisons. Each costs two more generation passes.",
+    )
     win_rate_sets: list[str] = Field(
         default_factory=lambda: ["heldout"], description="The sets whose prompts the win rate compares "
         "(heldout, regression, control, general or a user-defined set). Each costs two more generation "
@@ -660,6 +670,9 @@ class Settings(_Section):
 
     @model_validator(mode="after")
     def _check_win_rate_rules(self) -> Settings:
+        if self.eval.win_rate_samples > 1 and self.eval.win_rate_temperature == 0:
+            raise ValueError(f"eval.win_rate_samples = {self.eval.win_rate_samples} needs sampling: greedy answers "
+                             "are the same every time; set eval.win_rate_temperature above 0 (or samples to 1)")
         # A win_rate rule with nothing measuring it would hold every candidate.
         gates = [("gates", self.gates)] + [(f"tracks.{name}.gates", t.gates) for name, t in self.tracks.items()
                                            if t.gates is not None]

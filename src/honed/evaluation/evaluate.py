@@ -269,9 +269,9 @@ def compare_answers(model, tokenizer, sets: list[EvalSet], workspace, track: str
     both answer every distinct prompt of the set (the same greedy decoding), and the
     decider of ``eval.win_rate`` compares them. ``{"decider", "sets": {set: figures}}``;
     a decider that cannot be used, or a judge never reached, is an ``error`` instead."""
-    from honed.evaluation.exact_match import generate_answers
+    from honed.evaluation.exact_match import GREEDY, Sampling, generate_answers
     from honed.evaluation.scorers import ScorerError
-    from honed.evaluation.win_rate import JudgeUnavailable, distinct_prompts, win_rate
+    from honed.evaluation.win_rate import JudgeUnavailable, distinct_prompts, win_rate_over_samples
 
     cfg = workspace.settings.eval
     try:
@@ -283,23 +283,29 @@ def compare_answers(model, tokenizer, sets: list[EvalSet], workspace, track: str
         prompts = distinct_prompts(eval_set.records) if eval_set.name in cfg.win_rate_sets else []
         if not prompts:
             continue
+        # Round k of both models is drawn with the same seed: their differences are the models'.
+        rounds = [GREEDY] if cfg.win_rate_temperature == 0 else [
+            Sampling(cfg.win_rate_temperature, 1.0, seed=k) for k in range(cfg.win_rate_samples)]
+
+        def answers(sampling, prompts=prompts):
+            return generate_answers(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
+                                    batch_size=cfg.batch_size, sampling=sampling)
+
         model.set_adapter("candidate")
-        candidate = generate_answers(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
-                                     batch_size=cfg.batch_size)
+        candidate = [answers(sampling) for sampling in rounds]
         if baseline_adapter is not None:
             model.set_adapter("deployed")
-            live = generate_answers(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
-                                    batch_size=cfg.batch_size)
+            live = [answers(sampling) for sampling in rounds]
         else:
             with model.disable_adapter():
-                live = generate_answers(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
-                                        batch_size=cfg.batch_size)
+                live = [answers(sampling) for sampling in rounds]
         try:
-            result = win_rate(candidate, live, prompts, decide, cfg.samples_kept)
+            result = win_rate_over_samples(candidate, live, prompts, decide, cfg.samples_kept)
         except ScorerError as exc:
             figures[eval_set.name] = {"error": str(exc)}
             continue
-        figures[eval_set.name] = result.as_dict()
+        figures[eval_set.name] = {**result.as_dict(), "temperature": cfg.win_rate_temperature,
+                                  "rounds": len(rounds)}
         asked = result.n - result.notes.get("identical", 0)
         if asked and result.notes.get("failed", 0) == asked:  # nothing was judged: not a figure
             figures[eval_set.name]["error"] = f"the judge was never reached: {result.failure}"

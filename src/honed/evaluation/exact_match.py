@@ -9,12 +9,42 @@ tokens are decoded.
 from __future__ import annotations
 
 import json
+import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from honed.data.chat_encoding import encode_chat
 
-__all__ = ["exact_match", "generate_answers", "load_records"]
+__all__ = ["GREEDY", "Sampling", "exact_match", "generate_answers", "load_records"]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next tokens are picked, as OpenAI defines it: ``temperature`` 0 is greedy;
+    above 0 tokens are sampled from the softmax at that temperature, kept to the smallest
+    set whose probability reaches ``top_p`` (no top-k). The same ``seed`` and request give
+    the same answer; without one, each answer draws a fresh seed."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def generate_kwargs(self) -> dict:
+        if self.greedy:
+            return {"do_sample": False}
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
+
+    def described(self) -> dict:
+        """What an experience records of how its output was drawn."""
+        return {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+
+
+GREEDY = Sampling()
 
 
 def load_records(path: Path) -> list[dict]:
@@ -54,8 +84,11 @@ def generate_answers(
     *,
     max_new_tokens: int = 16,
     batch_size: int = 64,
+    sampling: Sampling = GREEDY,
 ) -> list[str]:
-    """Greedy answers to `prompts` (chat messages without the final assistant turn).
+    """Answers to `prompts` (chat messages without the final assistant turn), greedy
+    unless `sampling` says otherwise (a sampled batch is seeded from `sampling.seed` and
+    its position, so the same call gives the same answers).
 
     Each answer is the decoded text of the new tokens up to (not including) the first
     end-of-turn token, stripped. Order follows `prompts`. The model's train/eval mode
@@ -80,13 +113,16 @@ def generate_answers(
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
                 input_ids, attention_mask = left_padded([encoded[i].input_ids for i in chunk], pad_id)
+                if not sampling.greedy:
+                    seed = sampling.seed if sampling.seed is not None else secrets.randbits(62)
+                    torch.manual_seed(seed + start)
                 output = model.generate(
                     input_ids=input_ids.to(model.device),
                     attention_mask=attention_mask.to(model.device),
                     max_new_tokens=max_new_tokens,
-                    do_sample=False,
                     eos_token_id=stop_ids,
                     pad_token_id=pad_id,
+                    **sampling.generate_kwargs(),
                 )
                 new_tokens = output[:, input_ids.shape[1] :].tolist()
                 for i, tokens in zip(chunk, new_tokens):

@@ -62,7 +62,8 @@ def decide(evaluation: dict, rules: list, require_approval: bool) -> dict:
 def win_rate_summary(measured: dict) -> dict:
     """The win rate figures a verdict shows: per set, its rate, counts and p-values, or the
     error that kept it from being measured."""
-    keep = ("n", "wins", "losses", "ties", "rate", "p", "p_better", "p_worse", "notes", "error")
+    keep = ("n", "wins", "losses", "ties", "rate", "p", "p_better", "p_worse", "notes", "error", "temperature",
+            "rounds")
     out: dict = {"decider": measured.get("decider")}
     if measured.get("error"):
         out["error"] = measured["error"]
@@ -261,7 +262,10 @@ def _win_rate(rule, evaluation: dict, baseline_name: str) -> dict:
     notes = figures.get("notes") or {}
     noted = "".join(f", {count} {note}" for note, count in sorted(notes.items()))
     rate = figures["rate"] if figures["rate"] is not None else 0.5
-    counts = (f"win rate {rate:.3g} against {baseline_name} on {n} prompts by {measured.get('decider')}: {wins} won, "
+    how = (f" (sampled at temperature {figures['temperature']:g}, {figures.get('rounds', 1)} answers each)"
+           if figures.get("temperature") else "")
+    counts = (f"win rate {rate:.3g} against {baseline_name} on {n} prompts{how} by {measured.get('decider')}: "
+              f"{wins} won, "
               f"{losses} lost, {ties} tied{noted}; sign test p={figures['p_better']:.3g}")
     if figures["p_worse"] < alpha:
         out.update(ok=False, detail=f"it loses to {baseline_name}: {counts}, p(worse)={figures['p_worse']:.3g} "

@@ -92,21 +92,42 @@ def win_rate(candidate_answers: list[str], live_answers: list[str], prompts: lis
     if not len(candidate_answers) == len(live_answers) == len(prompts):
         raise ValueError(f"win_rate needs one answer of each model per prompt: {len(candidate_answers)} "
                          f"candidate answers, {len(live_answers)} live answers, {len(prompts)} prompts")
+    return win_rate_over_samples([candidate_answers], [live_answers], prompts, decide, samples_kept)
+
+
+def win_rate_over_samples(candidate_rounds: list[list[str]], live_rounds: list[list[str]],
+                          prompts: list[list[dict[str, Any]]], decide: Decide, samples_kept: int = 0) -> WinRate:
+    """:func:`win_rate` when each model answered every prompt several times (sampled):
+    round k of the candidate is compared with round k of the live model, and a prompt is
+    won (lost) when the candidate wins more (fewer) of its comparisons than it loses; the
+    sign test stays one prompt, one coin. Notes count comparisons; the kept samples are
+    the first round's."""
+    if len(candidate_rounds) != len(live_rounds) or not candidate_rounds:
+        raise ValueError(f"win_rate needs as many rounds of each model: {len(candidate_rounds)} and {len(live_rounds)}")
+    for candidate_answers, live_answers in zip(candidate_rounds, live_rounds):
+        if not len(candidate_answers) == len(live_answers) == len(prompts):
+            raise ValueError(f"win_rate needs one answer of each model per prompt: {len(candidate_answers)} "
+                             f"candidate answers, {len(live_answers)} live answers, {len(prompts)} prompts")
     counts: Counter[str] = Counter()
     notes: Counter[str] = Counter()
     samples: list[dict[str, Any]] = []
     failure: str | None = None
-    for prompt, candidate, live in zip(prompts, candidate_answers, live_answers):
-        result = Comparison(TIE, "identical") if candidate.strip() == live.strip() else decide(prompt, candidate, live)
-        if result.outcome not in (WIN, LOSS, TIE):
-            raise ValueError(f"a decider returned {result.outcome!r}; allowed: {WIN}, {LOSS}, {TIE}")
-        counts[result.outcome] += 1
-        if result.note:
-            notes[result.note] += 1
-        failure = failure or result.reason
-        if len(samples) < samples_kept:
-            samples.append({"prompt": prompt[-1]["content"] if prompt else "", "candidate": candidate,
-                            "live": live, "outcome": result.outcome, "note": result.note})
+    for i, prompt in enumerate(prompts):
+        balance = 0
+        for k, (candidate_answers, live_answers) in enumerate(zip(candidate_rounds, live_rounds)):
+            candidate, live = candidate_answers[i], live_answers[i]
+            result = (Comparison(TIE, "identical") if candidate.strip() == live.strip()
+                      else decide(prompt, candidate, live))
+            if result.outcome not in (WIN, LOSS, TIE):
+                raise ValueError(f"a decider returned {result.outcome!r}; allowed: {WIN}, {LOSS}, {TIE}")
+            balance += (result.outcome == WIN) - (result.outcome == LOSS)
+            if result.note:
+                notes[result.note] += 1
+            failure = failure or result.reason
+            if k == 0 and len(samples) < samples_kept:
+                samples.append({"prompt": prompt[-1]["content"] if prompt else "", "candidate": candidate,
+                                "live": live, "outcome": result.outcome, "note": result.note})
+        counts[WIN if balance > 0 else LOSS if balance < 0 else TIE] += 1
     return WinRate(counts[WIN], counts[LOSS], counts[TIE], dict(notes), samples, failure)
 
 

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from honed.evaluation.exact_match import GREEDY, Sampling
 from honed.store import AdapterInfo, NotFoundError, Store
 
 log = logging.getLogger(__name__)
@@ -74,32 +75,6 @@ class LoadedModel:
     users: int = 0
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """How the next tokens are picked, as OpenAI defines it: ``temperature`` 0 is greedy;
-    above 0 tokens are sampled from the softmax at that temperature, kept to the smallest
-    set whose probability reaches ``top_p`` (no top-k). The same ``seed`` and request give
-    the same answer; without one, each answer draws a fresh seed."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-    def generate_kwargs(self) -> dict:
-        if self.greedy:
-            return {"do_sample": False}
-        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
-
-    def described(self) -> dict:
-        """What an experience records of how its output was drawn."""
-        return {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
-
-
-GREEDY = Sampling()
 
 
 @dataclass
