@@ -58,7 +58,7 @@ UNSUPPORTED = {"stop": None, "presence_penalty": 0, "frequency_penalty": 0, "log
 
 class ChatRequest(BaseModel):
     """OpenAI's chat completion request. ``temperature``, ``top_p`` and ``seed`` decide the
-    sampling (see :class:`~honed.server.serving.Sampling`); a parameter honed does not
+    sampling (see :class:`~honed.evaluation.exact_match.Sampling`); a parameter honed does not
     implement (:data:`UNSUPPORTED`) is refused with 400 when it asks for anything, never
     ignored."""
 
