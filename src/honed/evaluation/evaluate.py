@@ -278,27 +278,27 @@ def compare_answers(model, tokenizer, sets: list[EvalSet], workspace, track: str
         decide, decider = _decider(cfg.win_rate, workspace.settings.learn_for(track))
     except (ScorerError, JudgeUnavailable) as exc:
         return {"decider": cfg.win_rate, "error": str(exc), "sets": {}}
+    # Round k of both models is drawn with the same seed: their differences are the models'.
+    rounds = [GREEDY] if cfg.win_rate_temperature == 0 else [
+        Sampling(cfg.win_rate_temperature, 1.0, seed=k) for k in range(cfg.win_rate_samples)]
+
+    def answers(prompts) -> list[list[str]]:
+        return [generate_answers(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
+                                 batch_size=cfg.batch_size, sampling=sampling) for sampling in rounds]
+
     figures: dict = {}
     for eval_set in sets:
         prompts = distinct_prompts(eval_set.records) if eval_set.name in cfg.win_rate_sets else []
         if not prompts:
             continue
-        # Round k of both models is drawn with the same seed: their differences are the models'.
-        rounds = [GREEDY] if cfg.win_rate_temperature == 0 else [
-            Sampling(cfg.win_rate_temperature, 1.0, seed=k) for k in range(cfg.win_rate_samples)]
-
-        def answers(sampling, prompts=prompts):
-            return generate_answers(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
-                                    batch_size=cfg.batch_size, sampling=sampling)
-
         model.set_adapter("candidate")
-        candidate = [answers(sampling) for sampling in rounds]
+        candidate = answers(prompts)
         if baseline_adapter is not None:
             model.set_adapter("deployed")
-            live = [answers(sampling) for sampling in rounds]
+            live = answers(prompts)
         else:
             with model.disable_adapter():
-                live = [answers(sampling) for sampling in rounds]
+                live = answers(prompts)
         try:
             result = win_rate_over_samples(candidate, live, prompts, decide, cfg.samples_kept)
         except ScorerError as exc:

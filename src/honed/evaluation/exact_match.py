@@ -39,6 +39,13 @@ class Sampling:
             return {"do_sample": False}
         return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
 
+    def seed_torch(self, offset: int = 0) -> None:
+        """Seed torch's generator for the draws of one generation (``offset`` tells apart
+        the batches of one call): from ``seed``, or a fresh random seed without one."""
+        import torch
+
+        torch.manual_seed((self.seed if self.seed is not None else secrets.randbits(62)) + offset)
+
     def described(self) -> dict:
         """What an experience records of how its output was drawn."""
         return {"temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
@@ -114,8 +121,7 @@ def generate_answers(
                 chunk = order[start : start + batch_size]
                 input_ids, attention_mask = left_padded([encoded[i].input_ids for i in chunk], pad_id)
                 if not sampling.greedy:
-                    seed = sampling.seed if sampling.seed is not None else secrets.randbits(62)
-                    torch.manual_seed(seed + start)
+                    sampling.seed_torch(start)
                 output = model.generate(
                     input_ids=input_ids.to(model.device),
                     attention_mask=attention_mask.to(model.device),

@@ -89,9 +89,6 @@ def win_rate(candidate_answers: list[str], live_answers: list[str], prompts: lis
     """Compare the candidate's and the live model's answers to the same ``prompts`` with
     ``decide``; keep the first ``samples_kept`` comparisons for inspection. Identical
     answers are a tie without asking."""
-    if not len(candidate_answers) == len(live_answers) == len(prompts):
-        raise ValueError(f"win_rate needs one answer of each model per prompt: {len(candidate_answers)} "
-                         f"candidate answers, {len(live_answers)} live answers, {len(prompts)} prompts")
     return win_rate_over_samples([candidate_answers], [live_answers], prompts, decide, samples_kept)
 
 

@@ -17,7 +17,6 @@ way finish first.
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from honed.evaluation.exact_match import GREEDY, Sampling
+from honed.evaluation.exact_match import GREEDY, Sampling, model_text
 from honed.store import AdapterInfo, NotFoundError, Store
 
 log = logging.getLogger(__name__)
@@ -73,8 +72,6 @@ class LoadedModel:
     stop_ids: list[int]
     lock: threading.Lock = field(default_factory=threading.Lock)
     users: int = 0
-
-
 
 
 @dataclass
@@ -312,7 +309,7 @@ def generate(loaded: LoadedModel, prompt, max_tokens: int, streamer=None,
         if not sampling.greedy:
             # One generation at a time holds the model's lock, so seeding torch's generator here
             # decides this answer's draws alone.
-            torch.manual_seed(sampling.seed if sampling.seed is not None else secrets.randbits(63))
+            sampling.seed_torch()
         output = loaded.model.generate(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=max_tokens,
             eos_token_id=loaded.stop_ids, pad_token_id=pad_id, use_cache=True, streamer=streamer,
@@ -343,10 +340,6 @@ class DeltaStreamer:
     def __init__(self, tokenizer, stop_ids: list[int]) -> None:
         import queue
 
-        from honed.evaluation.exact_match import model_text
-
-        self.model_text = model_text
-
         self.tokenizer, self.stop_ids = tokenizer, set(stop_ids)
         self.deltas: queue.Queue = queue.Queue()
         self.tokens: list[int] = []
@@ -363,7 +356,7 @@ class DeltaStreamer:
                 self.stopped = True
                 return
             self.tokens.append(token)
-        text = self.model_text(self.tokenizer.decode(self.tokens, skip_special_tokens=True)).lstrip()
+        text = model_text(self.tokenizer.decode(self.tokens, skip_special_tokens=True)).lstrip()
         if text.endswith("\ufffd") or not text.startswith(self.sent):
             return  # half a character, or a retokenised tail: wait for more
         if len(text) > len(self.sent):
