@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from honed.daemon.lock import daemon_running, read_info
 
+ACTIVE_STATES = ("running", "evaluating")
 WAITING_STATES = ("queued", "paused", "skipped")
 
 
@@ -50,8 +51,11 @@ def status_info(workspace, store) -> dict:
             w = last[0]
             daemon["last_seen"] = (w.stopped_at or w.heartbeat_at).isoformat(timespec="seconds")
             daemon["last_exit"] = "stopped" if w.stopped_at else "died without stopping"
-    running = [job_summary(j) for j in store.list_jobs(states=("running", "evaluating"))]
-    waiting = [job_summary(j) for j in store.list_jobs(states=WAITING_STATES)]
+    # One read for both lists: two would let a job that pauses between them show as
+    # running and as paused in the same snapshot.
+    jobs = [job_summary(j) for j in store.list_jobs(states=ACTIVE_STATES + WAITING_STATES)]
+    running = [j for j in jobs if j["state"] in ACTIVE_STATES]
+    waiting = [j for j in jobs if j["state"] in WAITING_STATES]
     base = store.get_base()
     return {
         "workspace": str(workspace.root),
