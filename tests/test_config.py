@@ -50,6 +50,12 @@ def test_out_of_range_and_unknown_keys_are_errors():
         load_settings(None, parse_assignments(["lora.rank=8"]))
 
 
+def test_preference_objectives_under_several_processes_refuse_sharding_and_say_what_works():
+    with pytest.raises(SettingsError, match=r"objective = 'kto' with train.nproc > 1 .*distributed = 'ddp'"):
+        load_settings(None, parse_assignments(["train.objective=kto", "train.nproc=2", "train.distributed=fsdp"]))
+    assert load_settings(None, parse_assignments(["train.objective=kto", "train.nproc=2"])).train.distributed == "ddp"
+
+
 def test_set_needs_key_equals_value():
     with pytest.raises(SettingsError, match="expected KEY=VALUE"):
         parse_assignments(["train.lr"])

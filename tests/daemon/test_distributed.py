@@ -71,6 +71,46 @@ def test_two_gloo_ranks_follow_the_single_process_loss_curve_with_ddp_and_fsdp(d
     store.close()
 
 
+PREFERENCE_FIGURES = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins")
+
+
+@pytest.mark.parametrize(("objective", "kind", "figure"), [("dpo", "preference", "rewards/accuracies"),
+                                                          ("kto", "unpaired", "kl")])
+def test_dpo_and_kto_on_two_gloo_ranks_follow_the_single_process_curve(daemon_ws, start_daemon, objective, kind,
+                                                                        figure):
+    from honed.data.datasets import add_dataset_file
+    from honed.data.synthetic import write_synthetic
+
+    # The same micro-batches either way (KTO's KL estimate is taken within a micro-batch):
+    # one process with two of them per step, or two ranks with one each.
+    common = {"objective": objective, "batch_size": 4, "beta": 0.5, "lr": 1e-2}
+    ws = configure(daemon_ws, {"train": {"threads": 1, "max_steps": 10, "eval_every": 5}})
+    store = ws.open_store()
+    data, _ = write_synthetic("reversal", 120, ws.root / "pairs.jsonl", seed=4, kind=kind)
+    dataset = add_dataset_file(ws, store, data, track="main", mode="strict").dataset.id
+    single = store.create_job(track="main", dataset_ids=[dataset],
+                              overrides={"train": {**common, "grad_accum": 2, "nproc": 1}})
+    ddp = store.create_job(track="main", dataset_ids=[dataset],
+                           overrides={"train": {**common, "grad_accum": 1, "nproc": 2}})
+    start_daemon(ws)
+    rows = {}
+    for name, job in (("single", single), ("ddp", ddp)):
+        done = finished(store, job.id)
+        assert done.state == "succeeded", [e.message for e in store.job_events(job.id)]
+        rows[name] = store.get_metrics(done.run_id)
+    assert [r["step"] for r in rows["ddp"]] == list(range(1, 11)), "one row per step, written by rank 0 alone"
+    for got, want in zip(rows["ddp"], rows["single"], strict=True):
+        for key in (*PREFERENCE_FIGURES, figure, "tokens"):
+            assert got[key] == pytest.approx(want[key], rel=TOLERANCE, abs=1e-7), f"step {got['step']}: {key}"
+    # The first step's policy is the reference (LoRA starts as a no-op); later ones moved away.
+    assert rows["single"][0]["rewards/chosen"] == 0 and rows["single"][-1]["rewards/chosen"] != 0
+    run = store.get_run(store.get_job(ddp.id).run_id)
+    assert run.config["train"]["nproc"] == 2 and run.config["train"]["objective"] == objective
+    assert run.final_metrics["val_loss"] == pytest.approx(
+        store.get_run(store.get_job(single.id).run_id).final_metrics["val_loss"], rel=TOLERANCE)
+    store.close()
+
+
 def test_a_rank_killed_and_a_pause_stop_every_rank_and_the_run_continues_from_its_checkpoint(daemon_ws, start_daemon):
     ws = configure(daemon_ws, {"train": {"threads": 1, "epochs": 2.0}, "daemon": {"max_attempts": 3}})
     store = ws.open_store()

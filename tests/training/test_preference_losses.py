@@ -105,7 +105,7 @@ def test_dpo_loss_equals_trls_dpo_trainer():
     honed_loss = losses.mean()
     honed_loss.backward()
     honed_grads = _lora_grads(model)
-    figures = pref.step_figures([sums], "dpo")
+    figures = pref.step_figures(pref.summed([sums]), "dpo")
 
     sides = [p.chosen for _, p in batch] + [p.rejected for _, p in batch]  # TRL's layout: chosen, then rejected
     trl_loss = trainer.compute_loss(model, _as_inputs(pref.pad_completions(sides, tokenizer.pad_token_id)))
@@ -135,7 +135,7 @@ def test_kto_loss_with_its_kl_estimate_equals_trls_kto_trainer(weights):
     losses, sums = pref.micro_batch_losses(model, pref.ReferenceLogps(model, tokenizer.pad_token_id), batch, cfg,
                                            tokenizer.pad_token_id)
     honed_loss = losses.mean()
-    figures = pref.step_figures([sums], "kto")
+    figures = pref.step_figures(pref.summed([sums]), "kto")
 
     items = [ex.completion for _, ex in batch]
     pad = tokenizer.pad_token_id

@@ -181,6 +181,15 @@ class TrainSettings(_Section):
         "weights stay in float32.",
     )
 
+    @model_validator(mode="after")
+    def _check_preference_sharding(self) -> TrainSettings:
+        # The reference pass of dpo and kto runs per record, as each rank's cache needs it;
+        # sharded parameters would make every rank wait on the others' reference passes.
+        if self.objective != "sft" and self.nproc > 1 and self.distributed == "fsdp":
+            raise ValueError(f"train.objective = {self.objective!r} with train.nproc > 1 trains with "
+                             "distributed = 'ddp'; 'fsdp' is for sft (set train.distributed = 'ddp')")
+        return self
+
 
 class DaemonSettings(_Section):
     """The daemon: how it watches the inbox, supervises trainers and fills idle time."""

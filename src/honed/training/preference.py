@@ -22,6 +22,7 @@ prompt ``i`` with the completion of example ``i - 1``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -301,44 +302,77 @@ def micro_batch_losses(model, reference: ReferenceLogps, batch: list[tuple[str, 
     return losses, sums
 
 
-def step_figures(parts: list[dict[str, Any]], objective: str) -> dict[str, float]:
-    """The step's preference figures, as TRL names them, from its micro-batches' sums."""
-    n_chosen = sum(p["n_chosen"] for p in parts)
-    n_rejected = sum(p["n_rejected"] for p in parts)
+def step_figures(totals: dict[str, float], objective: str) -> dict[str, float]:
+    """The step's preference figures, as TRL names them, from the sums of its
+    micro-batches (:data:`SUMMED`, and ``parts``: how many micro-batches)."""
+    n_chosen, n_rejected = totals["n_chosen"], totals["n_rejected"]
     figures: dict[str, float] = {}
     if n_chosen:
-        figures["rewards/chosen"] = sum(p["chosen"] for p in parts) / n_chosen
+        figures["rewards/chosen"] = totals["chosen"] / n_chosen
     if n_rejected:
-        figures["rewards/rejected"] = sum(p["rejected"] for p in parts) / n_rejected
+        figures["rewards/rejected"] = totals["rejected"] / n_rejected
     if n_chosen and n_rejected:
         figures["rewards/margins"] = figures["rewards/chosen"] - figures["rewards/rejected"]
     if objective == "dpo":
-        figures["rewards/accuracies"] = sum(p["correct"] for p in parts) / max(1, sum(p["pairs"] for p in parts))
+        figures["rewards/accuracies"] = totals["correct"] / max(1.0, totals["pairs"])
     else:
-        figures["kl"] = sum(p["kl"] for p in parts) / len(parts)
+        figures["kl"] = totals["kl"] / max(1.0, totals["parts"])
     return figures
+
+
+SUMMED = ("chosen", "rejected", "n_chosen", "n_rejected", "correct", "pairs", "kl", "tokens", "targets")
+
+
+def summed(parts: list[dict[str, Any]]) -> dict[str, float]:
+    """The micro-batches' sums added up (what :func:`step_figures` reads), with ``parts``."""
+    return {**{key: float(sum(p.get(key, 0) for p in parts)) for key in SUMMED}, "parts": float(len(parts))}
 
 
 def preference_train_step(model, reference: ReferenceLogps, optimizer, params,
                           batches: list[list[tuple[str, PreferencePair | Judged]]], cfg: TrainSettings, lr: float,
-                          pad_id: int) -> dict[str, Any]:
+                          pad_id: int, dist=None, filler: list[tuple[str, PreferencePair | Judged]] | None = None,
+                          ) -> dict[str, Any]:
     """One optimizer step of DPO or KTO over ``batches`` (its micro-batches), with SFT's
-    non-finite policy; the loss is the mean over the step's examples."""
+    non-finite policy; the loss is the mean over the step's examples.
+
+    In a world of several processes (``dist``, as in
+    :func:`honed.training.trainer.train_step`) the mean is over the step's examples on
+    all of them, every process makes ``grad_accum`` passes (those without data of their
+    own on ``filler`` with weight zero) so that the gradient exchanges meet, and the
+    figures returned are the whole step's. ``model`` is then the wrapped module; the
+    reference runs on the unwrapped one, outside the exchanges."""
+    from honed.training.distributed import Dist
     from honed.training.trainer import apply_update
 
+    dist = dist or Dist()
     n_examples = sum(len(b) for b in batches)
+    if dist.active:
+        n_examples = int(dist.sum([float(n_examples)])[0])
+    passes: list[list | None] = list(batches)
+    if dist.active:
+        passes += [None] * (cfg.grad_accum - len(batches))
     loss_total = 0.0
     parts = []
-    for batch in batches:
-        losses, sums = micro_batch_losses(model, reference, batch, cfg, pad_id)
-        loss = losses.sum() / n_examples
-        loss_total += loss.item()
-        loss.backward()
-        parts.append(sums)
-    grad_norm, problem = apply_update(optimizer, params, cfg, lr, loss_total)
-    return {"loss": loss_total, "grad_norm": grad_norm, "lr": lr, "problem": problem,
-            "targets": sum(p["targets"] for p in parts), "tokens": sum(p["tokens"] for p in parts),
-            "figures": step_figures(parts, cfg.objective)}
+    for i, batch in enumerate(passes):
+        last = i == len(passes) - 1
+        with model.no_sync() if dist.active and not last and hasattr(model, "no_sync") else nullcontext():
+            if batch is None:
+                losses, _ = micro_batch_losses(model, reference, filler, cfg, pad_id)
+                loss = losses.sum() * 0.0
+            else:
+                losses, sums = micro_batch_losses(model, reference, batch, cfg, pad_id)
+                loss = losses.sum() / n_examples
+                loss_total += loss.item()
+                parts.append(sums)
+            # Data parallelism averages the processes' gradients: scale by the world back to a sum.
+            (loss * dist.world if dist.active else loss).backward()
+    totals = {**summed(parts), "loss": loss_total}
+    if dist.active:
+        totals = dict(zip(totals, dist.sum(list(totals.values())), strict=True))
+    grad_norm, problem = apply_update(optimizer, params, cfg, lr, totals["loss"])
+    return {"loss": totals["loss"], "grad_norm": grad_norm, "lr": lr, "problem": problem,
+            "targets": int(totals["targets"]), "tokens": int(totals["tokens"]),
+            "figures": step_figures(totals, cfg.objective)}
 
 
 @torch.no_grad()

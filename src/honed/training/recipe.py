@@ -124,9 +124,6 @@ class TrainingRecipe:
                    "('honed queue') for the daemon, or set train.nproc = 1" if dist.world == 1
                    else "torchrun's --nproc-per-node must match train.nproc")
             )
-        if cfg.objective != "sft" and cfg.nproc > 1:
-            raise ValueError(f"train.objective = {cfg.objective!r} trains in one process for now; set "
-                             "train.nproc = 1 (or train.objective = 'sft')")
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if dist.main:
@@ -187,8 +184,10 @@ class TrainingRecipe:
             torch.manual_seed(cfg.seed)
         if dist.main:
             self.metrics_file = open(spec.run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (cleanup closes it)
-        self.filler = (pack_batch([self.train_examples[0]], cfg.max_seq_len, self.tokenizer.pad_token_id, cfg.pack)
-                       if dist.active else None)
+        self.filler = None  # what a rank without data of its own passes over, with weight zero
+        if dist.active:
+            self.filler = ([self.train_examples[0]] if cfg.objective != "sft" else
+                           pack_batch([self.train_examples[0]], cfg.max_seq_len, self.tokenizer.pad_token_id, cfg.pack))
 
     # --- train -------------------------------------------------------------------------
 
@@ -239,7 +238,7 @@ class TrainingRecipe:
         else:
             pairs = [[self.train_examples[i] for i in mb] for mb in indices]
             result = preference_train_step(self.wrapped, self.reference, self.optimizer, self.params, pairs, cfg, lr,
-                                           self.tokenizer.pad_token_id)
+                                           self.tokenizer.pad_token_id, dist, self.filler)
         state.step += 1
         state.tokens_seen += result["tokens"]
         elapsed = time.perf_counter() - started
