@@ -399,6 +399,28 @@ def status(
             pass
 
 
+@app.command()
+def doctor(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Check the workspace, its store, daemon, bases, deployed adapters, disk, memory,
+    packages, accelerator and server; each line ok, warn or fail with the fix. Exit
+    status 0, 1 or 2 (ok, warn, fail), for monitoring. Reads only; no torch."""
+    from rich.markup import escape
+
+    from honed import doctor as checks
+
+    findings = checks.diagnose(workspace)
+    if as_json:
+        _print_json(checks.as_json(findings))
+    else:
+        table = Table(show_header=False, box=None, pad_edge=False)
+        colour = {"ok": "green", "warn": "yellow", "fail": "bold red"}
+        for f in findings:
+            table.add_row(f"[{colour[f.level]}]{f.level}[/]", f.area, escape(f.message)
+                          + (f"\n[dim]fix: {escape(f.fix)}[/]" if f.fix else ""))
+        console.print(table)
+    raise typer.Exit(checks.exit_status(findings))
+
+
 def _render_status(info: dict):
     from rich.console import Group
     from rich.text import Text
