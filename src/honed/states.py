@@ -64,6 +64,7 @@ class AttemptStatus(StrEnum):
     CANCELLED = "cancelled"
     FAILED = "failed"  # the non-finite policy gave up
     CRASHED = "crashed"  # an exception: another attempt may succeed
+    OUT_OF_MEMORY = "out_of_memory"  # the next attempt trains with half the micro-batch
     UNTRAINABLE = "untrainable"  # settings, data or base that no attempt can train
 
     @property

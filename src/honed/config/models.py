@@ -9,7 +9,7 @@ order; there is no logic here to split.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -181,6 +181,14 @@ class TrainSettings(_Section):
         "weights stay in float32.",
     )
 
+    def with_micro_batch(self, micro_batch: dict[str, Any]) -> TrainSettings:
+        """These settings with the ``batch_size`` and ``grad_accum`` of ``micro_batch`` when
+        they keep the global batch (``batch_size x grad_accum``); these settings otherwise."""
+        size, accum = micro_batch.get("batch_size"), micro_batch.get("grad_accum")
+        if size is None or accum is None or size * accum != self.batch_size * self.grad_accum:
+            return self
+        return self.model_copy(update={"batch_size": size, "grad_accum": accum})
+
     @model_validator(mode="after")
     def _check_preference_sharding(self) -> TrainSettings:
         # The reference pass of dpo and kto runs per record, as each rank's cache needs it;
@@ -226,6 +234,12 @@ class DaemonSettings(_Section):
     stop_grace_s: float = Field(
         300.0, gt=0, description="How long a stopping daemon waits for its trainer to "
         "checkpoint and exit before killing it, in seconds.",
+    )
+    trainer_memory_mb: int = Field(
+        0, ge=0, description="Most data memory (heap and anonymous mappings, RLIMIT_DATA) of each "
+        "trainer process, in MiB; 0 = no limit. A job that outgrows it fails with an out-of-memory "
+        "error, and its next attempt halves the micro-batch (the kernel's OOM killer would pick a "
+        "victim of its own, perhaps the daemon or the server).",
     )
     trainer_nice: int = Field(
         10, ge=0, le=19, description="Niceness of trainer processes (0 = as the daemon): training is "

@@ -43,8 +43,9 @@ def run_attempt(root: Path, job_id: int, parent_pid: int | None, fence: int | No
         return EXIT_CLAIM_LOST
     except Exception as exc:  # the attempt crashed: say so, and how, in its outcome
         log.exception("job %d: the attempt crashed", job_id)
-        outcome = AttemptOutcome(job_id=job_id, fence=fence, status=AttemptStatus.CRASHED,
-                                 reason=f"{type(exc).__name__}: {exc}", error=traceback.format_exc())
+        outcome = AttemptOutcome(job_id=job_id, fence=fence,
+                                 status=AttemptStatus.OUT_OF_MEMORY if out_of_memory(exc) else AttemptStatus.CRASHED,
+                                 reason=f"{type(exc).__name__}: {exc}".splitlines()[0], error=traceback.format_exc())
     if outcome is None:  # a rank other than 0: rank 0 records
         _close(store)
         return 0
@@ -57,6 +58,15 @@ def run_attempt(root: Path, job_id: int, parent_pid: int | None, fence: int | No
         _close(store)
     log.info("job %d: attempt ended %s: %s", job_id, outcome.status, outcome.reason)
     return {AttemptStatus.CRASHED: EXIT_CRASHED, AttemptStatus.UNTRAINABLE: EXIT_UNTRAINABLE}.get(outcome.status, 0)
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation that failed: CUDA's OutOfMemoryError, Python's
+    MemoryError, or the CPU allocator's refusal (a memory limit, an overcommitted host)."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
 
 
 def _close(store) -> None:
@@ -102,7 +112,8 @@ def _attempt(root: Path, store, job_id: int, parent_pid: int | None, fence: int 
         if not dist.main:
             run_id = dist.broadcast(None)
             if run_id is not None:  # nothing to train otherwise: rank 0 says why
-                run_attempt_of(resume_spec(open_workspace(root, job.overrides), store, run_id), store, dist=dist)
+                run_attempt_of(resume_spec(open_workspace(root, job.overrides), store, run_id,
+                                           job.overrides.get("train")), store, dist=dist)
             return None
         control = JobControl(open_workspace(root), store, job_id, parent_pid, fence)
         signal.signal(signal.SIGTERM, control.on_signal)
@@ -120,7 +131,7 @@ def _attempt(root: Path, store, job_id: int, parent_pid: int | None, fence: int 
         try:
             workspace = open_workspace(root, job.overrides)
             if job.run_id and store.get_run(job.run_id) is not None:
-                spec = resume_spec(workspace, store, job.run_id)
+                spec = resume_spec(workspace, store, job.run_id, job.overrides.get("train"))
             else:
                 spec = prepare_run(workspace, store, job.dataset_ids, track=job.track, run_id=job.run_id)
             check_training_support(spec.train, pick_device())

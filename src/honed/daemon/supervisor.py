@@ -202,8 +202,11 @@ class Supervisor:
         self.set_activity(f"training job {job.id}")
         trainer: subprocess.Popen | None = None
         try:
+            ooms = oom_kills()
             trainer = self.start_trainer(job)
             killed = self.watch(job, trainer)
+            if killed is None and trainer.returncode == -signal.SIGKILL and oom_kills() > ooms:
+                killed = OOM_KILLED
             while True:  # the outcome must be recorded, even if the store is away for a while
                 try:
                     self.settle(job, trainer.returncode, killed)
@@ -348,6 +351,8 @@ class Supervisor:
         carries the claim's fence: StaleClaimError when the job was taken over meanwhile
         (its new owner settles it)."""
         job = self.store.check_claim(claimed.id, claimed.fence)
+        if killed == OOM_KILLED:
+            return self.shrink_micro_batch(job, killed)
         outcome = None if killed else read_outcome(self.ws.root, self.store, job.id, job.fence)
         return self.settle_outcome(job, outcome, exit_reason=killed or _describe_exit(returncode),
                                    returncode=returncode)
@@ -366,6 +371,8 @@ class Supervisor:
                 return self.retry_or_fail(job, exit_reason, returncode)
             case AttemptOutcome(status=AttemptStatus.CRASHED):
                 return self.retry_or_fail(job, f"{exit_reason}: {outcome.reason}", returncode)
+            case AttemptOutcome(status=AttemptStatus.OUT_OF_MEMORY):
+                return self.shrink_micro_batch(job, outcome.reason)
             case AttemptOutcome(status=AttemptStatus.UNTRAINABLE):
                 return end(JobState.FAILED, outcome.reason, error=outcome.reason)
             case AttemptOutcome(status=AttemptStatus.SUCCEEDED):
@@ -409,6 +416,37 @@ class Supervisor:
         return self.store.end_attempt(job.id, JobState.QUEUED, message, kind="attempt_failed", failed=True,
                                       error=reason, not_before=datetime.now(UTC) + timedelta(seconds=delay),
                                       data=data, fence=job.fence)
+
+    def shrink_micro_batch(self, job: JobInfo, reason: str) -> JobInfo:
+        """An attempt out of memory: the next one splits the same global batch into
+        micro-batches half as large (twice the accumulation), at once and without counting
+        a failure; at a micro-batch of 1 the job fails with the reason."""
+        size, accum = self.micro_batch_of(job)
+        if size <= 1:
+            message = (f"out of memory at micro-batch 1 ({reason}): lower train.max_seq_len, give the trainer "
+                       "more memory (daemon.trainer_memory_mb) or train a smaller base")
+            return self.store.end_attempt(job.id, JobState.FAILED, message, error=message, fence=job.fence)
+        smaller = max(d for d in range(1, size // 2 + 1) if size % d == 0)
+        more = accum * (size // smaller)
+        overrides = {**job.overrides, "train": {**job.overrides.get("train", {}), "batch_size": smaller,
+                                                "grad_accum": more}}
+        message = (f"out of memory at micro-batch {size} x {accum} accumulation ({reason}); the next attempt "
+                   f"trains with {smaller} x {more}, the same {size * accum} examples per step")
+        log.warning("job %d: %s", job.id, message)
+        return self.store.end_attempt(job.id, JobState.QUEUED, message, kind="out_of_memory", overrides=overrides,
+                                      data={"batch_size": smaller, "grad_accum": more, "was": [size, accum]},
+                                      fence=job.fence)
+
+    def micro_batch_of(self, job: JobInfo) -> tuple[int, int]:
+        """The micro-batch and accumulation the job's last attempt trained with."""
+        from honed.config import TrainSettings
+        from honed.workspace import open_workspace
+
+        run = self.store.get_run(job.run_id) if job.run_id else None
+        train = (TrainSettings(**run.config["train"]) if run is not None
+                 else open_workspace(self.ws.root, job.overrides).settings.train)
+        train = train.with_micro_batch(job.overrides.get("train", {}))
+        return train.batch_size, train.grad_accum
 
     def mark_experiences_trained(self, job: JobInfo, run_id: str | None) -> None:
         """Experiences assembled into a succeeded run's datasets are now trained, once."""
@@ -550,6 +588,26 @@ def _kill_trainer(trainer: subprocess.Popen, wait: bool = True) -> None:
             trainer.kill()
     if wait:
         trainer.wait()
+
+
+OOM_KILLED = "killed by the kernel's out-of-memory killer"
+
+
+def oom_kills() -> int:
+    """How many processes the kernel's out-of-memory killer has killed: on this host
+    (``/proc/vmstat``) plus in this process's cgroup (``memory.events``), so that a
+    trainer's SIGKILL can be told apart from one sent by a person; 0 where neither is
+    readable."""
+    total = 0
+    for path, key in ((Path("/proc/vmstat"), "oom_kill"), (Path("/sys/fs/cgroup/memory.events"), "oom_kill")):
+        try:
+            for line in path.read_text().splitlines():
+                name, _, value = line.partition(" ")
+                if name == key:
+                    total += int(value)
+        except (OSError, ValueError):
+            continue
+    return total
 
 
 def _describe_exit(returncode: int) -> str:

@@ -100,15 +100,21 @@ def parse_job_line(line: str) -> tuple[int, int | None, str | None]:
 
 
 def _lower_priority(root: Path) -> None:
-    """Run at ``daemon.trainer_nice``: on a busy machine, interactive work answers first."""
+    """Run at ``daemon.trainer_nice`` (on a busy machine, interactive work answers first),
+    within ``daemon.trainer_memory_mb`` of data memory."""
+    import resource
+
     from honed.config import SettingsError, load_settings
 
     try:
-        nice = load_settings(root).daemon.trainer_nice
+        settings = load_settings(root).daemon
     except SettingsError:
         return  # the attempt itself reports the bad setting
-    if nice:
-        os.nice(nice)
+    if settings.trainer_nice:
+        os.nice(settings.trainer_nice)
+    if settings.trainer_memory_mb:
+        limit = settings.trainer_memory_mb * 2**20
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 
 
 def _redirect_output(path: Path) -> None:

@@ -272,7 +272,8 @@ def set_priority(conn: sa.Connection, job_id: int, priority: str) -> JobInfo:
 
 def end_attempt(conn: sa.Connection, job_id: int, state: str, message: str, *, kind: str | None = None,
                 error: str | None = None, not_before: datetime | None = None, failed: bool = False,
-                data: dict[str, Any] | None = None, fence: int | None = None) -> JobInfo:
+                data: dict[str, Any] | None = None, fence: int | None = None,
+                overrides: dict[str, Any] | None = None) -> JobInfo:
     """Record how a trainer's attempt at a job ended and settle its control commands.
 
     ``state`` is where the job goes: ``queued`` (to continue later: an interruption,
@@ -284,7 +285,8 @@ def end_attempt(conn: sa.Connection, job_id: int, state: str, message: str, *, k
 
     With ``fence``, only the claim that still holds the job may settle it
     (StaleClaimError otherwise: the job was taken over, and its new owner settles it).
-    Settling ends the claim: worker and lease are cleared.
+    Settling ends the claim: worker and lease are cleared. ``overrides`` replaces the
+    job's settings overrides (the daemon's smaller micro-batch after running out of memory).
     """
     if state not in JOB_STATES:
         raise StoreError(f"job state {state!r} is not one of {', '.join(JOB_STATES)}")
@@ -296,6 +298,8 @@ def end_attempt(conn: sa.Connection, job_id: int, state: str, message: str, *, k
         values["failures"] = job.failures + 1
     if error is not None:
         values["error"] = error
+    if overrides is not None:
+        values["overrides"] = overrides
     if state in JOB_FINAL_STATES:
         values["ended_at"] = now
     _update(conn, job_id, **values)

@@ -95,8 +95,10 @@ def prepare_run(workspace: Workspace, store, dataset_ids: list[int], *, track: s
     return resume_spec(workspace, store, run_id)
 
 
-def resume_spec(workspace: Workspace, store, run_id: str):
-    """The RunSpec of an existing run, as it was planned."""
+def resume_spec(workspace: Workspace, store, run_id: str, micro_batch: dict | None = None):
+    """The RunSpec of an existing run, as it was planned; ``micro_batch`` (``batch_size``
+    and ``grad_accum``, from the job's settings after an out-of-memory attempt) splits the
+    same global batch into smaller micro-batches."""
     run = store.get_run(run_id)
     if run is None:
         known = [r.id for r in store.list_runs(limit=5)]
@@ -107,7 +109,8 @@ def resume_spec(workspace: Workspace, store, run_id: str):
     load_plan(run_dir)  # fails early, with a clear message, on a run that never planned
     return RunSpec(
         run_id=run_id, run_dir=run_dir, base=run.config["base"], base_version=run.base_version,
-        track=run.track, lora=LoraSettings(**run.config["lora"]), train=TrainSettings(**run.config["train"]),
+        track=run.track, lora=LoraSettings(**run.config["lora"]),
+        train=TrainSettings(**run.config["train"]).with_micro_batch(micro_batch or {}),
         adapter_out=Path(run.config["adapter_out"]), telemetry=workspace.settings.telemetry,
     )
 
