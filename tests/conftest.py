@@ -43,6 +43,7 @@ TIER_BY_NODE_ID = [
     ("tests/server/test_device_sharing.py::test_a_dead_trainers_claim_*", "reliability"),
     ("tests/training/test_checkpoints.py::*", "unit"),  # the rest of it: the standard library only
     ("tests/data/*", "unit"),
+    ("tests/registry/test_modelfile.py::*", "unit"),
     ("tests/evaluation/test_gates_statistics.py::*", "unit"),
     ("tests/evaluation/test_scorers_and_gates.py::*", "unit"),
     ("tests/evaluation/test_win_rate.py::*", "unit"),
