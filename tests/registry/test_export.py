@@ -226,3 +226,25 @@ def test_a_write_that_fails_midway_leaves_nothing(trained, monkeypatch):
     finally:
         store.close()
     assert not out.exists() and not list(trained["root"].glob(".staging-full-*"))
+
+
+def test_an_architecture_the_writer_cannot_write_is_named_with_the_ones_it_can(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from honed.models.tiny import build_tokenizer
+    from honed.workspace import init_workspace
+
+    base = tmp_path / "gpt2-base"
+    tokenizer = build_tokenizer()
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=64, vocab_size=len(tokenizer))
+                    ).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    ws = init_workspace(tmp_path / "ws", base=str(base))
+    proc = run_honed("export", "base:0", "--format", "gguf", "--out", str(tmp_path / "out"), "-w", str(ws.root),
+                     check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "architecture 'gpt2' cannot be written as GGUF by honed; it writes llama, qwen2" in proc.stderr
+    assert not (tmp_path / "out").exists()
+    merged = json.loads(run_honed("export", "base:0", "--format", "merged", "--out", str(tmp_path / "m"),
+                                  "-w", str(ws.root), "--json").stdout)
+    assert merged["architecture"] == "gpt2"  # merged and peft do not depend on the architecture
