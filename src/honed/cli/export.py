@@ -59,7 +59,8 @@ def exports_command(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) ->
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table("created", "source", "base", "format", "size", "path")
+    table = Table("created", "source", "base", "format", "size")
+    table.add_column("path", overflow="fold")  # the one thing a user copies from this table
     for r in rows:
         if not r["present"]:
             table.add_row("", "[red]missing[/]", "", "", "", r["path"])
