@@ -164,6 +164,7 @@ def test_a_base_version_exports_as_gguf(trained):
 @pytest.mark.parametrize("args, message", [
     (["a999", "--format", "gguf"], "no adapter 999"),
     (["track:nope", "--format", "gguf"], "no track 'nope'"),
+    (["other-a1", "--format", "gguf"], "no adapter of that name (adapter 1 is main-a1)"),
     (["base:7", "--format", "merged"], "no such base version"),
     (["what?", "--format", "gguf"], "not a target"),
     (["track:main", "--format", "onnx"], "it exports merged, gguf, peft"),

@@ -67,5 +67,6 @@ def exports_command(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) ->
             continue
         size = sum(f["bytes"] for f in r["files"].values()) / 1e6
         fmt = r["format"] + (f" {r['quantization']}" if r["quantization"] else "")
-        table.add_row(r["created_at"], r["label"], f"v{r['base']['version']}", fmt, f"{size:.1f} MB", r["path"])
+        created = r["created_at"][:16].replace("T", " ")
+        table.add_row(created, r["label"], f"v{r['base']['version']}", fmt, f"{size:.1f} MB", r["path"])
     console.print(table)

@@ -63,6 +63,8 @@ class ExportSource:
     base_path: str
     adapter: Any = None
     track: str | None = None
+    adapter_sha256: str | None = None
+    base_sha256: str | None = None
 
 
 @dataclass
@@ -101,6 +103,8 @@ def resolve_target(workspace: Any, store: Any, target: str) -> ExportSource:
         adapter = store.get_adapter(int(match.group(1)))
     except StoreError as exc:
         raise ExportError(f"{target}: {exc} ('honed adapters list' shows them)") from None
+    if "-" in target and target != adapter.name:  # a name with another track's prefix is a typo
+        raise ExportError(f"{target}: no adapter of that name (adapter {adapter.id} is {adapter.name})")
     return _adapter_source(workspace, store, adapter)
 
 
@@ -159,6 +163,7 @@ def export(workspace: Any, store: Any, target: str, fmt: str, quant: str | None 
     if os.path.lexists(out):
         raise ExportError(f"{out} already exists; honed never writes into an existing directory: give a new --out")
     started = time.monotonic()
+    source.adapter_sha256, source.base_sha256 = _adapter_hash(source), _base_hash(source)
     try:
         with atomic_directory(out, replace=False) as staging:
             details = _write(source, fmt, quant, staging)
@@ -178,25 +183,24 @@ def _write(source: ExportSource, fmt: str, quant: str | None, staging: Path) -> 
         shutil.copytree(source.adapter.path, staging, dirs_exist_ok=True)
         return {}
     from honed.models.gguf_export import GGUFExportError, check_writable, source_pre_tokenizer, write_gguf
-    from honed.training.model_loading import load_tokenizer
+    from honed.training.model_loading import BaseNotFound, load_tokenizer
 
-    tokenizer = load_tokenizer(source.base_path)
-    if fmt == "gguf":
-        model_type = _model_type(source.base_path)
-        try:
-            check_writable(model_type, quant or "f16")  # before the slow load and merge
-        except GGUFExportError as exc:
-            raise ExportError(str(exc)) from None
-    model = _load_model(source)
-    if fmt == "merged":
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        return {"architecture": model.config.model_type}
+    try:
+        if fmt == "gguf":
+            check_writable(_model_type(source.base_path), quant or "f16")  # before the slow load and merge
+        tokenizer = load_tokenizer(source.base_path)
+        model = _load_model(source)
+        if fmt == "merged":
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            return {"architecture": model.config.model_type}
+        name = f"{source.label}-{quant}.gguf"
+        written = write_gguf(model, tokenizer, staging / name, quant or "f16", name=source.label,
+                             pre_tokenizer=source_pre_tokenizer(source.base.lineage.get("gguf")))
+    except (BaseNotFound, GGUFExportError) as exc:
+        raise ExportError(str(exc)) from None
     from honed.registry.modelfile import chat_format, modelfile_text
 
-    name = f"{source.label}-{quant}.gguf"
-    written = write_gguf(model, tokenizer, staging / name, quant or "f16", name=source.label,
-                         pre_tokenizer=source_pre_tokenizer(source.base.lineage.get("gguf")))
     chat = chat_format(tokenizer)
     (staging / "Modelfile").write_text(modelfile_text(name, chat, _lineage_lines(source, name, staging)))
     return {"architecture": written["architecture"], "gguf": name,
@@ -240,8 +244,8 @@ def _lineage_lines(source: ExportSource, gguf_name: str, staging: Path) -> list[
     lines = [f"Exported by honed {__version__} at {_now()}"]
     if source.adapter is not None:
         lines.append(f"adapter {source.adapter.id} ({source.adapter.name}), track {source.adapter.track}, "
-                     f"run {source.adapter.run_id}, sha256 {_adapter_hash(source)}")
-    lines.append(f"base v{source.base.version} ({source.base.source}), sha256 {_base_hash(source)}")
+                     f"run {source.adapter.run_id}, sha256 {source.adapter_sha256}")
+    lines.append(f"base v{source.base.version} ({source.base.source}), sha256 {source.base_sha256}")
     lines.append(f"{gguf_name} sha256 {file_sha256(staging / gguf_name)}")
     return lines
 
@@ -262,10 +266,10 @@ def _manifest(target: str, source: ExportSource, fmt: str, quant: str | None, st
         "label": source.label,
         "adapter": None if adapter is None else {
             "id": adapter.id, "name": adapter.name, "track": adapter.track, "run": adapter.run_id,
-            "state": adapter.state, "path": adapter.path, "sha256": _adapter_hash(source)},
+            "state": adapter.state, "path": adapter.path, "sha256": source.adapter_sha256},
         "track": source.track,
         "base": {"version": source.base.version, "source": source.base.source,
-                 "description": source.base.description, "path": source.base_path, "sha256": _base_hash(source)},
+                 "description": source.base.description, "path": source.base_path, "sha256": source.base_sha256},
         "files": files,
         **details,
         "honed_version": __version__,
