@@ -249,3 +249,27 @@ def test_an_architecture_the_writer_cannot_write_is_named_with_the_ones_it_can(t
     merged = json.loads(run_honed("export", "base:0", "--format", "merged", "--out", str(tmp_path / "m"),
                                   "-w", str(ws.root), "--json").stdout)
     assert merged["architecture"] == "gpt2"  # merged and peft do not depend on the architecture
+
+
+@pytest.mark.slow
+def test_export_killed_at_any_phase_leaves_nothing_or_the_whole_export(trained):
+    """SIGKILL (a power cut) at every phase of the atomic write: before the rename there
+    is no export at --out and the next export there succeeds and clears the staging
+    debris; after it the export is whole (its manifest's hashes match)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    for phase in ("staging_created", "staging_synced", "renamed", "parent_synced"):
+        out = trained["root"] / f"killed-{phase}"
+        proc = subprocess.run([sys.executable, "-m", "tests.kill_at_phase", phase, "cli", "export", "track:main",
+                               "--format", "gguf", "--out", str(out), "-w", str(trained["ws"].root)],
+                              cwd=root, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == -9, f"not killed at {phase}: {proc.stderr[-2000:]}"
+        if phase.startswith("staging"):
+            assert not out.exists(), phase
+            done = json.loads(run_honed("export", "track:main", "--format", "gguf", "--out", str(out),
+                                        "-w", str(trained["ws"].root), "--json").stdout)
+        else:
+            done = json.loads((out / "export.json").read_text())
+        _check_manifest(out, done)  # also: no .staging- debris beside it

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from honed import __version__
-from honed.atomic_files import atomic_directory, write_json_atomically
+from honed.atomic_files import atomic_directory, leftovers, write_json_atomically
 from honed.data.datasets import file_sha256
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,8 @@ def export(workspace: Any, store: Any, target: str, fmt: str, quant: str | None 
     out = Path(out).expanduser().absolute() if out is not None else default_out(workspace, source, fmt, quant)
     if os.path.lexists(out):
         raise ExportError(f"{out} already exists; honed never writes into an existing directory: give a new --out")
+    for debris in leftovers(out, "staging"):  # a killed export's: nothing that was ever complete
+        shutil.rmtree(debris, ignore_errors=True)
     started = time.monotonic()
     source.adapter_sha256, source.base_sha256 = _adapter_hash(source), _base_hash(source)
     try:
