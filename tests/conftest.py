@@ -40,9 +40,11 @@ TIER_BY_NODE_ID = [
     ("tests/models/test_gguf_base.py::test_a_kill_during_conversion_*", "reliability"),
     ("tests/registry/test_consolidation.py::test_consolidation_killed_*", "reliability"),
     ("tests/registry/test_deployment.py::test_sigkill_*", "reliability"),
+    ("tests/registry/test_export.py::test_export_killed_*", "reliability"),
     ("tests/server/test_device_sharing.py::test_a_dead_trainers_claim_*", "reliability"),
     ("tests/training/test_checkpoints.py::*", "unit"),  # the rest of it: the standard library only
     ("tests/data/*", "unit"),
+    ("tests/registry/test_modelfile.py::*", "unit"),
     ("tests/evaluation/test_gates_statistics.py::*", "unit"),
     ("tests/evaluation/test_scorers_and_gates.py::*", "unit"),
     ("tests/evaluation/test_win_rate.py::*", "unit"),

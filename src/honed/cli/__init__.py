@@ -421,7 +421,7 @@ def verify(
 
 
 # The other commands (daemon, queue, status, learn, adapters, mcp, serve…) register on the same app.
-from honed.cli import daemon, experiences, learn, mcp, registry, server  # noqa: E402,F401
+from honed.cli import daemon, experiences, export, learn, mcp, registry, server  # noqa: E402,F401
 
 
 def main() -> None:

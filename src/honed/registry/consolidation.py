@@ -50,6 +50,18 @@ def _check_prompts(workspace, adapter, limit: int = 32) -> list[dict]:
     return [{"messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]}]
 
 
+def merge_adapter(base_path: str, adapter_path: str):
+    """Base + adapter as one plain model: the base in full precision on the CPU (never
+    merged into a quantized base), the adapter merged into its weights by peft."""
+    import torch
+
+    from honed.training.model_loading import load_base_model, with_adapter
+
+    merged = with_adapter(load_base_model(base_path, torch.device("cpu")), adapter_path).merge_and_unload()
+    merged.eval()
+    return merged
+
+
 def consolidate(workspace, store, track: str, description: str) -> Consolidated:
     """Merge ``track``'s deployed adapter into its base as the next base version."""
     import torch
@@ -70,8 +82,7 @@ def consolidate(workspace, store, track: str, description: str) -> Consolidated:
     tokenizer = load_tokenizer(base_path)
     reference_model = with_adapter(load_base_model(base_path, device), adapter.path)
     reference_model.eval()
-    merged = with_adapter(load_base_model(base_path, device), adapter.path).merge_and_unload()
-    merged.eval()
+    merged = merge_adapter(base_path, adapter.path)
 
     records = _check_prompts(workspace, adapter)
     prompts = [r["messages"][:-1] for r in records]
