@@ -14,6 +14,7 @@ and a crash at any instant loses neither the new version nor the previous one.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -35,6 +36,43 @@ DIRECTORY_PHASES = ("staging_created", "staging_synced", "old_moved_aside", "ren
 
 # Test seam: the kill tests set this to a function that SIGKILLs the process at one phase.
 _phase_hook: Callable[[str], None] | None = None
+
+
+class DiskFull(OSError):
+    """A write that met a full disk (or quota), with the path it was writing."""
+
+    def __init__(self, path: Path | str, cause: BaseException) -> None:
+        reason = getattr(cause, "strerror", None) or str(cause).splitlines()[0]
+        super().__init__(errno.ENOSPC, f"disk full writing {path}: {reason}")
+        self.path = str(path)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+DISK_FULL_WORDS = ("No space left on device", "Disk quota exceeded", "file write failed")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is a write refused for lack of space: ENOSPC or EDQUOT, also as the
+    libraries that write artefacts report them (safetensors' I/O error, torch's
+    "file write failed")."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(words in str(exc) for words in DISK_FULL_WORDS)
+
+
+@contextmanager
+def writing(path: Path | str) -> Iterator[None]:
+    """Turn a disk-full error inside the block into :class:`DiskFull` naming ``path``."""
+    try:
+        yield
+    except DiskFull:
+        raise
+    except Exception as exc:
+        if is_disk_full(exc):
+            raise DiskFull(path, exc) from exc
+        raise
 
 
 def fsync_path(path: Path) -> None:

@@ -35,8 +35,7 @@ if TYPE_CHECKING:
 
 LEVELS = ("ok", "warn", "fail")
 GB = 2**30
-MIN_FREE_DISK_GB = 2.0  # below this a checkpoint or an adapter save may meet a full disk
-LOW_FREE_DISK_GB = 10.0
+LOW_FREE_DISK_GB = 10.0  # a warning before storage.min_free_gb stops the daemon
 # Before any run has measured itself: a LoRA job holds the base's weights, the activations
 # and the logits of a batch, and the adapter's optimizer state. Measured on SmolLM2 at its
 # workspace defaults (batch 32): peak RSS 4.9 GB for 514 MB of weights.
@@ -91,6 +90,8 @@ def diagnose(root: Path | None = None) -> list[Finding]:
             findings += _run("bases", lambda: check_bases(ws, store))
             findings += _run("adapters", lambda: check_adapters(store))
         findings += _run("disk", lambda: check_disk(ws))
+        if store is not None:
+            findings += _run("disk", lambda: check_reclaimable(ws, store))
         findings += _run("memory", lambda: check_memory(ws, store))
     finally:
         if store is not None:
@@ -322,17 +323,29 @@ def check_adapters(store: Store) -> Iterator[Finding]:
 
 
 def check_disk(ws: Workspace) -> Iterator[Finding]:
+    floor = ws.settings.storage.min_free_gb
     for label, path in (("workspace", ws.root), ("artefacts", ws.artifacts_dir)):
         folder = Path(path)
         while not folder.exists():
             folder = folder.parent
         free = shutil.disk_usage(folder).free / GB
-        level = "fail" if free < MIN_FREE_DISK_GB else "warn" if free < LOW_FREE_DISK_GB else "ok"
-        yield Finding("disk", level, f"{label} {path}: {size(free * GB)} free",
-                      "" if level == "ok" else f"free space on that disk: below {MIN_FREE_DISK_GB:g} GiB a "
-                      "checkpoint or an adapter save may fail; old runs' checkpoints are under runs/")
+        level = "fail" if free < floor else "warn" if free < max(LOW_FREE_DISK_GB, 2 * floor) else "ok"
+        yield Finding("disk", level, f"{label} {path}: {size(free * GB)} free"
+                      + (f", below storage.min_free_gb = {floor:g}: the daemon starts nothing new" if free < floor
+                         else ""),
+                      "" if level == "ok" else "'honed gc --dry-run' shows what honed can free; free space on "
+                      "that disk")
         if ws.artifacts_dir == ws.root:
             break
+
+
+def check_reclaimable(ws: Workspace, store: Store) -> Iterator[Finding]:
+    from honed.retention import plan
+
+    found = plan(ws, store)
+    user = sum(r.bytes for r in found.kept_for_user)
+    yield Finding("disk", "ok", f"'honed gc' would free {size(found.bytes)} by the [storage] policy"
+                  + (f"; {size(user)} more of exports and ingested originals with --yes" if user else ""))
 
 
 def _base_weight_bytes(ws: Workspace, store: Store | None) -> int | None:

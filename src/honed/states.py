@@ -65,6 +65,7 @@ class AttemptStatus(StrEnum):
     FAILED = "failed"  # the non-finite policy gave up
     CRASHED = "crashed"  # an exception: another attempt may succeed
     OUT_OF_MEMORY = "out_of_memory"  # the next attempt trains with half the micro-batch
+    DISK_FULL = "disk_full"  # a write met a full disk: the job pauses until space is back
     UNTRAINABLE = "untrainable"  # settings, data or base that no attempt can train
 
     @property

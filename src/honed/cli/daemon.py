@@ -421,6 +421,36 @@ def doctor(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
     raise typer.Exit(checks.exit_status(findings))
 
 
+@app.command()
+def gc(workspace: WorkspaceOpt = None,
+       dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would go; remove nothing.")] = False,
+       yes: Annotated[bool, typer.Option("--yes", help="Also remove what you added: exports and the "
+                                         "originals of ingested files.")] = False,
+       as_json: JsonOpt = False) -> None:
+    """Free disk by the [storage] policy: checkpoints of finished runs, weights of rejected
+    and long-superseded adapters, leftovers of killed writes. Bases, the deployed adapter
+    and the last deployments, manifests, metrics and store records always stay."""
+    from rich.markup import escape
+
+    from honed.retention import collect
+
+    ws = workspace_from(workspace)
+    with open_store(ws) as store:
+        result = collect(ws, store, include_user=yes, dry_run=dry_run)
+    if as_json:
+        _print_json(result.as_json())
+        return
+    done = result.removals if dry_run else result.removed
+    verb = "would remove" if dry_run else "removed"
+    for item in done:
+        console.print(f"{verb} {escape(item.path)} ({item.bytes / 2**20:.1f} MiB): {escape(item.why)}", highlight=False)
+    console.print(f"{verb} {len(done)} items, {sum(i.bytes for i in done) / 2**20:.1f} MiB")
+    if result.kept_for_user:
+        size = sum(i.bytes for i in result.kept_for_user) / 2**20
+        console.print(f"kept {len(result.kept_for_user)} items you added ({size:.1f} MiB: exports, originals of "
+                      "ingested files); 'honed gc --yes' removes them too")
+
+
 def _render_status(info: dict):
     from rich.console import Group
     from rich.text import Text

@@ -38,6 +38,34 @@ class StoreSettings(_Section):
     )
 
 
+class StorageSettings(_Section):
+    """What honed keeps on disk and for how long (see ``honed gc``)."""
+
+    min_free_gb: float = Field(
+        2.0, ge=0, description="Free space (GiB) below which the daemon starts nothing new, on the disks of "
+        "the workspace and of store.artifacts; 0 = no floor.",
+    )
+    max_gb: float = Field(
+        0.0, ge=0, description="Most space (GiB) honed's artefacts (runs, adapters, datasets, bases, exports) "
+        "may take; above it the daemon collects, and starts nothing new while still above. 0 = no cap.",
+    )
+    keep_deployments: int = Field(
+        5, ge=2, description="Adapters of a track's last N deployments keep their weights, for rollback (at "
+        "least the one before the deployed one).",
+    )
+    checkpoint_days: float = Field(
+        7.0, ge=0, description="Checkpoints of a finished run are removed this many days after it ended.",
+    )
+    rejected_days: float = Field(
+        14.0, ge=0, description="Weights of rejected candidates (and of adapters superseded past "
+        "keep_deployments) are removed this many days after they were made; their numbers stay.",
+    )
+    gc_every_s: float = Field(
+        3600.0, ge=0, description="How often the daemon collects by this policy, in seconds; 0 = never "
+        "('honed gc' still does).",
+    )
+
+
 class IngestSettings(_Section):
     """How JSONL files are validated when they are added."""
 
@@ -674,6 +702,7 @@ class Settings(_Section):
     )
     track: str = Field("main", description="Default track for new data and runs.")
     store: StoreSettings = Field(default_factory=StoreSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)

@@ -43,9 +43,8 @@ def run_attempt(root: Path, job_id: int, parent_pid: int | None, fence: int | No
         return EXIT_CLAIM_LOST
     except Exception as exc:  # the attempt crashed: say so, and how, in its outcome
         log.exception("job %d: the attempt crashed", job_id)
-        outcome = AttemptOutcome(job_id=job_id, fence=fence,
-                                 status=AttemptStatus.OUT_OF_MEMORY if out_of_memory(exc) else AttemptStatus.CRASHED,
-                                 reason=f"{type(exc).__name__}: {exc}".splitlines()[0], error=traceback.format_exc())
+        outcome = AttemptOutcome(job_id=job_id, fence=fence, status=_crash_status(exc),
+                                 reason=_crash_reason(root, exc), error=traceback.format_exc())
     if outcome is None:  # a rank other than 0: rank 0 records
         _close(store)
         return 0
@@ -58,6 +57,32 @@ def run_attempt(root: Path, job_id: int, parent_pid: int | None, fence: int | No
         _close(store)
     log.info("job %d: attempt ended %s: %s", job_id, outcome.status, outcome.reason)
     return {AttemptStatus.CRASHED: EXIT_CRASHED, AttemptStatus.UNTRAINABLE: EXIT_UNTRAINABLE}.get(outcome.status, 0)
+
+
+def _crash_status(exc: BaseException) -> AttemptStatus:
+    from honed.atomic_files import is_disk_full
+
+    if out_of_memory(exc):
+        return AttemptStatus.OUT_OF_MEMORY
+    return AttemptStatus.DISK_FULL if is_disk_full(exc) else AttemptStatus.CRASHED
+
+
+def _crash_reason(root: Path, exc: BaseException) -> str:
+    """One line: the exception; a disk-full one names the path it was writing (else the
+    artefacts' folder)."""
+    from honed.atomic_files import DiskFull, is_disk_full
+
+    if isinstance(exc, DiskFull):
+        return str(exc)
+    if not is_disk_full(exc):
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    from honed.workspace import open_workspace
+
+    try:
+        where = str(open_workspace(root).artifacts_dir)
+    except Exception:  # noqa: BLE001 - the reason must be written whatever the settings say
+        where = str(root)
+    return f"disk full writing under {where}: {type(exc).__name__}: {exc}".splitlines()[0]
 
 
 def out_of_memory(exc: BaseException) -> bool:

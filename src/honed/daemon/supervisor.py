@@ -114,6 +114,9 @@ class Supervisor:
         self.spare = SpareTrainer(lambda: self.trainer_command("--warm"), workspace.logs_dir / "trainers.log",
                                   enabled=self.cfg.warm_trainer)
         self.idle = IdlePolicy(workspace, store)
+        self.collected_at: float | None = None  # monotonic time of the last collection by policy
+        self.artefacts: int | None = None  # bytes of honed's artefacts, measured at that collection
+        self.told_waiting: set[int] = set()  # queued jobs told why the disk holds them
 
     def on_signal(self, signum, frame) -> None:
         """First SIGTERM/SIGINT: stop gracefully. A second: do not wait for the trainer."""
@@ -151,13 +154,16 @@ class Supervisor:
             self.spare.drop()
 
     def step(self) -> None:
-        """One turn of the loop: inbox, then at most one job."""
+        """One turn of the loop: inbox, collection by policy, then at most one job."""
         self.tick()
+        self.collect_if_due()
         blocked = self.why_not_train()
         if blocked:
             self.set_activity(blocked)
+            self.tell_waiting(blocked)
             self.inbox.wait(self.cfg.poll_interval_s)
             return
+        self.told_waiting.clear()
         self.spare.ensure()
         from honed.training.runs import new_run_id
 
@@ -180,11 +186,42 @@ class Supervisor:
 
     def why_not_train(self) -> str | None:
         """Why no job may start now, or None."""
+        from honed.retention import space_problem
+
         if self.ws.stop_file.exists():
             return f"halted: {self.ws.stop_file} exists"
         if not in_window(self.window):
             return f"waiting for the training window {self.window}"
-        return None
+        return space_problem(self.ws, self.artefacts)
+
+    def collect_if_due(self) -> None:
+        """Collect by the [storage] policy every ``storage.gc_every_s`` (at once when the
+        daemon starts), and measure the artefacts when ``storage.max_gb`` caps them."""
+        from honed.retention import artefact_bytes, collect
+
+        every = self.ws.settings.storage.gc_every_s
+        if not every or (self.collected_at is not None and time.monotonic() - self.collected_at < every):
+            return
+        self.collected_at = time.monotonic()
+        try:
+            done = collect(self.ws, self.store)
+        except OSError as exc:
+            log.warning("gc by policy failed: %s", exc)
+            return
+        if done.removed:
+            log.info("gc by policy: removed %d items (%.1f MiB)", len(done.removed),
+                     sum(r.bytes for r in done.removed) / 2**20)
+        if self.ws.settings.storage.max_gb:
+            self.artefacts = artefact_bytes(self.ws)
+
+    def tell_waiting(self, reason: str) -> None:
+        """Say in the next queued job's events, once, why the disk keeps it waiting."""
+        if "storage." not in reason:
+            return
+        waiting = self.store.list_jobs(states=("queued",), limit=1)
+        if waiting and waiting[0].id not in self.told_waiting:
+            self.told_waiting.add(waiting[0].id)
+            self.record_event(waiting[0].id, "waiting_for_disk", reason)
 
     def set_activity(self, activity: str) -> None:
         if activity != self.activity:
@@ -373,6 +410,12 @@ class Supervisor:
                 return self.retry_or_fail(job, f"{exit_reason}: {outcome.reason}", returncode)
             case AttemptOutcome(status=AttemptStatus.OUT_OF_MEMORY):
                 return self.shrink_micro_batch(job, outcome.reason)
+            case AttemptOutcome(status=AttemptStatus.DISK_FULL):
+                last = self.store.latest_checkpoint(job.run_id) if job.run_id else None
+                since = f"the checkpoint at step {last.step}" if last else "the start"
+                return end(JobState.PAUSED, f"{outcome.reason}; free space there ('honed gc --dry-run' shows what "
+                           f"honed can free), then 'honed resume {job.id}' continues from {since}",
+                           error=outcome.reason, data=data)
             case AttemptOutcome(status=AttemptStatus.UNTRAINABLE):
                 return end(JobState.FAILED, outcome.reason, error=outcome.reason)
             case AttemptOutcome(status=AttemptStatus.SUCCEEDED):

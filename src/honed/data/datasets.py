@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from honed.atomic_files import writing
 from honed.data.ingest import IngestResult, format_report, ingest_file
 from honed.data.kinds import describe_kind
 
@@ -87,8 +88,9 @@ def add_dataset_file(workspace, store, source: Path, *, track: str, mode: str) -
     known = store.find_dataset(track, file_sha256(source))
     if known is not None:
         return AddedDataset(source, known, None, already_known=True)
-    result = ingest_file(source, workspace.datasets_dir / track, mode=mode,
-                         max_record_chars=workspace.settings.ingest.max_record_chars)
+    with writing(workspace.datasets_dir / track):
+        result = ingest_file(source, workspace.datasets_dir / track, mode=mode,
+                             max_record_chars=workspace.settings.ingest.max_record_chars)
     if not result.accepted:
         return AddedDataset(source, None, result)
     dataset = store.add_dataset(

@@ -32,6 +32,7 @@ depend on lines far below it.)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -326,7 +327,8 @@ class _StagedFile:
     def discard(self) -> None:
         """Close and remove the temporary file, if it was not published."""
         if not self._file.closed:
-            self._file.close()
+            with contextlib.suppress(OSError):  # its buffer met a full disk: the file goes anyway
+                self._file.close()
         if self._path is not None:
             self._path.unlink(missing_ok=True)
             self._path = None

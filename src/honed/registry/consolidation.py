@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from honed.atomic_files import atomic_directory, recover_directory
+from honed.atomic_files import atomic_directory, recover_directory, writing
 from honed.data.plan import read_jsonl
 from honed.evaluation.scorers import reference
 
@@ -107,7 +107,7 @@ def consolidate(workspace, store, track: str, description: str) -> Consolidated:
     # bases/vN is recorded by nobody (the store's latest is v{latest}): whatever is there
     # was left by a consolidation killed before it recorded it, and is replaced.
     recover_directory(target)
-    with atomic_directory(target) as staging:
+    with writing(target), atomic_directory(target) as staging:
         merged.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
     run = store.get_run(adapter.run_id) if adapter.run_id else None

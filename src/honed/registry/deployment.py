@@ -128,6 +128,7 @@ def deploy(workspace, store, adapter_id: int, *, force: bool = False, reason: st
     """Make ``adapter_id`` live on its track. Without ``force`` it must have passed its
     gates (and not be waiting for an approval)."""
     adapter = store.get_adapter(adapter_id)
+    _check_weights(workspace, adapter)
     if not force:
         verdict = adapter.verdict or {}
         if adapter.state == "awaiting_approval":
@@ -145,9 +146,18 @@ def deploy(workspace, store, adapter_id: int, *, force: bool = False, reason: st
         allowed=allowed))
 
 
+def _check_weights(workspace, adapter: AdapterInfo) -> None:
+    """Refuse an adapter whose weights are gone (``honed gc`` removed them, or a person)."""
+    if not Path(adapter.path).is_dir():
+        raise DeployError(f"adapter {adapter.id}'s weights are gone from {adapter.path} (removed by 'honed gc' "
+                          f"if {workspace.logs_dir / 'gc.jsonl'} lists them); its numbers are still in the store. "
+                          "storage.keep_deployments says how many deployments keep theirs")
+
+
 def approve(workspace, store, adapter_id: int) -> DeployResult:
     """A person's yes to an adapter awaiting approval: it is deployed."""
     adapter = store.get_adapter(adapter_id)
+    _check_weights(workspace, adapter)
     if adapter.state != "awaiting_approval":
         raise DeployError(f"adapter {adapter_id} is {adapter.state}; only one awaiting approval can be approved")
     return _switch(workspace, store, adapter.track, lambda: store.switch_deployment(
@@ -156,6 +166,8 @@ def approve(workspace, store, adapter_id: int) -> DeployResult:
 
 def rollback(workspace, store, track: str, to: int | None = None) -> DeployResult:
     """Go back to the adapter deployed before (walking the history back), or to ``to``."""
+    if to is not None:
+        _check_weights(workspace, store.get_adapter(to))
     return _switch(workspace, store, track, lambda: store.rollback(
         track, to, reason="rolled back" + (f" to adapter {to}" if to is not None else "")))
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from honed import __version__
-from honed.atomic_files import atomic_directory, leftovers, write_json_atomically
+from honed.atomic_files import atomic_directory, leftovers, write_json_atomically, writing
 from honed.data.datasets import file_sha256
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ def export(workspace: Any, store: Any, target: str, fmt: str, quant: str | None 
     started = time.monotonic()
     source.adapter_sha256, source.base_sha256 = _adapter_hash(source), _base_hash(source)
     try:
-        with atomic_directory(out, replace=False) as staging:
+        with writing(out), atomic_directory(out, replace=False) as staging:
             details = _write(source, fmt, quant, staging)
             manifest = _manifest(target, source, fmt, quant, staging, details, time.monotonic() - started)
             write_json_atomically(staging / MANIFEST, manifest)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from honed.atomic_files import writing
 from honed.data.packing import pack_batch
 from honed.data.plan import load_plan
 from honed.data.tokenization import TokenizedRecords
@@ -283,16 +284,18 @@ class TrainingRecipe:
     def log_metrics(self, rows: list[dict], kind: str = "train") -> None:
         if self.metrics_file is None:
             return
-        for row in rows:
-            self.metrics_file.write(json.dumps({"kind": kind, "attempt": self.attempt, **row}) + "\n")
-        self.metrics_file.flush()
+        with writing(self.metrics_file.name):
+            for row in rows:
+                self.metrics_file.write(json.dumps({"kind": kind, "attempt": self.attempt, **row}) + "\n")
+            self.metrics_file.flush()
         self.store.append_metrics(self.spec.run_id, rows, attempt=self.attempt, kind=kind)
 
     # --- save_checkpoint -------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
         """Write an atomic checkpoint of this step and record it; keep the last few."""
-        info = save_checkpoint(self.model, self.optimizer, self.state, self.checkpoints_dir, self.dist)
+        with writing(self.checkpoints_dir):
+            info = save_checkpoint(self.model, self.optimizer, self.state, self.checkpoints_dir, self.dist)
         if info is None:
             return  # not rank 0
         self.store.record_checkpoint(self.spec.run_id, self.state.step, str(info.path), attempt=self.attempt)
@@ -318,7 +321,8 @@ class TrainingRecipe:
                 final["val_loss"] = val
             whole = dist.lora_state(self.model)
             if dist.main:
-                adapter = save_adapter(self.model, spec.adapter_out, whole)
+                with writing(spec.adapter_out):
+                    adapter = save_adapter(self.model, spec.adapter_out, whole)
         outcome = RunOutcome(status, state.step, self.total, self.attempt, final, adapter, error)
         if not dist.main:
             return outcome
@@ -340,7 +344,10 @@ class TrainingRecipe:
             run = self.store.get_run(self.spec.run_id)
             attempt = run.attempt if run else 0
         self.attempt = attempt
-        self.record_energy("crashed")
+        try:
+            self.record_energy("crashed")
+        except OSError as energy_error:  # a full disk must not hide why the attempt crashed
+            log.warning("run %s: energy not recorded: %s", self.spec.run_id, energy_error)
         self.store.finish_run(self.spec.run_id, status=RunStatus.FAILED, error=error + "\n" + traceback.format_exc(),
                               attempt=attempt or None)
 
@@ -370,7 +377,10 @@ class TrainingRecipe:
 
     def cleanup(self) -> None:
         if self.metrics_file is not None:
-            self.metrics_file.close()
+            try:
+                self.metrics_file.close()
+            except OSError as exc:  # a full disk: the rows are in the store; the attempt's own error goes on up
+                log.warning("run %s: metrics.jsonl not closed cleanly: %s", self.spec.run_id, exc)
             self.metrics_file = None
 
 
