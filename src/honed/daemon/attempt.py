@@ -155,11 +155,15 @@ def _attempt(root: Path, store, job_id: int, parent_pid: int | None, fence: int 
 
         try:
             workspace = open_workspace(root, job.overrides)
-            if job.run_id and store.get_run(job.run_id) is not None:
-                spec = resume_spec(workspace, store, job.run_id, job.overrides.get("train"))
+            run = store.get_run(job.run_id) if job.run_id else None
+            if run is not None and RunStatus(run.status).has_adapter and run.adapter_path:
+                spec = None  # trained already: an earlier attempt died while evaluating
+            elif run is not None:
+                spec = resume_spec(workspace, store, run.id, job.overrides.get("train"))
             else:
                 spec = prepare_run(workspace, store, job.dataset_ids, track=job.track, run_id=job.run_id)
-            check_training_support(spec.train, pick_device())
+            if spec is not None:
+                check_training_support(spec.train, pick_device())
         except (SettingsError, PlanError, RunError, StoreError, ValueError) as exc:
             dist.broadcast(None)
             return untrainable(exc, job.run_id)
@@ -174,11 +178,9 @@ def _attempt(root: Path, store, job_id: int, parent_pid: int | None, fence: int 
                 log.warning("job %d: checkpoint event not written (%s)", job_id, exc)
 
         claim = claim_accelerator(workspace, store, job_id, fence)  # before any model loads: training or evaluating
-        run = store.get_run(spec.run_id)
-        if run is not None and RunStatus(run.status).has_adapter and run.adapter_path:
-            # Trained already; an earlier attempt died while evaluating.
+        if spec is None:
             dist.broadcast(None)
-            adapter = evaluate_and_gate(workspace, store, job, run, spec.base, fence)
+            adapter = evaluate_and_gate(workspace, store, job, run, run.config["base"], fence)
             return _ended(job_id, fence, AttemptStatus(run.status), run, adapter)
         log.info("job %d: attempt on run %s starts", job_id, spec.run_id)
         dist.broadcast(spec.run_id)

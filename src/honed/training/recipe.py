@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from honed import faults
 from honed.atomic_files import writing
 from honed.data.packing import pack_batch
 from honed.data.plan import load_plan
@@ -180,6 +181,11 @@ class TrainingRecipe:
             self.state = restore_training_state(Path(latest_path), self.model, self.optimizer, dist)
             log.info("run %s: resuming at step %d of %d (attempt %d)", spec.run_id, self.state.step, self.total,
                      self.attempt)
+            if dist.main:  # the checkpoint's own step's figures, for an attempt that has no step left to train
+                logged = [r for r in self.store.get_metrics(spec.run_id, latest_attempt_only=False,
+                                                            after_step=self.state.step - 1)
+                          if r["step"] == self.state.step]
+                self.last_row = max(logged, key=lambda r: r["attempt"], default={})
         else:
             random.seed(cfg.seed)
             torch.manual_seed(cfg.seed)
@@ -229,6 +235,7 @@ class TrainingRecipe:
     def train_one_step(self) -> dict:
         """One optimizer step under the non-finite policy; returns its metrics row."""
         spec, cfg, dist, state = self.spec, self.cfg, self.dist, self.state
+        faults.point("step.start")
         started = time.perf_counter()
         indices = examples_for_step(state.step, len(self.train_examples), cfg, dist.rank)
         lr = learning_rate(state.step, self.total, cfg, state.lr_scale)
@@ -240,6 +247,7 @@ class TrainingRecipe:
             pairs = [[self.train_examples[i] for i in mb] for mb in indices]
             result = preference_train_step(self.wrapped, self.reference, self.optimizer, self.params, pairs, cfg, lr,
                                            self.tokenizer.pad_token_id, dist, self.filler)
+        faults.point("step.update")
         state.step += 1
         state.tokens_seen += result["tokens"]
         elapsed = time.perf_counter() - started
@@ -267,6 +275,7 @@ class TrainingRecipe:
         else:
             state.bad_in_a_row = 0
         self.log_metrics([row])
+        faults.point("step.logged")
         self.last_row = row
         return row
 
@@ -294,7 +303,7 @@ class TrainingRecipe:
 
     def save_checkpoint(self) -> None:
         """Write an atomic checkpoint of this step and record it; keep the last few."""
-        with writing(self.checkpoints_dir):
+        with writing(self.checkpoints_dir), faults.scope("checkpoint"):
             info = save_checkpoint(self.model, self.optimizer, self.state, self.checkpoints_dir, self.dist)
         if info is None:
             return  # not rank 0
@@ -321,7 +330,7 @@ class TrainingRecipe:
                 final["val_loss"] = val
             whole = dist.lora_state(self.model)
             if dist.main:
-                with writing(spec.adapter_out):
+                with writing(spec.adapter_out), faults.scope("adapter"):
                     adapter = save_adapter(self.model, spec.adapter_out, whole)
         outcome = RunOutcome(status, state.step, self.total, self.attempt, final, adapter, error)
         if not dist.main:
