@@ -22,6 +22,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from honed import faults
 from honed.data.plan import read_jsonl
 from honed.evaluation.scorers import (
     GENERAL_SET_SCORER,
@@ -323,6 +324,7 @@ def evaluate_and_gate(workspace, store, job, run, base_path: str, fence: int | N
     adapter = store.adapter_for_run(run.id) or store.add_adapter(
         track=job.track, run_id=run.id, job_id=job.id, base_version=run.base_version, path=run.adapter_path,
         fence=fence)
+    faults.point("eval.registered")
     if adapter.state != "candidate" or adapter.verdict is not None:
         return adapter  # evaluated already
     gates = workspace.settings.gates_for(job.track)
@@ -331,7 +333,9 @@ def evaluate_and_gate(workspace, store, job, run, base_path: str, fence: int | N
                                     run_dir=workspace.runs_dir / run.id, dataset_ids=run.dataset_ids,
                                     general_control=any(r.kind == "retention" for r in gates.rules))
     verdict = decide(evaluation, gates.rules, gates.require_approval)
+    faults.point("eval.scored")
     adapter = store.record_evaluation(adapter.id, evaluation, verdict, adapter_state(verdict), fence=fence)
+    faults.point("eval.recorded")
     outcome = "failed" if verdict["failed"] else "was held by" if verdict["held"] else "passed"
     summary = "; ".join(f"{r['rule']}: {r['detail']}" for r in verdict["rules"] if not r.get("skipped"))
     store.add_job_event(job.id, "evaluated", f"adapter {adapter.id} {outcome} its gates against "

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from honed import faults
 from honed.atomic_files import atomic_directory, recover_directory
 from honed.config import TrainSettings
 from honed.data.packing import PackedBatch, pack_batch
@@ -160,6 +161,7 @@ def train_step(model, optimizer, params, batches: list[PackedBatch], cfg: TrainS
 def apply_update(optimizer, params, cfg: TrainSettings, lr: float, loss_total: float) -> tuple[float, str | None]:
     """Clip the accumulated gradients and step the optimizer, unless the loss or the
     gradient norm is unsound; returns the norm and the problem (None when applied)."""
+    faults.point("step.backward")
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
     grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
     problem = None
