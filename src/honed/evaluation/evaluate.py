@@ -334,8 +334,30 @@ def evaluate_and_gate(workspace, store, job, run, base_path: str, fence: int | N
     adapter = store.record_evaluation(adapter.id, evaluation, verdict, adapter_state(verdict), fence=fence)
     outcome = "failed" if verdict["failed"] else "was held by" if verdict["held"] else "passed"
     summary = "; ".join(f"{r['rule']}: {r['detail']}" for r in verdict["rules"] if not r.get("skipped"))
+    report_to = run.config.get("train", {}).get("report_to") or []
+    if report_to:
+        report_verdict(workspace, run, adapter, evaluation, f"{outcome} ({summary})" if summary else outcome)
     store.add_job_event(job.id, "evaluated", f"adapter {adapter.id} {outcome} its gates against "
                         f"{evaluation['baseline_name']} ({summary})",
                         {"adapter": adapter.id, "passed": verdict["passed"], "held": bool(verdict["held"])},
                         fence=fence)
     return adapter
+
+
+def report_verdict(workspace, run, adapter, evaluation: dict, verdict_text: str) -> None:
+    """Give the run's trackers (``train.report_to``) the evaluation: each eval set's figures
+    for the candidate and the baseline at the run's last step, the verdict and the adapter."""
+    from honed.telemetry.trackers import RunTrackers, TrackedRun, resolve_report_settings
+
+    report = resolve_report_settings(workspace.settings.report, workspace.root, workspace.artifacts_dir)
+    trackers = RunTrackers(run.config["train"]["report_to"], TrackedRun(run.id, run.track, workspace.runs_dir / run.id,
+                                                                        report))
+    step = (run.final_metrics or {}).get("step", 0)
+    trackers.start({"phase": "evaluation", "start_step": step})
+    for side in ("candidate", "baseline"):
+        for set_name, figures in evaluation.get(side, {}).items():
+            trackers.log(step, figures, prefix=f"gate/{side}/{set_name}/")
+    verdict = adapter.verdict or {}
+    trackers.finish({"step": step, "verdict": verdict_text, "gate/passed": int(bool(verdict.get("passed"))),
+                     "gate/held": int(bool(verdict.get("held"))), "gate/baseline": evaluation.get("baseline_name", ""),
+                     "adapter_id": adapter.id, "adapter_state": adapter.state, "adapter_path": adapter.path or ""})
