@@ -189,6 +189,14 @@ class TrainSettings(_Section):
         "where each writes is under [report].",
     )
 
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to_from_text(cls, value: Any) -> Any:
+        # --set train.report_to=tensorboard,mlflow and HONED_TRAIN__REPORT_TO=wandb read as lists.
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
     def with_micro_batch(self, micro_batch: dict[str, Any]) -> TrainSettings:
         """These settings with the ``batch_size`` and ``grad_accum`` of ``micro_batch`` when
         they keep the global batch (``batch_size x grad_accum``); these settings otherwise."""
