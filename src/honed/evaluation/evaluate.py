@@ -360,4 +360,4 @@ def report_verdict(workspace, run, adapter, evaluation: dict, verdict_text: str)
     verdict = adapter.verdict or {}
     trackers.finish({"step": step, "verdict": verdict_text, "gate/passed": int(bool(verdict.get("passed"))),
                      "gate/held": int(bool(verdict.get("held"))), "gate/baseline": evaluation.get("baseline_name", ""),
-                     "adapter_id": adapter.id, "adapter_state": adapter.state, "adapter_path": adapter.path or ""})
+                     "adapter_id": str(adapter.id), "adapter_path": adapter.path or ""})
