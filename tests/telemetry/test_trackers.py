@@ -273,3 +273,24 @@ def test_an_unknown_tracker_lists_the_allowed_ones(tmp_path):
     assert "train.report_to.1 = 'comet' is not allowed: 'tensorboard', 'mlflow' or 'wandb'" in str(err.value)
     with pytest.raises(SettingsError, match="'comet' is not allowed: 'tensorboard', 'mlflow' or 'wandb'"):
         load_settings(None, parse_assignments(["train.report_to=comet"]))
+
+
+def test_tensorboard_keeps_one_value_per_step_when_an_attempt_repeats_steps(tmp_path):
+    # A crashed attempt logged steps past its last checkpoint (3); the next one redoes them.
+    from honed.config import ReportSettings
+    from honed.telemetry.trackers import TensorBoardTracker, TrackedRun
+
+    run = TrackedRun("run-x", "main", tmp_path, ReportSettings())
+    first = TensorBoardTracker(run, {})
+    first.start({"start_step": 0})
+    for step in range(1, 6):
+        first.log(step, {"train/loss": float(step)})
+    first.writer.close()  # a crash: no finish
+    second = TensorBoardTracker(run, first.state)
+    second.start({"start_step": 3})
+    for step in (4, 5, 6):
+        second.log(step, {"train/loss": 10.0 * step})
+    second.finish({"step": 6, "status": "succeeded"})
+    events = tensorboard_scalars(tmp_path / "tensorboard")
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 1), (2, 2), (3, 3), (4, 40), (5, 50),
+                                                                         (6, 60)]
