@@ -32,23 +32,29 @@ def wandb_home(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
+def data_and_eval(tmp_path_factory) -> tuple[Path, Path]:
     from honed.data.synthetic import write_synthetic
 
-    train, _ = write_synthetic("reversal", 100, tmp_path_factory.mktemp("data") / "rev.jsonl", seed=3, eval_n=0)
-    return train
+    return write_synthetic("reversal", 100, tmp_path_factory.mktemp("data") / "rev.jsonl", seed=3, eval_n=6)
 
 
 @pytest.fixture(scope="module")
-def reported(tmp_path_factory, tiny_random_base, data, wandb_home):
-    """One ``honed train`` of 11 steps reporting to all three trackers; the workspace, the
-    run id and what honed stored (train rows, eval rows, final metrics)."""
+def data(data_and_eval) -> Path:
+    return data_and_eval[0]
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory, tiny_random_base, data_and_eval, wandb_home):
+    """One ``honed train --eval`` of 11 steps reporting to all three trackers; the workspace,
+    the run id, what honed stored (train rows, eval rows, final metrics) and its summary."""
     from honed.workspace import init_workspace, open_workspace
 
     root = tmp_path_factory.mktemp("report") / "ws"
     init_workspace(root, base=str(tiny_random_base))
     args = [a for s in [*FAST, ALL] for a in ("--set", s)]
-    out = run_honed("train", "-w", str(root), "--dataset", str(data), "--json", *args, env=wandb_home)
+    data, eval_file = data_and_eval
+    out = run_honed("train", "-w", str(root), "--dataset", str(data), "--eval", str(eval_file), "--json", *args,
+                    env=wandb_home)
     summary = json.loads(out.stdout)
     assert summary["status"] == "succeeded", out.stderr
     ws = open_workspace(root)
@@ -57,7 +63,7 @@ def reported(tmp_path_factory, tiny_random_base, data, wandb_home):
         evals = store.get_metrics(summary["run"], kind="eval")
         final = store.get_run(summary["run"]).final_metrics
     assert [r["step"] for r in train] == list(range(1, 12)) and [r["step"] for r in evals] == [4, 8, 11]
-    return ws, summary["run"], train, evals, final
+    return ws, summary["run"], train, evals, {**final, "exact_match_after": summary["exact_match_after"]}
 
 
 def tracker_ids(ws, run_id: str) -> dict:
@@ -143,6 +149,8 @@ def test_tensorboard_has_each_stored_step_and_the_final_metrics(reported):
     assert [e.value for e in events.Scalars("train/lr")] == pytest.approx([r["lr"] for r in train], rel=1e-6)
     assert events.Scalars("final/loss")[-1].value == pytest.approx(final["loss"], rel=1e-6)
     assert events.Scalars("final/val_loss")[-1].step == 11
+    after = events.Scalars("exact_match/after")  # --eval's score, once the adapter is saved
+    assert [(e.step, e.value) for e in after] == [(11, pytest.approx(final["exact_match_after"]))]
     assert "settings/text_summary" in events.Tags()["tensors"]
     status = events.Tensors("status/text_summary")[-1].tensor_proto.string_val[0]
     assert status == b"succeeded"
@@ -165,6 +173,7 @@ def test_mlflow_run_has_each_stored_step_the_settings_and_the_final_metrics(repo
     assert json.loads(run.data.params["train.report_to"]) == ["tensorboard", "mlflow", "wandb"]
     assert run.data.metrics["final/loss"] == final["loss"] and run.data.metrics["final/val_loss"] == final["val_loss"]
     assert run.data.tags["status"] == "succeeded" and run.data.tags["adapter_path"].endswith(run_id)
+    assert run.data.metrics["exact_match/after"] == final["exact_match_after"]
 
 
 def test_wandb_offline_run_has_each_stored_step_the_settings_and_the_final_metrics(reported):
@@ -172,13 +181,15 @@ def test_wandb_offline_run_has_each_stored_step_the_settings_and_the_final_metri
     ids = tracker_ids(ws, run_id)["wandb"]
     assert ids["project"] == "main"
     found = wandb_run(ws.runs_dir / run_id, ids["run_id"])
-    assert found["attempts"] == 1  # offline by default: written under the run's directory
+    # Offline by default, written under the run's directory: the training, then --eval's scores.
+    assert found["attempts"] == 2
     losses = [(h["step"], h["train/loss"]) for h in found["history"] if "train/loss" in h]
     assert losses == [(r["step"], r["loss"]) for r in train]
     assert [(h["step"], h["eval/val_loss"]) for h in found["history"] if "eval/val_loss" in h] == [
         (r["step"], r["val_loss"]) for r in evals]
     assert found["config"]["train"]["batch_size"] == 8 and found["config"]["run_id"] == run_id
     assert found["summary"]["final/loss"] == final["loss"] and found["summary"]["status"] == "succeeded"
+    assert found["summary"]["exact_match/after"] == final["exact_match_after"]
 
 
 def test_honed_status_and_help_never_import_a_tracker(reported):

@@ -347,17 +347,15 @@ def evaluate_and_gate(workspace, store, job, run, base_path: str, fence: int | N
 def report_verdict(workspace, run, adapter, evaluation: dict, verdict_text: str) -> None:
     """Give the run's trackers (``train.report_to``) the evaluation: each eval set's figures
     for the candidate and the baseline at the run's last step, the verdict and the adapter."""
-    from honed.telemetry.trackers import RunTrackers, TrackedRun, resolve_report_settings
+    from honed.telemetry.trackers import TrackedRun, report_after_training, resolve_report_settings
 
     report = resolve_report_settings(workspace.settings.report, workspace.root, workspace.artifacts_dir)
-    trackers = RunTrackers(run.config["train"]["report_to"], TrackedRun(run.id, run.track, workspace.runs_dir / run.id,
-                                                                        report))
-    step = (run.final_metrics or {}).get("step", 0)
-    trackers.start({"phase": "evaluation", "start_step": step})
-    for side in ("candidate", "baseline"):
-        for set_name, figures in evaluation.get(side, {}).items():
-            trackers.log(step, figures, prefix=f"gate/{side}/{set_name}/")
     verdict = adapter.verdict or {}
-    trackers.finish({"step": step, "verdict": verdict_text, "gate/passed": int(bool(verdict.get("passed"))),
-                     "gate/held": int(bool(verdict.get("held"))), "gate/baseline": evaluation.get("baseline_name", ""),
-                     "adapter_id": str(adapter.id), "adapter_path": adapter.path or ""})
+    figures = {f"gate/{side}/{set_name}/{name}": value for side in ("candidate", "baseline")
+               for set_name, set_figures in evaluation.get(side, {}).items() for name, value in set_figures.items()}
+    figures.update({"gate/passed": int(bool(verdict.get("passed"))), "gate/held": int(bool(verdict.get("held")))})
+    report_after_training(
+        run.config["train"]["report_to"], TrackedRun(run.id, run.track, workspace.runs_dir / run.id, report),
+        (run.final_metrics or {}).get("step", 0), figures,
+        {"verdict": verdict_text, "gate/baseline": evaluation.get("baseline_name", ""),
+         "adapter_id": str(adapter.id), "adapter_path": adapter.path or ""})

@@ -302,6 +302,17 @@ class RunTrackers:
         self.trackers.clear()
 
 
+def report_after_training(report_to: list[str], run: TrackedRun, step: int, figures: dict[str, Any],
+                          summary: dict[str, Any]) -> None:
+    """Continue the run's trackers after its training attempt (the evaluation, in the
+    daemon or after ``honed train --eval``): ``figures`` at the run's last ``step``, then
+    ``summary``, in the same tracker runs as the training."""
+    trackers = RunTrackers(report_to, run)
+    trackers.start({"phase": "evaluation", "start_step": step})
+    trackers.log(step, figures)
+    trackers.finish({"step": step, **summary})
+
+
 def _millis() -> int:
     import time
 
