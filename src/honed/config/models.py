@@ -574,9 +574,10 @@ class ReportSettings(_Section):
     )
     mlflow_tracking_uri: str = Field(
         "", description="MLflow tracking URI (http://host:5000, sqlite:///path.db, databricks). Empty: "
-        "MLFLOW_TRACKING_URI when set, else an SQLite store in the workspace, "
-        "sqlite:///WORKSPACE/mlflow.db (MLflow's own file store is deprecated); open it with "
-        "mlflow ui --backend-store-uri sqlite:///WORKSPACE/mlflow.db.",
+        "MLFLOW_TRACKING_URI when set, else an SQLite store beside the runs, sqlite:///ARTIFACTS/mlflow.db "
+        "(the workspace unless store.artifacts moves it; MLflow 3's file store is in maintenance mode); "
+        "open it with mlflow ui --backend-store-uri sqlite:///ARTIFACTS/mlflow.db. Daemons on several "
+        "machines sharing one store are better served by a tracking server.",
     )
     mlflow_experiment: str = Field("", description="MLflow experiment the runs go to. Empty: the run's track.")
     wandb_project: str = Field("", description="W&B project the runs go to. Empty: the run's track.")

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -194,7 +195,7 @@ class MlflowTracker:
         from mlflow.entities import Metric
 
         self.step = step
-        now = _millis()
+        now = int(time.time() * 1000)
         self.client.log_batch(self.state["run_id"], metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
 
     def finish(self, summary: dict[str, Any]) -> None:
@@ -287,7 +288,10 @@ class RunTrackers:
         self._each("start", lambda t: t.start(settings))
         saved = self._saved()
         saved.update({name: t.state for name, t in self.trackers.items()})
-        write_json_atomically(self.run.run_dir / STATE_FILE, saved)
+        try:
+            write_json_atomically(self.run.run_dir / STATE_FILE, saved)
+        except OSError as exc:  # the next attempt starts new tracker runs; this one goes on
+            log.warning("run %s: %s not written (%s)", self.run.run_id, STATE_FILE, exc)
 
     def log(self, step: int, row: dict[str, Any], prefix: str = "") -> None:
         """The numeric figures of ``row`` (a stored train or eval row) at ``step``, each
@@ -311,9 +315,3 @@ def report_after_training(report_to: list[str], run: TrackedRun, step: int, figu
     trackers.start({"phase": "evaluation", "start_step": step})
     trackers.log(step, figures)
     trackers.finish({"step": step, **summary})
-
-
-def _millis() -> int:
-    import time
-
-    return int(time.time() * 1000)
