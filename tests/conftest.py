@@ -52,6 +52,7 @@ TIER_BY_NODE_ID = [
     ("tests/telemetry/test_energy.py::*", "unit"),
     ("tests/daemon/test_daemon_log.py::*", "unit"),
     ("tests/test_config.py::*", "unit"),
+    ("tests/telemetry/test_trackers.py::test_an_unknown_tracker_*", "unit"),
     ("tests/hostile/*", "integration"),  # a real store on both databases, the app in-process, the CLI entry point
 ]
 

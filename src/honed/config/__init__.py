@@ -23,6 +23,7 @@ from honed.config.models import (
     LearnSettings,
     LoraSettings,
     McpSettings,
+    ReportSettings,
     ServerSettings,
     Settings,
     SettingsError,
@@ -36,7 +37,7 @@ from honed.config.toml_file import render_commented_toml, update_config_file
 
 __all__ = [
     "CONFIG_FILE", "ENV_PREFIX", "DaemonSettings", "DeploySettings", "EvalSetSettings", "EvalSettings",
-    "GateRule", "GateSettings", "IngestSettings", "LearnSettings", "LoraSettings", "McpSettings",
+    "GateRule", "GateSettings", "IngestSettings", "LearnSettings", "LoraSettings", "McpSettings", "ReportSettings",
     "ServerSettings", "Settings", "SettingsError", "StoreSettings", "TeacherSettings", "TelemetrySettings",
     "TrackSettings", "TrainSettings", "env_overrides", "load_settings", "parse_assignments", "render_commented_toml",
     "update_config_file",

@@ -208,6 +208,22 @@ class TrainSettings(_Section):
         "(needs CUDA and 'pip install bitsandbytes'); the base computes in bfloat16, the LoRA "
         "weights stay in float32.",
     )
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list,
+        description="Experiment trackers that also get the run: its settings at the start, every "
+        "step's figures (the train and eval rows honed stores), the final metrics, and after "
+        "evaluation the eval figures, the gates' verdict and the adapter's path. Any of "
+        "'tensorboard', 'mlflow', 'wandb' (each needs its extra: pip install 'honed[mlflow]'); "
+        "where each writes is under [report].",
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to_from_text(cls, value: Any) -> Any:
+        # --set train.report_to=tensorboard,mlflow and HONED_TRAIN__REPORT_TO=wandb read as lists.
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
 
     def with_micro_batch(self, micro_batch: dict[str, Any]) -> TrainSettings:
         """These settings with the ``batch_size`` and ``grad_accum`` of ``micro_batch`` when
@@ -576,6 +592,30 @@ class TelemetrySettings(_Section):
     )
 
 
+class ReportSettings(_Section):
+    """Where the experiment trackers of train.report_to write."""
+
+    tensorboard_dir: str = Field(
+        "", description="Directory of TensorBoard logs; each run writes into a subdirectory named by "
+        "its id (tensorboard --logdir DIR compares runs). Empty: the run's own directory, "
+        "runs/RUN/tensorboard. A relative path is taken from the workspace.",
+    )
+    mlflow_tracking_uri: str = Field(
+        "", description="MLflow tracking URI (http://host:5000, sqlite:///path.db, databricks). Empty: "
+        "MLFLOW_TRACKING_URI when set, else an SQLite store beside the runs, sqlite:///ARTIFACTS/mlflow.db "
+        "(the workspace unless store.artifacts moves it; MLflow 3's file store is in maintenance mode); "
+        "open it with mlflow ui --backend-store-uri sqlite:///ARTIFACTS/mlflow.db. Daemons on several "
+        "machines sharing one store are better served by a tracking server.",
+    )
+    mlflow_experiment: str = Field("", description="MLflow experiment the runs go to. Empty: the run's track.")
+    wandb_project: str = Field("", description="W&B project the runs go to. Empty: the run's track.")
+    wandb_entity: str = Field("", description="W&B entity (user or team). Empty: WANDB_ENTITY, else W&B's default.")
+    wandb_mode: Literal["", "offline", "online", "disabled"] = Field(
+        "", description="W&B mode. Empty: WANDB_MODE when set, else offline (the run is written under "
+        "runs/RUN/wandb; 'wandb sync' uploads it later). online needs 'wandb login' or WANDB_API_KEY.",
+    )
+
+
 class TeacherSettings(_Section):
     """The teacher: a stronger model behind any OpenAI-compatible API that writes
     corrected outputs for experiences that went badly."""
@@ -712,6 +752,7 @@ class Settings(_Section):
     deploy: DeploySettings = Field(default_factory=DeploySettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    report: ReportSettings = Field(default_factory=ReportSettings)
     learn: LearnSettings = Field(default_factory=LearnSettings)
     mcp: McpSettings = Field(default_factory=McpSettings)
     tracks: dict[str, TrackSettings] = Field(

@@ -338,8 +338,28 @@ def evaluate_and_gate(workspace, store, job, run, base_path: str, fence: int | N
     faults.point("eval.recorded")
     outcome = "failed" if verdict["failed"] else "was held by" if verdict["held"] else "passed"
     summary = "; ".join(f"{r['rule']}: {r['detail']}" for r in verdict["rules"] if not r.get("skipped"))
+    report_to = run.config.get("train", {}).get("report_to") or []
+    if report_to:
+        report_verdict(workspace, run, adapter, evaluation, f"{outcome} ({summary})" if summary else outcome)
     store.add_job_event(job.id, "evaluated", f"adapter {adapter.id} {outcome} its gates against "
                         f"{evaluation['baseline_name']} ({summary})",
                         {"adapter": adapter.id, "passed": verdict["passed"], "held": bool(verdict["held"])},
                         fence=fence)
     return adapter
+
+
+def report_verdict(workspace, run, adapter, evaluation: dict, verdict_text: str) -> None:
+    """Give the run's trackers (``train.report_to``) the evaluation: each eval set's figures
+    for the candidate and the baseline at the run's last step, the verdict and the adapter."""
+    from honed.telemetry.trackers import TrackedRun, report_after_training, resolve_report_settings
+
+    report = resolve_report_settings(workspace.settings.report, workspace.root, workspace.artifacts_dir)
+    verdict = adapter.verdict or {}
+    figures = {f"gate/{side}/{set_name}/{name}": value for side in ("candidate", "baseline")
+               for set_name, set_figures in evaluation.get(side, {}).items() for name, value in set_figures.items()}
+    figures.update({"gate/passed": int(bool(verdict.get("passed"))), "gate/held": int(bool(verdict.get("held")))})
+    report_after_training(
+        run.config["train"]["report_to"], TrackedRun(run.id, run.track, workspace.runs_dir / run.id, report),
+        (run.final_metrics or {}).get("step", 0), figures,
+        {"verdict": verdict_text, "gate/baseline": evaluation.get("baseline_name", ""),
+         "adapter_id": str(adapter.id), "adapter_path": adapter.path or ""})

@@ -80,4 +80,11 @@ def train_once(ws, store, *, datasets: list[str], eval_file: Path | None, base_v
                    manifest=str(spec.run_dir / "manifest.json"))
     if eval_file is not None and outcome.adapter_path is not None:
         summary["exact_match_after"] = score_exact_match(spec.base, outcome.adapter_path, eval_file)
+        if spec.train.report_to:
+            from honed.telemetry.trackers import TrackedRun, report_after_training
+
+            report_after_training(spec.train.report_to, TrackedRun(spec.run_id, spec.track, spec.run_dir, spec.report),
+                                  outcome.step, {"exact_match/before": summary["exact_match_before"],
+                                                 "exact_match/after": summary["exact_match_after"]},
+                                  {"eval_file": str(eval_file)})
     return summary

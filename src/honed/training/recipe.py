@@ -7,7 +7,9 @@ the plan, the tokenizer and the model, and continues from the last complete chec
 cancel); ``save_checkpoint`` writes an atomic checkpoint and records it; ``finish``
 validates and saves the adapter when there is a result, then records the outcome, the
 attempt's energy and the manifest (an attempt that crashed records its crash, energy
-included, and the exception goes on up); ``cleanup`` closes what setup opened.
+included, and the exception goes on up); ``cleanup`` closes what setup opened. The
+experiment trackers of ``train.report_to`` (:mod:`honed.telemetry.trackers`) get the
+settings at setup, every train and eval row as it is stored, and the final metrics.
 
 The pieces these steps are made of (learning rate, data order, one optimizer step,
 validation loss, checkpoint contents, adapter save) are in :mod:`honed.training.trainer`.
@@ -39,6 +41,7 @@ from honed.data.plan import load_plan
 from honed.data.tokenization import TokenizedRecords
 from honed.states import RunStatus
 from honed.telemetry.system import training_step_stats
+from honed.telemetry.trackers import RunTrackers, TrackedRun
 from honed.training import checkpoints as ckpt
 from honed.training.distributed import Dist
 from honed.training.layer_stats import lora_delta_norms
@@ -112,6 +115,7 @@ class TrainingRecipe:
         self.metrics_file = None
         self.meter = None
         self.weights: dict | None = None  # kto: the weights used and the label counts (the manifest keeps them)
+        self.trackers: RunTrackers | None = None  # train.report_to, on rank 0
 
     # --- setup ---------------------------------------------------------------------
 
@@ -195,6 +199,14 @@ class TrainingRecipe:
         if dist.active:
             self.filler = ([self.train_examples[0]] if cfg.objective != "sft" else
                            pack_batch([self.train_examples[0]], cfg.max_seq_len, self.tokenizer.pad_token_id, cfg.pack))
+        if dist.main and cfg.report_to:
+            self.trackers = RunTrackers(cfg.report_to, TrackedRun(spec.run_id, spec.track, spec.run_dir, spec.report))
+            self.trackers.start({
+                "run_id": spec.run_id, "track": spec.track, "base": spec.base, "base_version": spec.base_version,
+                "attempt": self.attempt, "start_step": self.state.step, "total_steps": self.total,
+                "examples": {"train": len(self.train_examples), "heldout": len(self.heldout_examples)},
+                "train": cfg.model_dump(), "lora": spec.lora.model_dump(),
+            })
 
     # --- train -------------------------------------------------------------------------
 
@@ -298,6 +310,9 @@ class TrainingRecipe:
                 self.metrics_file.write(json.dumps({"kind": kind, "attempt": self.attempt, **row}) + "\n")
             self.metrics_file.flush()
         self.store.append_metrics(self.spec.run_id, rows, attempt=self.attempt, kind=kind)
+        if self.trackers is not None and kind in ("train", "eval"):
+            for row in rows:
+                self.trackers.log(row["step"], row, prefix=f"{kind}/")
 
     # --- save_checkpoint -------------------------------------------------------------------
 
@@ -338,6 +353,11 @@ class TrainingRecipe:
         self.record_energy(status)
         self.store.finish_run(spec.run_id, status=status, final_metrics=final, error=error,
                               adapter_path=str(adapter) if adapter else None, attempt=self.attempt)
+        if self.trackers is not None:
+            self.trackers.finish({"status": str(status), "step": state.step,
+                                  **{f"final/{k}": v for k, v in final.items()},
+                                  **({"adapter_path": str(adapter)} if adapter else {}),
+                                  **({"error": error} if error else {})})
         if mark_trained and status.has_adapter:
             mark_learned(self.store, spec.run_id, spec.run_dir, spec.track, spec.base_version)
         self.write_manifest(outcome)
@@ -359,6 +379,8 @@ class TrainingRecipe:
             log.warning("run %s: energy not recorded: %s", self.spec.run_id, energy_error)
         self.store.finish_run(self.spec.run_id, status=RunStatus.FAILED, error=error + "\n" + traceback.format_exc(),
                               attempt=attempt or None)
+        if self.trackers is not None:
+            self.trackers.finish({"status": "crashed", "step": self.state.step, "error": error})
 
     def record_energy(self, status: str) -> None:
         from honed.telemetry.energy_log import record_attempt_energy
@@ -385,6 +407,8 @@ class TrainingRecipe:
     # --- cleanup --------------------------------------------------------------------------
 
     def cleanup(self) -> None:
+        if self.trackers is not None:  # finished already unless finishing itself failed
+            self.trackers.finish({"status": "crashed", "step": self.state.step})
         if self.metrics_file is not None:
             try:
                 self.metrics_file.close()

@@ -13,7 +13,7 @@ import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 
-from honed.config import LoraSettings, TrainSettings
+from honed.config import LoraSettings, ReportSettings, TrainSettings
 from honed.data.kinds import ACCEPTED_KINDS, datasets_problem
 from honed.data.plan import load_plan, make_plan, read_jsonl, write_plan
 from honed.training.everyday import everyday_records
@@ -51,6 +51,7 @@ def prepare_run(workspace: Workspace, store, dataset_ids: list[int], *, track: s
             raise RunError(f"unknown dataset id {dataset_id}")
         datasets.append(dataset)
     cfg = settings.train
+    check_trackers_installed(cfg.report_to)  # before anything is planned or registered
     problem = datasets_problem(cfg.objective, datasets)
     if problem:
         raise RunError(problem)
@@ -107,12 +108,32 @@ def resume_spec(workspace: Workspace, store, run_id: str, micro_batch: dict | No
         raise RunError(f"run {run_id} already succeeded; its adapter is at {run.adapter_path}")
     run_dir = workspace.runs_dir / run_id
     load_plan(run_dir)  # fails early, with a clear message, on a run that never planned
+    train = TrainSettings(**run.config["train"]).with_micro_batch(micro_batch or {})
     return RunSpec(
         run_id=run_id, run_dir=run_dir, base=run.config["base"], base_version=run.base_version,
-        track=run.track, lora=LoraSettings(**run.config["lora"]),
-        train=TrainSettings(**run.config["train"]).with_micro_batch(micro_batch or {}),
+        track=run.track, lora=LoraSettings(**run.config["lora"]), train=train,
         adapter_out=Path(run.config["adapter_out"]), telemetry=workspace.settings.telemetry,
+        report=report_settings(workspace, train.report_to),
     )
+
+
+def report_settings(workspace: Workspace, report_to: list[str]) -> ReportSettings:
+    """The workspace's [report] settings resolved for this machine; a tracker of
+    ``report_to`` whose package is missing is a RunError naming the extra to install."""
+    from honed.telemetry.trackers import resolve_report_settings
+
+    check_trackers_installed(report_to)
+    return resolve_report_settings(workspace.settings.report, workspace.root, workspace.artifacts_dir)
+
+
+def check_trackers_installed(report_to: list[str]) -> None:
+    """A RunError naming the extra to install when a tracker's package is missing."""
+    from honed.telemetry.trackers import TrackerMissing, require_installed
+
+    try:
+        require_installed(report_to)
+    except TrackerMissing as exc:
+        raise RunError(str(exc)) from exc
 
 
 def mark_learned(store, run_id: str, run_dir: Path, track: str, base_version: int) -> None:

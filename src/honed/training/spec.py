@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from honed.config import LoraSettings, TelemetrySettings, TrainSettings
+from honed.config import LoraSettings, ReportSettings, TelemetrySettings, TrainSettings
 from honed.states import RunStatus
 
 Control = Callable[[int], str | None]  # step -> None, "pause", "stop" or "cancel"
@@ -30,6 +30,8 @@ class RunSpec:
     adapter_out: Path
     # What to observe, not what to train: taken from the workspace at each attempt.
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    # Where train.report_to's trackers write, its empty values filled in (resolve_report_settings).
+    report: ReportSettings = field(default_factory=ReportSettings)
 
 
 @dataclass
