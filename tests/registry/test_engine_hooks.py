@@ -14,6 +14,7 @@ import pytest
 
 from honed.registry.deployment import deploy, rollback
 from tests.cli_runner import free_port, run_honed
+from tests.registry.conftest import real_adapter
 
 torch = pytest.importorskip("torch")
 
@@ -21,26 +22,6 @@ torch = pytest.importorskip("torch")
 @pytest.fixture
 def ws(make_workspace, tiny_random_base):
     return make_workspace(tiny_random_base)
-
-
-def real_adapter(ws, store, name: str, seed: int):
-    """A real LoRA adapter (random B, so merging changes the weights), recorded as passed."""
-    from peft import LoraConfig, get_peft_model
-
-    from honed.training.model_loading import load_base_model
-
-    torch.manual_seed(seed)
-    model = get_peft_model(load_base_model(ws.resolve_base_path(store, 0), torch.device("cpu")),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    with torch.no_grad():
-        for param_name, param in model.named_parameters():
-            if "lora_B" in param_name:
-                param.normal_(0, 0.05)
-    path = ws.adapters_dir / name
-    model.save_pretrained(path)
-    adapter = store.add_adapter(track="main", run_id=None, job_id=None, base_version=0, path=str(path))
-    return store.record_evaluation(adapter.id, {"heldout": {"exact_match": 0.9}},
-                                   {"passed": True, "failed": [], "rules": []}, "candidate")
 
 
 class FakeOllama(BaseHTTPRequestHandler):
