@@ -47,13 +47,15 @@ def wait_for_models(url: str, wanted: str | None = None, timeout: float = 120.0,
 
 
 @contextlib.contextmanager
-def llama_cpp_server(model: Path, alias: str, log: Path) -> Iterator[str]:
-    """``python -m llama_cpp.server --model MODEL`` on a free loopback port; its base URL."""
+def llama_cpp_server(model: Path, alias: str, log: Path, threads: int | None = None) -> Iterator[str]:
+    """``python -m llama_cpp.server --model MODEL`` on a free loopback port; its base URL.
+    ``threads``: llama.cpp's (its default is half the CPUs)."""
     port = free_port()
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", alias,
-             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
+             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
+             *(["--n_threads", str(threads)] if threads else [])],
             stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
