@@ -54,10 +54,13 @@ def live_gguf(workspace: Any, store: Any, track: str, adapter: Any) -> LiveGGUF:
         version = store.require_track(track).base_version
         target, name = f"base:{version}", f"{track}-base-v{version}"
     out = default_out(workspace, resolve_target(workspace, store, target), "gguf", "f16")
-    if (out / MANIFEST).is_file():
-        manifest = json.loads((out / MANIFEST).read_text())
-    else:
-        manifest = export(workspace, store, target, "gguf", "f16", out).manifest
+    if not (out / MANIFEST).is_file():  # an export is renamed into place whole: a manifest means complete
+        try:
+            export(workspace, store, target, "gguf", "f16", out)
+        except ExportError:
+            if not (out / MANIFEST).is_file():  # not another process's export of the same version meanwhile
+                raise
+    manifest = json.loads((out / MANIFEST).read_text())
     return LiveGGUF(out / manifest["gguf"], name, manifest)
 
 
