@@ -36,8 +36,8 @@ def _rate(replies: list[tuple[str, int, float]]) -> float:
     return sum(r[1] for r in replies) / sum(r[2] for r in replies)
 
 
-def test_smollm2_exported_gguf_answers_through_llama_cpp_like_honed_serve(smollm2_base, gguf_cache, tmp_path,
-                                                                          llama_cpp_module):
+def test_smollm2_exported_gguf_answers_through_llama_cpp_like_honed_serve(llama_cpp_module, smollm2_base,
+                                                                          gguf_cache, tmp_path):
     from honed.config import update_config_file
     from honed.data.synthetic import generate
     from honed.registry.deployment import deploy

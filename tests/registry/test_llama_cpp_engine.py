@@ -22,7 +22,7 @@ from tests.registry.conftest import real_adapter
 torch = pytest.importorskip("torch")
 
 
-def test_an_exported_gguf_served_by_llama_cpp_answers_like_honed(trained, llama_cpp_module):
+def test_an_exported_gguf_served_by_llama_cpp_answers_like_honed(llama_cpp_module, trained):
     from honed.data.chat_encoding import encode_chat
     from honed.training.model_loading import load_tokenizer
 
@@ -47,8 +47,8 @@ def test_an_exported_gguf_served_by_llama_cpp_answers_like_honed(trained, llama_
     assert answers == trained["answers"]
 
 
-def test_the_llama_cpp_deploy_target_serves_each_version_under_its_name(make_workspace, tiny_random_base,
-                                                                        llama_cpp_module):
+def test_the_llama_cpp_deploy_target_serves_each_version_under_its_name(llama_cpp_module, make_workspace,
+                                                                        tiny_random_base):
     from honed.config import update_config_file
     from honed.workspace import open_workspace
 
