@@ -129,6 +129,23 @@ def pg_schema_url(pg_admin: sa.Engine) -> Iterator[str]:
             conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
 
 
+REQUIRE_LLAMA_CPP = os.environ.get("HONED_REQUIRE_LLAMA_CPP") == "1"
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_module():
+    """llama-cpp-python (the real llama.cpp engine); skips without it, fails under
+    ``HONED_REQUIRE_LLAMA_CPP=1`` (CI builds it: see .ci/run)."""
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        reason = f"llama-cpp-python is not importable ({exc})"
+        if REQUIRE_LLAMA_CPP:
+            pytest.fail(f"{reason} (HONED_REQUIRE_LLAMA_CPP=1)")
+        pytest.skip(f"{reason}: pip install -c constraints.txt '.[llama]' (compiles llama.cpp, about 7 min)")
+    return llama_cpp
+
+
 REQUIRE_REAL_MODEL = os.environ.get("HONED_REQUIRE_REAL_MODEL") == "1"
 
 

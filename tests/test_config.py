@@ -50,6 +50,19 @@ def test_out_of_range_and_unknown_keys_are_errors():
         load_settings(None, parse_assignments(["lora.rank=8"]))
 
 
+def test_engine_urls_must_be_http_base_urls_and_the_error_names_the_key(tmp_path):
+    (tmp_path / "honed.toml").write_text("[deploy]\nollama_url = 'localhost:11434'\n")
+    with pytest.raises(SettingsError, match=r"honed.toml: deploy.ollama_url = 'localhost:11434' .*http:// or https://"):
+        load_settings(tmp_path)
+    with pytest.raises(SettingsError, match=r"deploy.llama_cpp_url = 'ftp://h:8080' .*http:// or https://"):
+        load_settings(None, parse_assignments(["deploy.llama_cpp_url=ftp://h:8080"]))
+    with pytest.raises(SettingsError, match=r"deploy.llama_cpp_url = 'http://h:8080/v1'"):  # a path: a typo
+        load_settings(None, parse_assignments(["deploy.llama_cpp_url=http://h:8080/v1"]))
+    good = load_settings(None, parse_assignments(["deploy.llama_cpp_url=http://127.0.0.1:8080/",
+                                                  "deploy.ollama_url=https://[::1]:11434"]))
+    assert good.deploy.llama_cpp_url == "http://127.0.0.1:8080" and good.deploy.ollama_url == "https://[::1]:11434"
+
+
 def test_preference_objectives_under_several_processes_refuse_sharding_and_say_what_works():
     with pytest.raises(SettingsError, match=r"objective = 'kto' with train.nproc > 1 .*distributed = 'ddp'"):
         load_settings(None, parse_assignments(["train.objective=kto", "train.nproc=2", "train.distributed=fsdp"]))

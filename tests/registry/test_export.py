@@ -11,46 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from honed.data.synthetic import write_synthetic
 from tests.cli_runner import run_honed
 
 torch = pytest.importorskip("torch")
 
 Q8_FLOOR = 0.75  # q8_0 rounds every weight: most greedy answers, not all, must survive it
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A workspace on the pretrained tiny base with one adapter (reversal, a task the base
-    does not know), deployed on ``main``; its held-out prompts and honed's own answers."""
-    from honed.evaluation.exact_match import answer_budget, generate_answers
-    from honed.evaluation.scorers import reference
-    from honed.models.tiny import tiny_base
-    from honed.registry.deployment import deploy
-    from honed.training.model_loading import load_base_model, load_tokenizer, with_adapter
-    from honed.workspace import init_workspace
-    from tests.daemon.conftest import configure
-
-    root = tmp_path_factory.mktemp("export")
-    ws = configure(init_workspace(root / "ws", base=str(tiny_base())), {"train": {"epochs": 1.0, "lr": 5e-3}})
-    data, _ = write_synthetic("reversal", 200, root / "rev.jsonl", seed=1, eval_n=0)
-    run_id = json.loads(run_honed("train", "-w", str(ws.root), "--dataset", str(data), "--json").stdout)["run"]
-    store = ws.open_store()
-    run = store.get_run(run_id)
-    adapter = store.add_adapter(track="main", run_id=run.id, job_id=None, base_version=0, path=run.adapter_path)
-    deploy(ws, store, adapter.id, force=True)
-    base_path = ws.resolve_base_path(store, 0)
-    store.close()
-    records = [json.loads(line) for line in (ws.runs_dir / run_id / "heldout.jsonl").open()][:16]
-    prompts = [r["messages"][:-1] for r in records]
-    tokenizer = load_tokenizer(base_path)
-    budget = answer_budget(tokenizer, [reference(r) for r in records])
-    model = with_adapter(load_base_model(base_path, torch.device("cpu")), run.adapter_path).eval()
-    answers = generate_answers(model, tokenizer, prompts, max_new_tokens=budget)
-    bare = generate_answers(load_base_model(base_path, torch.device("cpu")), tokenizer, prompts, max_new_tokens=budget)
-    assert answers != bare, "the adapter must change the answers, or equal answers prove nothing"
-    return {"ws": ws, "root": root, "adapter": adapter, "prompts": prompts, "answers": answers, "budget": budget,
-            "base_path": base_path}
 
 
 def _answers(model, tokenizer, trained) -> list[str]:

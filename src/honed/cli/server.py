@@ -34,3 +34,23 @@ def serve(
                       f"(API docs at /docs{'; every route needs the token' if web_app.state.token else ''})",
                       highlight=False)
     uvicorn.run(web_app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
+
+
+@app.command("serve-llama")
+def serve_llama_command(workspace: WorkspaceOpt = None) -> None:
+    """Run llama.cpp's OpenAI-compatible server (llama-cpp-python) on every track's live
+    version, each as a merged f16 GGUF under its own name (main-a7), at deploy.llama_cpp_url;
+    a deploy or rollback restarts it on the new version."""
+    import logging
+
+    from honed.registry.export import ExportError
+    from honed.registry.llama_server import LlamaServerError, serve_llama
+
+    ws = workspace_from(workspace)
+    logging.getLogger("honed.registry.llama_server").setLevel(logging.INFO)  # its restarts are what it does
+    err_console.print(f"llama.cpp server for {ws.root} at {ws.settings.deploy.llama_cpp_url or '(unset)'}; "
+                      f"its log: {ws.root / 'logs' / 'llama_cpp_server.log'}", highlight=False)
+    try:
+        serve_llama(ws)
+    except (LlamaServerError, ExportError) as exc:
+        raise fail(str(exc)) from None

@@ -487,7 +487,27 @@ class DeploySettings(_Section):
     vllm_api_key_env: str = Field(
         "", description="Name of the environment variable holding the vLLM server's API key, if any.",
     )
+    llama_cpp_url: str = Field(
+        "", description="Base URL of the llama.cpp server 'honed serve-llama' runs (e.g. "
+        "http://127.0.0.1:8080). On each switch the track's live version is exported as a merged f16 GGUF, "
+        "written into that server's model list under its own new name (e.g. main-a7), and the hook waits until "
+        "the restarted server lists it: llama-cpp-python's server can neither load a model nor a LoRA at run time.",
+    )
+    ollama_url: str = Field(
+        "", description="Base URL of an Ollama server (e.g. http://127.0.0.1:11434). On each switch the track's "
+        "live version is exported as a merged f16 GGUF, its file uploaded as a blob and a model created with "
+        "POST /api/create under its own new name (e.g. main-a7), with the Modelfile's template, system prompt "
+        "and stop strings.",
+    )
     hook_timeout_s: float = Field(60.0, gt=0, description="Longest a hook may take, in seconds.")
+
+    @field_validator("llama_cpp_url", "ollama_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not re.fullmatch(r"https?://([^/\s:\[\]]+|\[[0-9A-Fa-f:.]+\])(:\d+)?/?", value):
+            raise ValueError("an http:// or https:// base URL with a host and no path, e.g. http://127.0.0.1:8080, "
+                             "or empty (off)")
+        return value.rstrip("/")
 
 
 class ServerSettings(_Section):

@@ -59,7 +59,7 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, quant: str = "f16", *, na
     config = model.config
     check_writable(config.model_type, quant)
     arch = getattr(gguf.MODEL_ARCH, ARCHITECTURES[config.model_type])
-    writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[arch])
+    writer = _writer(path, gguf.MODEL_ARCH_NAMES[arch])
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name or str(getattr(config, "_name_or_path", "") or config.model_type))
     file_type = {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[quant]
@@ -75,6 +75,24 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, quant: str = "f16", *, na
     finally:
         writer.close()
     return {"architecture": gguf.MODEL_ARCH_NAMES[arch], "tensors": count, "quantization": quant}
+
+
+def _writer(path: Path, arch_name: str) -> Any:
+    """A GGUFWriter that can write an empty array. The format allows one, and llama.cpp
+    needs one: it refuses a ``gpt2`` vocabulary without ``tokenizer.ggml.merges`` even
+    when the tokenizer has no merges (the tiny base's byte-level vocabulary), while
+    gguf-py's writer skips or refuses empty arrays."""
+    import gguf
+
+    class Writer(gguf.GGUFWriter):
+        def _pack_val(self, val: Any, vtype: gguf.GGUFValueType, add_vtype: bool,
+                      sub_type: gguf.GGUFValueType | None = None) -> bytes:
+            if vtype == gguf.GGUFValueType.ARRAY and sub_type is not None and len(val) == 0:
+                head = self._pack("I", vtype) if add_vtype else b""
+                return head + self._pack("I", sub_type) + self._pack("Q", 0)
+            return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+    return Writer(path, arch_name)
 
 
 def _head_dim(config: Any) -> int:
@@ -134,8 +152,8 @@ def _add_tokenizer(writer: Any, tokenizer: Any, config: Any, pre_tokenizer: str)
     writer.add_token_types(types)
     if merges:
         writer.add_token_merges(merges)
-    else:  # readers skip an empty array and then derive merges from scores (none: all equal)
-        writer.add_token_scores([0.0] * len(tokens))
+    else:  # present and empty: llama.cpp requires the key; transformers then builds no merges either
+        writer.add_key_value(gguf.Keys.Tokenizer.MERGES, [], gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.STRING)
     for setter, token_id in ((writer.add_bos_token_id, tokenizer.bos_token_id),
                              (writer.add_eos_token_id, tokenizer.eos_token_id),
                              (writer.add_unk_token_id, tokenizer.unk_token_id),

@@ -5,8 +5,9 @@ The store is the truth: a switch is one transaction there (see
 ``deployments/<track>/current`` (a symlink to the adapter directory) and
 ``current.json`` beside it, is written right after, each by an atomic rename; if a crash
 falls between the two, :func:`sync_pointer` (run by the daemon at start and before every
-switch) makes the pointer agree with the store again. Hooks run last: a shell command
-and vLLM's ``/v1/load_lora_adapter``. A failing hook is reported, never silent, and does
+switch) makes the pointer agree with the store again. Hooks run last: a shell command,
+vLLM's ``/v1/load_lora_adapter``, and the GGUF engines of :mod:`honed.registry.engines`
+(llama.cpp, Ollama). A failing hook is reported, never silent, and does
 not undo the switch.
 """
 
@@ -106,7 +107,7 @@ def _switch(workspace, store, track: str, make) -> DeployResult:
     adapter = store.get_adapter(deployment.adapter_id) if deployment.adapter_id is not None else None
     if adapter is not None and adapter.run_id:
         _mark_learned(workspace, store, adapter)
-    hooks = run_hooks(workspace.settings.deploy, track, deployment, adapter)
+    hooks = run_hooks(workspace.settings.deploy, track, deployment, adapter, workspace=workspace, store=store)
     if hooks:
         store.record_hooks(deployment.id, hooks)
         for hook in hooks:
@@ -172,8 +173,11 @@ def rollback(workspace, store, track: str, to: int | None = None) -> DeployResul
         track, to, reason="rolled back" + (f" to adapter {to}" if to is not None else "")))
 
 
-def run_hooks(settings, track: str, deployment: DeploymentInfo, adapter: AdapterInfo | None) -> list[dict]:
-    """Run the configured hooks for a switch; each result says ok or what went wrong."""
+def run_hooks(settings, track: str, deployment: DeploymentInfo, adapter: AdapterInfo | None, *,
+              workspace=None, store=None) -> list[dict]:
+    """Run the configured hooks for a switch; each result says ok or what went wrong. The
+    GGUF engines (llama.cpp, Ollama) export the live version, so they need the workspace
+    and store."""
     results = []
     if settings.command:
         env = {**os.environ, "HONED_TRACK": track, "HONED_ACTION": deployment.action,
@@ -191,6 +195,13 @@ def run_hooks(settings, track: str, deployment: DeploymentInfo, adapter: Adapter
                             "detail": f"timed out after {settings.hook_timeout_s:g}s (deploy.hook_timeout_s)"})
     if settings.vllm_url:
         results.append(_load_into_vllm(settings, adapter))
+    if (settings.llama_cpp_url or settings.ollama_url) and workspace is not None:
+        from honed.registry.engines import deploy_to_llama_cpp, deploy_to_ollama
+
+        if settings.llama_cpp_url:
+            results.append(deploy_to_llama_cpp(workspace, store, settings, track, adapter))
+        if settings.ollama_url:
+            results.append(deploy_to_ollama(workspace, store, settings, track, adapter))
     return results
 
 
