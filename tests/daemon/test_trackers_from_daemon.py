@@ -34,9 +34,10 @@ def test_the_daemon_reports_steps_then_the_verdict_to_the_same_runs(make_workspa
     last = train[-1]["step"]
 
     ids = json.loads((ws.runs_dir / job.run_id / "trackers.json").read_text())
-    mlflow.set_tracking_uri(ids["mlflow"]["tracking_uri"])
-    run = mlflow.get_run(ids["mlflow"]["run_id"])
-    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train/loss")
+    # A client of its own: mlflow.set_tracking_uri would export MLFLOW_TRACKING_URI to every later test.
+    client = mlflow.MlflowClient(tracking_uri=ids["mlflow"]["tracking_uri"])
+    run = client.get_run(ids["mlflow"]["run_id"])
+    history = client.get_metric_history(run.info.run_id, "train/loss")
     assert sorted((m.step, m.value) for m in history) == [(r["step"], r["loss"]) for r in train]
     assert run.info.status == "FINISHED"
     assert run.data.tags["verdict"].startswith("passed") and run.data.tags["adapter_path"] == adapter.path

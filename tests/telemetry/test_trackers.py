@@ -165,10 +165,11 @@ def test_mlflow_run_has_each_stored_step_the_settings_and_the_final_metrics(repo
     assert mlflow_history(ids["tracking_uri"], ids["run_id"], "train/loss") == [(r["step"], r["loss"]) for r in train]
     assert mlflow_history(ids["tracking_uri"], ids["run_id"], "eval/val_loss") == [
         (r["step"], r["val_loss"]) for r in evals]
-    mlflow.set_tracking_uri(ids["tracking_uri"])
-    run = mlflow.get_run(ids["run_id"])
+    # A client of its own: mlflow.set_tracking_uri would export MLFLOW_TRACKING_URI to every later test.
+    client = mlflow.MlflowClient(tracking_uri=ids["tracking_uri"])
+    run = client.get_run(ids["run_id"])
     assert run.info.status == "FINISHED" and run.info.run_name == run_id
-    assert mlflow.get_experiment(run.info.experiment_id).name == "main"  # the track
+    assert client.get_experiment(run.info.experiment_id).name == "main"  # the track
     assert run.data.params["train.batch_size"] == "8" and run.data.params["lora.r"] == "4"
     assert json.loads(run.data.params["train.report_to"]) == ["tensorboard", "mlflow", "wandb"]
     assert run.data.metrics["final/loss"] == final["loss"] and run.data.metrics["final/val_loss"] == final["val_loss"]
