@@ -16,7 +16,7 @@ import pytest
 from honed.training import checkpoints as ckpt
 from tests.cli_runner import run_honed
 from tests.daemon.conftest import configure, last_logged_step, synth, wait_for
-from tests.daemon.test_supervision import finished, train_curve
+from tests.daemon.test_supervision import assert_same_losses, finished, train_curve
 
 SETTINGS = {"train": {"epochs": 2.0, "checkpoint_every": 4}, "storage": {"min_free_gb": 0.0}}
 
@@ -86,10 +86,7 @@ def test_a_disk_that_fills_pauses_the_job_and_resume_continues_once_space_is_bac
     run_honed("resume", str(job.id), "-w", str(ws.root))
     done = finished(store, job.id)
     assert done.state == "succeeded", [e.message for e in store.job_events(job.id)]
-    curve = train_curve(store, done.run_id)
-    assert [s for s, _ in curve] == [s for s, _ in expected]
-    for (step, loss), (_, want) in zip(curve, expected, strict=True):
-        assert loss == pytest.approx(want, rel=1e-5), f"step {step}"
+    assert_same_losses(train_curve(store, done.run_id), expected)
 
     # An export and a consolidation onto the full disk: a clear error, nothing half-written.
     filler = fill(small_volume)

@@ -9,11 +9,9 @@ from __future__ import annotations
 import json
 import random
 
-import pytest
-
 from honed.data.datasets import add_dataset_file
 from tests.daemon.conftest import configure
-from tests.daemon.test_supervision import finished, train_curve
+from tests.daemon.test_supervision import assert_same_losses, finished, train_curve
 
 # Measured on the random tiny base with 128 records of ~490 tokens and one thread: a
 # trainer peaks at about 3.3 GB of RSS at micro-batch 64 and 1.7 GB at 16; a data limit
@@ -65,10 +63,7 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_loss_curve(make_work
     assert final["batch_size"] * final["grad_accum"] == 64 and final["batch_size"] <= 32
     assert store.get_job(done.id).overrides["train"] == {"batch_size": final["batch_size"],
                                                          "grad_accum": final["grad_accum"]}
-    curve = train_curve(store, done.run_id)
-    assert [s for s, _ in curve] == [s for s, _ in expected]
-    for (step, loss), (_, want) in zip(curve, expected, strict=True):
-        assert loss == pytest.approx(want, rel=1e-5), f"step {step}"
+    assert_same_losses(train_curve(store, done.run_id), expected)
     store.close()
 
 

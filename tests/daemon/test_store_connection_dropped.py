@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from honed.data.datasets import add_dataset_file
 from tests.daemon.conftest import configure, last_logged_step, synth, wait_for
-from tests.daemon.test_supervision import finished, train_curve
+from tests.daemon.test_supervision import assert_same_losses, finished, train_curve
 
 pytestmark = [pytest.mark.postgres, pytest.mark.reliability, pytest.mark.slow]
 
@@ -61,10 +61,7 @@ def test_connections_dropped_mid_job_are_survived_without_double_writes(make_wor
     done = finished(store, job.id)
     assert done.state == "succeeded", [e.message for e in store.job_events(job.id)]
 
-    curve = train_curve(store, done.run_id)
-    assert [s for s, _ in curve] == [s for s, _ in expected]
-    for (step, loss), (_, want) in zip(curve, expected, strict=True):
-        assert loss == pytest.approx(want, rel=1e-5), f"step {step}"
+    assert_same_losses(train_curve(store, done.run_id), expected)
     rows = Counter((r["attempt"], r["step"]) for r in store.get_metrics(done.run_id, latest_attempt_only=False))
     assert max(rows.values()) == 1, [k for k, v in rows.items() if v > 1]
     assert len([a for a in store.list_adapters() if a.run_id == done.run_id]) == 1

@@ -27,6 +27,13 @@ def train_curve(store: Store, run_id: str) -> list[tuple[int, float]]:
     return [(row["step"], row["loss"]) for row in store.get_metrics(run_id)]
 
 
+def assert_same_losses(curve: list[tuple[int, float]], expected: list[tuple[int, float]], rel: float = 1e-5) -> None:
+    """The same steps, and at each the same loss to ``rel``."""
+    assert [s for s, _ in curve] == [s for s, _ in expected]
+    for (step, loss), (_, want) in zip(curve, expected, strict=True):
+        assert loss == pytest.approx(want, rel=rel), f"step {step}"
+
+
 def reference_run(ws, store, start_daemon, dataset: int):
     """An uninterrupted job on ``dataset``: the curve the interrupted ones must match."""
     job = store.create_job(track="main", dataset_ids=[dataset])
