@@ -37,6 +37,8 @@ TIER_BY_NODE_ID = [
     ("tests/daemon/test_trainer_fencing.py::*", "reliability"),
     ("tests/daemon/test_shared_store.py::*", "reliability"),
     ("tests/daemon/test_distributed.py::test_a_rank_killed_*", "reliability"),
+    ("tests/daemon/test_out_of_memory.py::*", "reliability"),  # trainers that run out of memory on purpose
+    ("tests/daemon/test_disk_full.py::*", "reliability"),  # a real disk filled on purpose
     ("tests/models/test_gguf_base.py::test_a_kill_during_conversion_*", "reliability"),
     ("tests/registry/test_consolidation.py::test_consolidation_killed_*", "reliability"),
     ("tests/registry/test_deployment.py::test_sigkill_*", "reliability"),
