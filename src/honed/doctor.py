@@ -16,10 +16,8 @@ warn or fail.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -225,19 +223,12 @@ def check_daemon(ws: Workspace, store: Store | None) -> Iterator[Finding]:
 # --- bases and adapters ---------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _weight_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
 
 
 def check_bases(ws: Workspace, store: Store) -> Iterator[Finding]:
+    from honed.data.datasets import file_sha256
     from honed.workspace import looks_local
 
     latest = store.get_base()
@@ -269,7 +260,7 @@ def check_bases(ws: Workspace, store: Store) -> Iterator[Finding]:
                 yield Finding("bases", "warn", f"base v{version}: its conversion is here, but the GGUF it came from "
                               f"({source}) is gone", "nothing to do to train; keep the file to prove the lineage")
                 continue
-            if _sha256(source) != base.lineage["sha256"]:
+            if file_sha256(source) != base.lineage["sha256"]:
                 yield Finding("bases", "fail", f"base v{version}: {source} changed since it was added (sha256 no "
                               "longer the lineage's)", "restore the original file, or add the new one as a new "
                               "base ('honed base add')")
@@ -323,12 +314,11 @@ def check_adapters(store: Store) -> Iterator[Finding]:
 
 
 def check_disk(ws: Workspace) -> Iterator[Finding]:
+    from honed.retention import free_bytes
+
     floor = ws.settings.storage.min_free_gb
     for label, path in (("workspace", ws.root), ("artefacts", ws.artifacts_dir)):
-        folder = Path(path)
-        while not folder.exists():
-            folder = folder.parent
-        free = shutil.disk_usage(folder).free / GB
+        free = free_bytes(Path(path)) / GB
         level = "fail" if free < floor else "warn" if free < max(LOW_FREE_DISK_GB, 2 * floor) else "ok"
         yield Finding("disk", level, f"{label} {path}: {size(free * GB)} free"
                       + (f", below storage.min_free_gb = {floor:g}: the daemon starts nothing new" if free < floor

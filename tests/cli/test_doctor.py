@@ -152,7 +152,7 @@ def test_free_disk_is_judged_against_the_floor(make_workspace, tiny_random_base,
 
     ws = open_workspace(make_workspace(tiny_random_base).root)
     usage = shutil.disk_usage(ws.root)
-    monkeypatch.setattr(doc.shutil, "disk_usage", lambda _: usage._replace(free=int(free_gb * doc.GB)))
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage._replace(free=int(free_gb * doc.GB)))
     found = list(doc.check_disk(ws))
     assert {f.level for f in found} == {level}, found
 
