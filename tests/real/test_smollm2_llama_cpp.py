@@ -36,33 +36,11 @@ def _rate(replies: list[tuple[str, int, float]]) -> float:
     return sum(r[1] for r in replies) / sum(r[2] for r in replies)
 
 
-def test_smollm2_exported_gguf_answers_through_llama_cpp_like_honed_serve(llama_cpp_module, smollm2_base,
-                                                                          gguf_cache, tmp_path):
-    from honed.config import update_config_file
-    from honed.data.synthetic import generate
-    from honed.registry.deployment import deploy
-    from honed.workspace import open_workspace
-
-    env = {"HONED_CACHE": str(gguf_cache)}
-    root = tmp_path / "ws"
-    run_honed("init", str(root), "--base", "smollm2", env=env)
+def test_smollm2_exported_gguf_answers_through_llama_cpp_like_honed_serve(llama_cpp_module, smollm2_trained,
+                                                                          tmp_path):
+    root, env, adapter, prompts = (smollm2_trained.root, smollm2_trained.env, smollm2_trained.adapter,
+                                   smollm2_trained.prompts)
     threads = os.cpu_count() or 1
-    update_config_file(root, {
-        "lora": {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
-        "train": {"max_steps": 12, "lr": 3e-4, "batch_size": 8, "warmup_steps": 3, "heldout_fraction": 0.2,
-                  "eval_every": 0, "checkpoint_every": 100, "threads": threads},
-    })
-    data = tmp_path / "people.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in generate("person_json", 100, seed=4)))
-    run_id = json.loads(run_honed("train", "-w", str(root), "--dataset", str(data), "--json", env=env).stdout)["run"]
-    ws = open_workspace(root)
-    store = ws.open_store()
-    run = store.get_run(run_id)
-    adapter = store.add_adapter(track="main", run_id=run.id, job_id=None, base_version=0, path=run.adapter_path)
-    deploy(ws, store, adapter.id, force=True)
-    store.close()
-    heldout = [json.loads(line) for line in (ws.runs_dir / run_id / "heldout.jsonl").read_text().splitlines()]
-    prompts = [r["messages"][:-1] for r in heldout[:12]]
 
     out = tmp_path / "out-f16"
     done = json.loads(run_honed("export", "track:main", "--format", "gguf", "--out", str(out), "-w", str(root),
