@@ -1,16 +1,20 @@
-"""A trainer that runs out of memory: the next attempt halves the micro-batch and doubles
-the accumulation (the same examples per step), recorded in the job's events, without
-counting a failure, and the job trains to the loss curve it would have had with memory
-to spare. The limit is real: the trainer process's RLIMIT_DATA, from
-``daemon.trainer_memory_mb``, so the allocator itself refuses."""
+"""Memory on a small box. Before it trains, an attempt estimates its largest step and
+picks a micro-batch that fits (``train.fit_memory``); a trainer that runs out of memory
+anyway (the estimate off, the host busier) makes the next attempt halve the micro-batch
+and double the accumulation. Either way the same examples make each step, the choice is
+recorded in the job's events, no failure is counted, and the job trains to the loss curve
+it would have had with memory to spare. The limit is real: the trainer process's
+RLIMIT_DATA, from ``daemon.trainer_memory_mb``, so the allocator itself refuses."""
 
 from __future__ import annotations
 
 import json
 import random
 
+import pytest
+
 from honed.data.datasets import add_dataset_file
-from tests.daemon.conftest import configure
+from tests.daemon.conftest import DaemonProcess, configure
 from tests.daemon.test_supervision import assert_same_losses, finished, train_curve
 
 # Measured on the random tiny base with 128 records of ~490 tokens and one thread: a
@@ -41,16 +45,33 @@ def run_job(ws, start_daemon):
     return store, done
 
 
-def test_out_of_memory_halves_the_micro_batch_and_keeps_the_loss_curve(make_workspace, tiny_random_base,
-                                                                       start_daemon):
-    reference_ws = configure(make_workspace(tiny_random_base, "reference"), SETTINGS)
-    store, reference = run_job(reference_ws, start_daemon)
-    assert reference.state == "succeeded", [e.message for e in store.job_events(reference.id)]
-    expected = train_curve(store, reference.run_id)
-    store.close()
+@pytest.fixture(scope="module")
+def unlimited_curve(tmp_path_factory, tiny_random_base):
+    """The loss curve of the job with memory to spare: its plan keeps micro-batch 64."""
+    from honed.workspace import init_workspace
 
-    ws = configure(make_workspace(tiny_random_base, "limited"),
-                   {**SETTINGS, "daemon": {"trainer_memory_mb": LIMIT_MB}})
+    root = tmp_path_factory.mktemp("reference")
+    ws = configure(init_workspace(root / "ws", base=str(tiny_random_base)), SETTINGS)
+    daemon = DaemonProcess(ws.root, root / "daemon.out")
+    try:
+        store, reference = run_job(ws, lambda w: daemon.start())
+    finally:
+        if daemon.proc and daemon.proc.poll() is None:
+            daemon.proc.kill()
+    events = store.job_events(reference.id)
+    assert reference.state == "succeeded", [e.message for e in events]
+    assert not [e for e in events if e.kind in ("memory_plan", "out_of_memory")], [e.message for e in events]
+    curve = train_curve(store, reference.run_id)
+    store.close()
+    return curve
+
+
+def test_out_of_memory_halves_the_micro_batch_and_keeps_the_loss_curve(make_workspace, tiny_random_base,
+                                                                       start_daemon, unlimited_curve):
+    expected = unlimited_curve
+    ws = configure(make_workspace(tiny_random_base, "limited"),  # no plan: the attempt meets the limit
+                   {**SETTINGS, "train": {**SETTINGS["train"], "fit_memory": False},
+                    "daemon": {"trainer_memory_mb": LIMIT_MB}})
     store, done = run_job(ws, start_daemon)
     events = store.job_events(done.id)
     assert done.state == "succeeded", [e.message for e in events]
@@ -76,4 +97,24 @@ def test_out_of_memory_at_a_micro_batch_of_one_fails_the_job_with_the_reason(mak
     store, done = run_job(ws, start_daemon)
     assert done.state == "failed", [e.message for e in store.job_events(done.id)]
     assert done.error.startswith("out of memory at micro-batch 1") and "daemon.trainer_memory_mb" in done.error
+    store.close()
+
+
+def test_a_job_that_would_not_fit_trains_with_the_micro_batch_its_plan_picks(make_workspace, tiny_random_base,
+                                                                            start_daemon, unlimited_curve):
+    ws = configure(make_workspace(tiny_random_base, "planned"), {**SETTINGS, "daemon": {"trainer_memory_mb": LIMIT_MB}})
+    store, done = run_job(ws, start_daemon)
+    events = store.job_events(done.id)
+    assert done.state == "succeeded", [e.message for e in events]
+    assert not [e for e in events if e.kind == "out_of_memory"], "the plan fits: no attempt runs out of memory"
+    assert done.failures == 0
+    plans = [e for e in events if e.kind == "memory_plan"]
+    assert len(plans) == 1, [e.message for e in events]
+    plan = plans[0].data
+    assert plan["configured"] == [64, 1] and plan["batch_size"] * plan["grad_accum"] == 64
+    assert plan["batch_size"] <= 16, "measured: micro-batch 32 runs out of 2.4 GB, 16 fits"
+    assert plan["configured_bytes"] > 0.85 * plan["available_bytes"] >= plan["step_bytes"]
+    assert plans[0].message.startswith("memory: micro-batch 64 x 1 would need about") and \
+        f"training with {plan['batch_size']} x {plan['grad_accum']}" in plans[0].message
+    assert_same_losses(train_curve(store, done.run_id), unlimited_curve)
     store.close()

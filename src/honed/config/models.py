@@ -125,6 +125,13 @@ class TrainSettings(_Section):
         32, gt=0, description="Examples per micro-batch (packed into as few rows as fit)."
     )
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    fit_memory: bool = Field(
+        True, description="Before training, estimate the memory of the largest micro-batch (the "
+        "loaded weights measured, the activations at its padded length, the LoRA's optimizer state) "
+        "and, when it would not fit what the device has left with a margin, split batch_size into "
+        "smaller micro-batches with more accumulation: the same examples per step, the same loss "
+        "curve. The choice is a job event ('memory_plan').",
+    )
     lr: float = Field(3e-3, gt=0, description="Peak learning rate of AdamW.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     warmup_steps: int = Field(20, ge=0, description="Linear warm-up, in optimizer steps.")

@@ -177,6 +177,12 @@ def _attempt(root: Path, store, job_id: int, parent_pid: int | None, fence: int 
             except StoreError as exc:
                 log.warning("job %d: checkpoint event not written (%s)", job_id, exc)
 
+        def on_event(kind: str, message: str, data: dict) -> None:
+            try:
+                store.add_job_event(job_id, kind, message, data, fence=fence)
+            except StaleClaimError as exc:
+                raise ClaimLost(str(exc)) from exc
+
         claim = claim_accelerator(workspace, store, job_id, fence)  # before any model loads: training or evaluating
         if spec is None:
             dist.broadcast(None)
@@ -186,7 +192,8 @@ def _attempt(root: Path, store, job_id: int, parent_pid: int | None, fence: int 
         dist.broadcast(spec.run_id)
         try:
             trained = run_attempt_of(spec, FencedRunStore(store, job_id, fence), control=control,
-                                     on_step=ProgressReporter(store, job_id, fence), on_checkpoint=on_checkpoint)
+                                     on_step=ProgressReporter(store, job_id, fence), on_checkpoint=on_checkpoint,
+                                     on_event=on_event)
         except (TokenizationError, UnsupportedSetting, BaseNotFound) as exc:  # retrying cannot help
             return untrainable(exc, spec.run_id)
         status = control.attempt_status(trained.status)

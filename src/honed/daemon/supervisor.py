@@ -481,7 +481,8 @@ class Supervisor:
                                       fence=job.fence)
 
     def micro_batch_of(self, job: JobInfo) -> tuple[int, int]:
-        """The micro-batch and accumulation the job's last attempt trained with."""
+        """The micro-batch and accumulation the job's last attempt trained with: the
+        settings', an earlier shrink's, or what the attempt chose to fit memory."""
         from honed.config import TrainSettings
         from honed.workspace import open_workspace
 
@@ -489,6 +490,9 @@ class Supervisor:
         train = (TrainSettings(**run.config["train"]) if run is not None
                  else open_workspace(self.ws.root, job.overrides).settings.train)
         train = train.with_micro_batch(job.overrides.get("train", {}))
+        chosen = [e for e in self.store.job_events(job.id) if e.kind in ("memory_plan", "out_of_memory")]
+        if chosen and chosen[-1].kind == "memory_plan":  # the last attempt fitted its own after the last shrink
+            train = train.with_micro_batch(chosen[-1].data)
         return train.batch_size, train.grad_accum
 
     def mark_experiences_trained(self, job: JobInfo, run_id: str | None) -> None:

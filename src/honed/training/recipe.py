@@ -36,6 +36,7 @@ import torch
 
 from honed import faults
 from honed.atomic_files import writing
+from honed.config import TrainSettings
 from honed.data.packing import pack_batch
 from honed.data.plan import load_plan
 from honed.data.tokenization import TokenizedRecords
@@ -54,7 +55,7 @@ from honed.training.preference import (
     preference_validation_loss,
 )
 from honed.training.runs import mark_learned
-from honed.training.spec import CheckpointCallback, Control, RunOutcome, RunSpec, StepCallback
+from honed.training.spec import CheckpointCallback, Control, EventCallback, RunOutcome, RunSpec, StepCallback
 from honed.training.trainer import (
     LoopState,
     TrainingDiverged,
@@ -76,14 +77,16 @@ log = logging.getLogger(__name__)
 
 def run_attempt_of(spec: RunSpec, store, *, control: Control | None = None, on_step: StepCallback | None = None,
                    on_checkpoint: CheckpointCallback | None = None, dist: Dist | None = None,
-                   mark_trained: bool = False) -> RunOutcome:
+                   mark_trained: bool = False, on_event: EventCallback | None = None) -> RunOutcome:
     """Carry out one attempt of ``spec`` and record how it ended (see the module's
     docstring). ``control(step)`` is asked before every optimizer step: "pause"
     checkpoints and returns, "stop" checkpoints and ends the run with what it has as
     its result, "cancel" returns at once with no result. With ``mark_trained`` (the
     one-shot path) a finished run's records count as learned at once; the daemon marks
-    them only when the run's adapter is deployed."""
-    recipe = TrainingRecipe(spec, store, control=control, on_step=on_step, on_checkpoint=on_checkpoint, dist=dist)
+    them only when the run's adapter is deployed. ``on_event(kind, message, data)`` hears
+    what the attempt decided on its own (the micro-batch it fits in memory)."""
+    recipe = TrainingRecipe(spec, store, control=control, on_step=on_step, on_checkpoint=on_checkpoint, dist=dist,
+                            on_event=on_event)
     try:
         recipe.setup()
         status, error = recipe.train()
@@ -99,8 +102,10 @@ class TrainingRecipe:
     """The state of one attempt, and its steps in order."""
 
     def __init__(self, spec: RunSpec, store, *, control: Control | None, on_step: StepCallback | None,
-                 on_checkpoint: CheckpointCallback | None, dist: Dist | None) -> None:
+                 on_checkpoint: CheckpointCallback | None, dist: Dist | None,
+                 on_event: EventCallback | None = None) -> None:
         self.spec = spec
+        self.on_event = on_event
         self.cfg = spec.train
         self.store = store
         self.control = control
@@ -157,6 +162,8 @@ class TrainingRecipe:
                 log.info("run %s: kto on %d desirable and %d undesirable examples, weights %.3g and %.3g",
                          spec.run_id, self.weights["desirable"], self.weights["undesirable"],
                          cfg.desirable_weight, cfg.undesirable_weight)
+        if cfg.fit_memory:
+            self.cfg = cfg = self.fit_micro_batch()
         self.total = total_steps(len(self.train_examples), cfg)
         self.steps_per_epoch = steps_per_epoch(len(self.train_examples), cfg)
 
@@ -207,6 +214,30 @@ class TrainingRecipe:
                 "examples": {"train": len(self.train_examples), "heldout": len(self.heldout_examples)},
                 "train": cfg.model_dump(), "lora": spec.lora.model_dump(),
             })
+
+    def fit_micro_batch(self) -> TrainSettings:
+        """The settings with a micro-batch whose estimated step fits the memory the device
+        has left (:mod:`honed.training.memory`); rank 0 decides for every rank."""
+        from honed.training import memory
+
+        cfg, dist = self.cfg, self.dist
+        plan = None
+        if dist.main:
+            count = min(len(self.train_examples), 2 * cfg.batch_size)
+            longest = memory.longest_examples(self.train_examples, self.train_examples.records, count)
+            per_token = memory.bytes_per_token(memory.ModelShape.of(self.model.config),
+                                               checkpointing=cfg.gradient_checkpointing,
+                                               value_bytes=2 if self.device.type == "cuda" else 4)
+            plan = memory.plan_micro_batch(
+                [memory.sequence_lengths(e) for e in longest], batch_size=cfg.batch_size,
+                grad_accum=cfg.grad_accum, max_len=cfg.max_seq_len, pack=cfg.pack, padded=cfg.objective != "sft",
+                per_token=per_token, trainable=sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+                available=memory.available_bytes(self.device))
+            log.info("run %s: %s", self.spec.run_id, plan.message())
+            if plan.changed and self.on_event is not None:
+                self.on_event("memory_plan", plan.message(), plan.data())
+        size, accum = dist.broadcast((plan.batch_size, plan.grad_accum) if plan is not None else None)
+        return cfg.with_micro_batch({"batch_size": size, "grad_accum": accum})
 
     # --- train -------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from honed.states import RunStatus
 Control = Callable[[int], str | None]  # step -> None, "pause", "stop" or "cancel"
 StepCallback = Callable[[dict[str, Any]], None]
 CheckpointCallback = Callable[[int, Path], None]
+EventCallback = Callable[[str, str, dict[str, Any]], None]  # kind, message, data: a job event
 
 
 @dataclass
