@@ -7,7 +7,6 @@ Long because it is the list of the core commands; each is a thin function over t
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from honed.cli.common import JsonOpt, WorkspaceOpt, app, console, err_console
+from honed.cli.common import JsonOpt, WorkspaceOpt, app, console, err_console, print_json
 from honed.cli.common import fail as _fail
 from honed.cli.common import workspace_from as _workspace
 from honed.config import SettingsError
@@ -82,7 +81,7 @@ def add(
     finally:
         store.close()
     if as_json:
-        print(json.dumps(results, indent=2))
+        print_json(results)
     if failed:
         raise typer.Exit(1)
 
@@ -98,7 +97,7 @@ def datasets(workspace: WorkspaceOpt = None, track: Annotated[str | None, typer.
     finally:
         store.close()
     if as_json:
-        print(json.dumps([r.__dict__ for r in rows], indent=2, default=str))
+        print_json(rows)
         return
     table = Table("id", "name", "track", "kind", "records", "rejected", "mode", "file hash", "added")
     for d in rows:
@@ -204,7 +203,7 @@ def train(
     finally:
         store.close()
     if as_json:
-        print(json.dumps(summary, indent=2, default=str))
+        print_json(summary)
     else:
         _print_train_summary(summary)
     if summary["status"] == "failed":
@@ -280,7 +279,7 @@ def runs(workspace: WorkspaceOpt = None, limit: Annotated[int, typer.Option(min=
     finally:
         store.close()
     if as_json:
-        print(json.dumps([r.__dict__ for r in rows], indent=2, default=str))
+        print_json(rows)
         return
     table = Table("run", "track", "base", "status", "attempts", "steps", "loss", "val loss", "started")
     for r in rows:
@@ -409,7 +408,7 @@ def verify(
         store.close()
     failed = [c for c in checks if not c.ok]
     if as_json:
-        print(json.dumps({"run": run, "ok": not failed, "checks": [c.__dict__ for c in checks]}, indent=2))
+        print_json({"run": run, "ok": not failed, "checks": checks})
     else:
         for c in checks:
             mark = "[green]ok[/]  " if c.ok else "[bold red]FAIL[/]"

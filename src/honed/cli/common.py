@@ -5,11 +5,13 @@ CLI runs as ``honed`` or as ``python -m honed.cli``."""
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -40,9 +42,28 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines."
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print ``message`` as an error; return the Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    """Print ``message`` as an error, on stderr: ``error: ...`` for people, or the HTTP
+    API's error body ``{"error": "..."}`` when the command was asked for ``--json``;
+    return the Exit to raise. Every command's errors come through here."""
+    if json_requested():
+        print(json.dumps({"error": message}), file=sys.stderr, flush=True)
+    else:
+        err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)
+
+
+def json_requested() -> bool:
+    """Whether this command line asked for ``--json``."""
+    return "--json" in sys.argv[1:]
+
+
+def print_json(value: Any) -> None:
+    """Print ``value`` for machines as the HTTP API encodes it (:func:`honed.store.serialize.plain`:
+    dataclasses and models as objects, times in ISO 8601, enums as their values,
+    non-finite floats as "nan"/"inf"/"-inf", paths as strings)."""
+    from honed.store.serialize import plain
+
+    print(json.dumps(plain(value), indent=2, default=str), flush=True)
 
 
 def workspace_from(path: Path | None, assignments: list[str] | None = None) -> Workspace:

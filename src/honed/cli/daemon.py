@@ -17,7 +17,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from honed.cli.common import JsonOpt, WorkspaceOpt, app, console, err_console, fail, open_store, workspace_from
+from honed.cli.common import (
+    JsonOpt,
+    WorkspaceOpt,
+    app,
+    console,
+    err_console,
+    fail,
+    open_store,
+    print_json,
+    workspace_from,
+)
 from honed.config import SettingsError, parse_assignments
 from honed.states import Priority, allowed
 from honed.store.serialize import control_result, plain
@@ -29,10 +39,6 @@ app.add_typer(daemon_app, name="daemon")
 app.add_typer(queue_app, name="queue")
 
 PriorityOpt = Annotated[str, typer.Option(help="high, normal or low (first in, first out within one).")]
-
-
-def _print_json(data) -> None:
-    print(json.dumps(data, indent=2, default=str))
 
 
 # --- daemon ----------------------------------------------------------------------------
@@ -154,7 +160,7 @@ def queue_add(
         except ControlError as exc:
             raise fail(str(exc)) from None
     if as_json:
-        _print_json(plain(job))
+        print_json(job)
         return
     for result in added:
         console.print(result.describe(), highlight=False, soft_wrap=True)
@@ -178,7 +184,7 @@ def queue_list(
     order = {"running": 0, "evaluating": 0}
     jobs = sorted(jobs, key=lambda j: order.get(j.state, 1))[:limit]
     if as_json:
-        _print_json([job_summary(j) for j in jobs])
+        print_json([job_summary(j) for j in jobs])
         return
     if not jobs:
         console.print("the queue is empty" + ("" if all_ else " (--all shows finished jobs)"))
@@ -231,7 +237,7 @@ def queue_show(job: Annotated[str, typer.Argument(help="Job id.")], workspace: W
         info = store.get_job(_job_id(job))
         events = store.job_events(info.id)
     if as_json:
-        _print_json({**plain(info), "events": [plain(e) for e in events]})
+        print_json({**plain(info), "events": events})
         return
     for key in ("state", "track", "priority", "dataset_ids", "overrides", "source", "run_id", "failures",
                 "error", "created_at", "started_at", "ended_at"):
@@ -253,7 +259,7 @@ def queue_move(job: Annotated[str, typer.Argument(help="Job id.")],
     with open_store(ws) as store:
         info = store.set_job_priority(_job_id(job), _priority(priority))
     if as_json:
-        _print_json(plain(info))
+        print_json(info)
     else:
         console.print(f"job {info.id} now has priority {info.priority}")
 
@@ -271,7 +277,7 @@ def queue_remove(job: Annotated[str, typer.Argument(help="Job id.")], workspace:
         except ControlError as exc:
             raise fail(str(exc)) from None
     if as_json:
-        _print_json(plain(info))
+        print_json(info)
     else:
         console.print(f"job {info.id} removed from the queue (kept as {info.state})")
 
@@ -326,7 +332,7 @@ def _control(command: str, job: str | None, wait: float, workspace: Path | None,
         except ControlError as exc:
             raise fail(str(exc)) from None
     if as_json:
-        _print_json(control_result(result))
+        print_json(control_result(result))
     else:
         console.print(result.message, highlight=False, soft_wrap=True)
     if not result.reached and result.command.state == "done":
@@ -383,7 +389,7 @@ def status(
     ws = workspace_from(workspace)
     with open_store(ws) as store:
         if as_json:
-            _print_json(status_info(ws, store))
+            print_json(status_info(ws, store))
             return
         if not watch:
             console.print(_render_status(status_info(ws, store)))
@@ -410,7 +416,7 @@ def doctor(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
 
     findings = checks.diagnose(workspace)
     if as_json:
-        _print_json(checks.as_json(findings))
+        print_json(checks.as_json(findings))
     else:
         table = Table(show_header=False, box=None, pad_edge=False)
         colour = {"ok": "green", "warn": "yellow", "fail": "bold red"}
@@ -438,7 +444,7 @@ def gc(workspace: WorkspaceOpt = None,
     with open_store(ws) as store:
         result = collect(ws, store, include_user=yes, dry_run=dry_run)
     if as_json:
-        _print_json(result.as_json())
+        print_json(result.as_json())
         return
     done = result.removals if dry_run else result.removed
     verb = "would remove" if dry_run else "removed"

@@ -3,14 +3,13 @@ the model served, and keeping one out of training. Thin over the Store API."""
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from honed.cli.common import JsonOpt, WorkspaceOpt, app, console, open_store, workspace_from
-from honed.store.serialize import deleted_experience, plain
+from honed.cli.common import JsonOpt, WorkspaceOpt, app, console, open_store, print_json, workspace_from
+from honed.store.serialize import deleted_experience
 
 experiences_app = typer.Typer(help="Experiences: list them, exclude one from training, include it again, "
                                    "delete one.", no_args_is_help=True)
@@ -39,7 +38,7 @@ def list_experiences(
         rows = store.list_experiences(track, untrained_only=untrained, limit=limit, excluded=excluded,
                                       set_aside=set_aside)
     if as_json:
-        print(json.dumps(plain(rows), indent=2, default=str))
+        print_json(rows)
         return
     table = Table("id", "track", "logged", "feedback", "trained by", "excluded")
     for e in rows:
@@ -62,7 +61,7 @@ def exclude(
     with open_store(ws) as store:
         experience = store.exclude_experience(experience_id, reason)
     if as_json:
-        print(json.dumps(plain(experience), indent=2))
+        print_json(experience)
         return
     console.print(f"experience {experience.id} excluded from training: {experience.excluded_reason}",
                   highlight=False, soft_wrap=True)
@@ -76,7 +75,7 @@ def include(experience_id: IdArg, workspace: WorkspaceOpt = None, as_json: JsonO
         before = store.get_experience(experience_id)
         experience = store.include_experience(experience_id)
     if as_json:
-        print(json.dumps(plain(experience), indent=2))
+        print_json(experience)
         return
     was = f"(was excluded: {before.excluded_reason})" if before.excluded_reason else "(it was not excluded)"
     console.print(f"experience {experience.id} is offered to training again {was}", highlight=False,
@@ -90,7 +89,7 @@ def delete(experience_id: IdArg, workspace: WorkspaceOpt = None, as_json: JsonOp
     with open_store(ws) as store:
         gone = store.delete_experience(experience_id)
     if as_json:
-        print(json.dumps(deleted_experience(gone), indent=2))
+        print_json(deleted_experience(gone))
         return
     note = f"; run {gone.trained_run_id} had trained on it" if gone.trained_run_id else ""
     console.print(f"experience {gone.id} deleted with its feedback{note}", highlight=False, soft_wrap=True)

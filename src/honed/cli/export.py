@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from honed.cli.common import JsonOpt, WorkspaceOpt, app, console, fail, open_store, workspace_from
+from honed.cli.common import JsonOpt, WorkspaceOpt, app, console, fail, open_store, print_json, workspace_from
 
 
 @app.command("export")
@@ -36,7 +35,7 @@ def export_command(
         except ExportError as exc:
             raise fail(str(exc)) from None
     if as_json:
-        print(json.dumps({"path": str(done.path), **done.manifest}, indent=2))
+        print_json({"path": str(done.path), **done.manifest})
         return
     size = sum(f["bytes"] for f in done.manifest["files"].values())
     quantized = f" {done.manifest['quantization']}" if done.manifest["quantization"] else ""
@@ -57,7 +56,7 @@ def exports_command(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) ->
 
     rows = list_exports(workspace_from(workspace))
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
         return
     table = Table("created", "source", "base", "format", "size")
     table.add_column("path", overflow="fold")  # the one thing a user copies from this table

@@ -3,12 +3,11 @@ line. Thin over :mod:`honed.learning`; none of them imports torch."""
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
 
-from honed.cli.common import JsonOpt, WorkspaceOpt, app, console, fail, open_store, workspace_from
+from honed.cli.common import JsonOpt, WorkspaceOpt, app, console, fail, open_store, print_json, workspace_from
 
 learn_app = typer.Typer(help="The learning loop: experiences, teacher corrections, the trigger.",
                         no_args_is_help=True)
@@ -28,9 +27,9 @@ def learn_status(track: TrackOpt = None, workspace: WorkspaceOpt = None, as_json
         states = [learning_state(ws, store, name) for name in names]
         recent = {s.track: store.list_teacher_answers(s.track, limit=5) for s in states}
     if as_json:
-        print(json.dumps([{**s.summary(), "recent_teacher_answers": [
+        print_json([{**s.summary(), "recent_teacher_answers": [
             {"experience_id": a.experience_id, "status": a.status, "reason": a.reason,
-             "at": a.created_at.isoformat()} for a in recent[s.track]]} for s in states], indent=2))
+             "at": a.created_at} for a in recent[s.track]]} for s in states])
         return
     for s in states:
         mode = "on (the daemon runs it)" if s.enabled else "off (learn.enabled = false; 'honed learn run-now' works)"
@@ -86,10 +85,9 @@ def learn_run_now(
         except LearnError as exc:
             raise fail(str(exc)) from None
     if as_json:
-        print(json.dumps({"batch": done.batch.id, "job": done.job_id, "dataset": done.dataset_id,
-                          "objective": done.objective,
-                          "path": str(done.path), "provenance": str(done.provenance_path), "counts": done.counts,
-                          "teacher": report.summary() if report else None}, indent=2))
+        print_json({"batch": done.batch.id, "job": done.job_id, "dataset": done.dataset_id,
+                    "objective": done.objective, "path": done.path, "provenance": done.provenance_path,
+                    "counts": done.counts, "teacher": report.summary() if report else None})
         return
     if report is not None:
         console.print(_describe_pass(report), highlight=False, soft_wrap=True)
@@ -118,7 +116,7 @@ def learn_teach(track: TrackOpt = None, workspace: WorkspaceOpt = None, as_json:
         store.require_track(name)
         report = teacher_pass(ws, store, name, force=True)
     if as_json:
-        print(json.dumps(report.summary(), indent=2))
+        print_json(report.summary())
     else:
         console.print(_describe_pass(report), highlight=False, soft_wrap=True)
 

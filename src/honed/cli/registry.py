@@ -5,13 +5,22 @@ import torch."""
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from honed.cli.common import JsonOpt, WorkspaceOpt, app, console, err_console, fail, open_store, workspace_from
+from honed.cli.common import (
+    JsonOpt,
+    WorkspaceOpt,
+    app,
+    console,
+    err_console,
+    fail,
+    open_store,
+    print_json,
+    workspace_from,
+)
 from honed.store.serialize import deploy_result, plain
 
 adapters_app = typer.Typer(help="Adapters the runs produced, with their evaluation and verdict.",
@@ -27,7 +36,7 @@ TrackOpt = Annotated[str | None, typer.Option(help="Track (default: settings' tr
 
 def _report(result, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(deploy_result(result), indent=2))
+        print_json(deploy_result(result))
     else:
         live = f"adapter {result.adapter.id} ({result.adapter.name})" if result.adapter else "the bare base"
         console.print(f"track {result.deployment.track}: {live} is live ({result.deployment.action}); "
@@ -60,7 +69,7 @@ def adapters_list(track: TrackOpt = None, workspace: WorkspaceOpt = None, as_jso
     with open_store(ws) as store:
         rows = store.list_adapters(track)
     if as_json:
-        print(json.dumps([plain(a) for a in rows], indent=2, default=str))
+        print_json(rows)
         return
     table = Table("adapter", "name", "track", "state", "run", "verdict")
     for a in rows:
@@ -100,7 +109,7 @@ def adapters_show(adapter: Annotated[int, typer.Argument(help="Adapter id.")], w
         info = store.get_adapter(adapter)
         history = [d for d in store.list_deployments(info.track) if adapter in (d.adapter_id, d.previous_adapter_id)]
     if as_json:
-        print(json.dumps({**plain(info), "deployments": plain(history)}, indent=2, default=str))
+        print_json({**plain(info), "deployments": history})
         return
     for key in ("name", "track", "state", "run_id", "job_id", "base_version", "path"):
         console.print(f"{key:<13} {getattr(info, key)}", highlight=False)
@@ -144,7 +153,7 @@ def reject(adapter: Annotated[int, typer.Argument(help="Adapter id.")], workspac
     with open_store(ws) as store:
         info = store.reject_adapter(adapter)
     if as_json:
-        print(json.dumps(plain(info), indent=2, default=str))
+        print_json(info)
     else:
         console.print(f"adapter {info.id}: {info.state}")
 
@@ -174,7 +183,7 @@ def track_add(name: Annotated[str, typer.Argument(help="Track name (letters, dig
         except TrackError as exc:
             raise fail(str(exc)) from None
     if as_json:
-        print(json.dumps({"name": info.name, "base_version": info.base_version}))
+        print_json({"name": info.name, "base_version": info.base_version})
     else:
         console.print(f"track {info.name} on base v{info.base_version}; drop its data in {ws.inbox / name}",
                       highlight=False)
@@ -187,8 +196,8 @@ def track_list(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None
     with open_store(ws) as store:
         rows = [(t, store.deployed_adapter(t.name)) for t in store.list_tracks()]
     if as_json:
-        print(json.dumps([{"name": t.name, "base_version": t.base_version, "deployed": a.id if a else None}
-                          for t, a in rows], indent=2))
+        print_json([{"name": t.name, "base_version": t.base_version, "deployed": a.id if a else None}
+                    for t, a in rows])
         return
     table = Table("track", "base", "deployed")
     for t, a in rows:
@@ -214,7 +223,7 @@ def consolidate(track: TrackOpt = None,
         except ConsolidationError as exc:
             raise fail(str(exc)) from None
     if as_json:
-        print(json.dumps({**done.__dict__, "path": str(done.path)}, indent=2))
+        print_json(done)
         return
     console.print(f"base v{done.version} written to {done.path}: adapter {done.adapter_id} merged; "
                   f"{done.same_answers}/{done.prompts_checked} greedy answers identical, largest logit "
@@ -237,7 +246,7 @@ def base_add(base: Annotated[str, typer.Argument(help="A .gguf file, or 'smollm2
         except BaseAddError as exc:
             raise fail(str(exc)) from None
     if as_json:
-        print(json.dumps({**added.__dict__, "path": str(added.path)}, indent=2))
+        print_json(added)
         return
     console.print(f"base v{added.version} at {added.path}: {added.lineage['architecture']} from {added.source} "
                   f"(sha256 {added.lineage['sha256'][:12]})", highlight=False, soft_wrap=True)
@@ -256,7 +265,7 @@ def base_list(workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
         rows = store.list_bases()
         tracks = store.list_tracks()
     if as_json:
-        print(json.dumps([plain(b) for b in rows], indent=2, default=str))
+        print_json(rows)
         return
     table = Table("base", "source", "description", "sha256", "tracks", "created")
     for b in rows:
