@@ -33,14 +33,21 @@ def limited(make_workspace, tiny_random_base, serve):
 def generations(monkeypatch) -> list[dict]:
     """Every generation the server starts (it runs in this process): its arguments, then its answer."""
     seen: list[dict] = []
-    real = api_openai.generate
+    real, real_choices = api_openai.generate, api_openai.generate_choices
 
-    def spy(*args, **kwargs):
+    def spy(*args, **kwargs):  # streamed answers
         seen.append(kwargs)
         kwargs["answer"] = answer = real(*args, **kwargs)
         return answer
 
+    def spy_choices(*args, **kwargs):  # whole ones
+        seen.append(kwargs)
+        answers = real_choices(*args, **kwargs)
+        kwargs["answer"] = answers[0]
+        return answers
+
     monkeypatch.setattr(api_openai, "generate", spy)
+    monkeypatch.setattr(api_openai, "generate_choices", spy_choices)
     return seen
 
 

@@ -110,14 +110,90 @@ def test_sampling_follows_temperature_top_p_and_seed_and_unsupported_parameters_
         answer(temperature=2.5)
     with pytest.raises(openai.BadRequestError, match=r"top_p: Input should be greater than 0"):
         answer(top_p=0)
-    for refused, match in [({"stop": ["\n"]}, r'stop = \["\\n"\]'),
-                           ({"presence_penalty": 0.5}, "presence_penalty = 0.5"),
-                           ({"logprobs": True}, "logprobs = true"),
-                           ({"response_format": {"type": "json_object"}}, "response_format")]:
+    for refused, match in [({"response_format": {"type": "json_object"}}, "response_format"),
+                           ({"logit_bias": {"5": 10}}, "logit_bias")]:
         with pytest.raises(openai.BadRequestError, match=match + ".*not supported by honed's built-in server"):
             answer(**refused)
     # What asks for nothing is not refused: a neutral penalty, plain text format.
     assert answer(presence_penalty=0, response_format={"type": "text"}) == greedy
+
+
+def test_stop_n_penalties_and_logprobs_as_openai_defines_them(served, tiny_random_base):
+    ws, server, client = served
+    with ws.open_store() as store:  # the bare random base often ends its turn at once; this adapter talks
+        deploy(ws, store, _adapter(ws, tiny_random_base, "a1", 1).id)
+
+    def create(**options):
+        return client.chat.completions.create(model="main", messages=QUESTION, max_tokens=16, **options)
+
+    greedy = create().choices[0].message.content
+    assert len(greedy) >= 8, greedy
+    # stop: the answer ends before the first stop string, which is not part of it, whole or streamed.
+    stop = greedy[4:6]
+    stopped = create(stop=[stop, "never-said"])
+    assert stopped.choices[0].message.content == greedy[:greedy.find(stop)].strip()
+    assert stopped.choices[0].finish_reason == "stop"
+    chunks = list(create(stop=stop, stream=True))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed.strip() == greedy[:greedy.find(stop)].strip() and stop not in streamed
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+    # n: that many answers, each its own experience; greedy ones are all the same.
+    drawn = create(n=3, temperature=1.5, seed=7)
+    texts = [c.message.content for c in drawn.choices]
+    assert [c.index for c in drawn.choices] == [0, 1, 2] and len(set(texts)) >= 2, texts
+    assert [c.message.content for c in create(n=3, temperature=1.5, seed=7).choices] == texts  # seeded
+    ids = drawn.model_extra["honed"]["experience_ids"]
+    assert len(set(ids)) == 3 and [c.model_extra["honed"]["experience_id"] for c in drawn.choices] == ids
+    with ws.open_store() as store:
+        assert [store.get_experience(i).output for i in ids] == texts
+    assert [c.message.content for c in create(n=2).choices] == [greedy, greedy]
+
+    # Penalties change the greedy answer and are kept with the experience.
+    penalized = create(frequency_penalty=2.0, presence_penalty=1.0)
+    assert penalized.choices[0].message.content != greedy
+    with ws.open_store() as store:
+        meta = store.get_experience(penalized.model_extra["honed"]["experience_id"]).meta
+    assert meta["decoding"] == {"stop": [], "presence_penalty": 1.0, "frequency_penalty": 2.0}
+
+    # logprobs: one entry per answer token; greedy picks the most likely, so each token's
+    # log-probability is the best of its alternatives, and the tokens spell the answer.
+    scored = create(logprobs=True, top_logprobs=3).choices[0]
+    content = scored.logprobs.content
+    assert scored.message.content == greedy and len(content) == create().usage.completion_tokens
+    for token in content:
+        assert len(token.top_logprobs) == 3 and token.logprob <= 0
+        assert token.logprob == pytest.approx(token.top_logprobs[0].logprob, abs=1e-5)
+    # Byte-level tokens may each hold part of a character: their bytes together spell the answer.
+    assert b"".join(bytes(t.bytes) for t in content).decode("utf-8", "replace").strip() == greedy
+    assert create().choices[0].logprobs is None
+
+    for refused, match in [({"stop": ["a", "b", "c", "d", "e"]}, "at most 4 stop sequences"),
+                           ({"n": 9}, "n: Input should be less than or equal to 8"),
+                           ({"presence_penalty": 2.5}, "presence_penalty: Input should be less than or equal to 2"),
+                           ({"frequency_penalty": -3}, "frequency_penalty: Input should be greater than or equal"),
+                           ({"top_logprobs": 2}, "top_logprobs needs logprobs = true"),
+                           ({"top_logprobs": 21, "logprobs": True}, "top_logprobs: Input should be less than or"),
+                           ({"n": 2, "stream": True}, "n > 1 is answered whole"),
+                           ({"logprobs": True, "stream": True}, "logprobs come with whole answers")]:
+        with pytest.raises(openai.BadRequestError, match=match):
+            create(**refused)
+
+
+def test_penalties_and_held_back_stop_text_follow_their_definitions():
+    import torch
+
+    from honed.server.serving import _held_back, cut_at_stop, penalties
+
+    scores = torch.zeros(1, 5)
+    ids = torch.tensor([[4, 4, 1, 1, 1, 2]])  # the prompt is the first two tokens
+    out = penalties(0.5, 0.25, prompt_len=2)(ids, scores)
+    # token 1 appeared 3 times in the answer, token 2 once, 4 only in the prompt
+    assert out.tolist() == [[0.0, -(0.5 + 3 * 0.25), -(0.5 + 0.25), 0.0, 0.0]]
+    assert cut_at_stop("abc END def", ("END", "c")) == ("ab", True)
+    assert cut_at_stop("abc", ("x",)) == ("abc", False)
+    assert _held_back("hello EN", ("END",)) == 2 and _held_back("hello E", ("END", "Eh")) == 1
+    assert _held_back("hello", ("END",)) == 0
 
 
 def test_a_deploy_under_load_switches_versions_cleanly(served, tiny_random_base):

@@ -27,7 +27,7 @@ import anyio
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from honed.data.chat_encoding import ChatEncodingError
 from honed.server.api_experiences import ChatMessage
@@ -37,10 +37,12 @@ from honed.server.serving import (
     ModelNameError,
     ModelPool,
     ModelReleased,
+    Options,
     PromptTooLong,
     Sampling,
     encode_prompt,
     generate,
+    generate_choices,
     resolve,
 )
 from honed.store import Store, StoreError
@@ -51,9 +53,9 @@ DISCONNECT_POLL_S = 0.25  # how often a request that is not streamed looks wheth
 
 # OpenAI's request parameters the built-in server does not implement, and the value of
 # each that asks for nothing (what a client that never heard of it sends, if anything).
-UNSUPPORTED = {"stop": None, "presence_penalty": 0, "frequency_penalty": 0, "logprobs": False,
-               "top_logprobs": None, "logit_bias": None, "response_format": {"type": "text"}, "tools": None,
+UNSUPPORTED = {"logit_bias": None, "response_format": {"type": "text"}, "tools": None,
                "tool_choice": None, "functions": None, "function_call": None, "audio": None, "prediction": None}
+MAX_STOP = 4  # as OpenAI: up to 4 stop sequences
 
 
 class ChatRequest(BaseModel):
@@ -69,12 +71,42 @@ class ChatRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1, le=8192)
     max_completion_tokens: int | None = Field(None, ge=1, le=8192)
     stream: bool = False
-    n: Literal[1] = 1
+    n: int = Field(1, ge=1, le=8)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int | None = Field(None, ge=-(2**63), lt=2**64)
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     user: str | None = None
     metadata: dict | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else value or []
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop sequences, got {len(stops)}")
+        if any(not s for s in stops):
+            raise ValueError("a stop sequence is empty")
+        return value
+
+    @model_validator(mode="after")
+    def _logprobs_asked(self) -> ChatRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs = true")
+        if self.stream and self.n > 1:
+            raise ValueError("n > 1 is answered whole, not streamed: use stream = false, or n = 1")
+        if self.stream and self.logprobs:
+            raise ValueError("logprobs come with whole answers, not streamed: use stream = false")
+        return self
+
+    def options(self) -> Options:
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        return Options(tuple(stops), self.n, self.presence_penalty or 0.0, self.frequency_penalty or 0.0,
+                       bool(self.logprobs), self.top_logprobs or 0)
 
     def unsupported(self) -> list[str]:
         """The parameters given that honed does not implement, each with its value."""
@@ -89,10 +121,15 @@ class ChatRequest(BaseModel):
 
 def _meta(body: ChatRequest, sampling: Sampling) -> dict | None:
     """What an experience keeps of the request beyond its messages: the caller's ``user``
-    and ``metadata``, and how a sampled answer was drawn (a greedy one needs no note)."""
+    and ``metadata``, how a sampled answer was drawn (a greedy one needs no note), and the
+    stop strings and penalties it was given, if any."""
     meta = {**({"user": body.user} if body.user else {}), **(body.metadata or {})}
     if not sampling.greedy:
         meta["sampling"] = sampling.described()
+    options = body.options()
+    if options.stop or options.penalized:
+        meta["decoding"] = {"stop": list(options.stop), "presence_penalty": options.presence_penalty,
+                            "frequency_penalty": options.frequency_penalty}
     return meta or None
 
 
@@ -154,8 +191,10 @@ async def chat_completions(body: ChatRequest, request: Request, workspace: Works
     messages = [m.model_dump() for m in body.messages]
     if unsupported := body.unsupported():
         raise HTTPException(400, f"{'; '.join(unsupported)}: not supported by honed's built-in server (it "
-                                 "implements temperature, top_p, seed, max_tokens and stream); leave them out")
+                                 "implements temperature, top_p, seed, stop, n, presence_penalty, "
+                                 "frequency_penalty, logprobs, top_logprobs, max_tokens and stream); leave them out")
     sampling = body.sampling(workspace.settings.server.default_temperature)
+    options = body.options()
     if messages[-1]["role"] == "assistant":
         raise HTTPException(400, "messages: the last message is the assistant's; end with the user's turn "
                                  "to get an answer")
@@ -188,26 +227,32 @@ async def chat_completions(body: ChatRequest, request: Request, workspace: Works
     if not body.stream:
         def answer_now():
             with pool.lease(target, is_default=is_default) as loaded:
-                answer = generate(loaded, encode_prompt(loaded, messages, limit), max_tokens, stop=stop,
-                                  sampling=sampling)
-            return answer, None if stop.is_set() else record(answer.text, answer)
+                answers = generate_choices(loaded, encode_prompt(loaded, messages, limit), max_tokens, stop=stop,
+                                           sampling=sampling, options=options)
+            return answers, None if stop.is_set() else [record(a.text, a) for a in answers]
 
         try:
-            answer, experience = await _until_disconnected(request, stop, answer_now)
+            answers, experiences = await _until_disconnected(request, stop, answer_now)
         except ModelReleased as exc:
             raise await run_in_threadpool(_released, exc, store, workspace.settings.server) from None
         except ChatEncodingError as exc:  # a control token in a message, and a template that rewrites messages
             raise HTTPException(400, f"messages: {exc}") from None
         except PromptTooLong as exc:
             raise HTTPException(400, str(exc)) from None
-        if experience is None:  # nobody is listening; an answer cut short is not kept as an experience
+        if experiences is None:  # nobody is listening; an answer cut short is not kept as an experience
             return Response(status_code=499)
+        completion_tokens = sum(a.completion_tokens for a in answers)
         return JSONResponse({
             "id": completion_id, "object": "chat.completion", "created": created, "model": target.label,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
-                         "finish_reason": answer.finish_reason, "logprobs": None}],
-            "usage": _usage(answer), "honed": honed_field(experience)},
-            headers={"X-Honed-Experience-Id": str(experience.id)})
+            "choices": [{"index": i, "message": {"role": "assistant", "content": a.text},
+                         "finish_reason": a.finish_reason,
+                         "logprobs": {"content": a.logprobs} if a.logprobs is not None else None,
+                         "honed": {"experience_id": e.id}}
+                        for i, (a, e) in enumerate(zip(answers, experiences, strict=True))],
+            "usage": {"prompt_tokens": answers[0].prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": answers[0].prompt_tokens + completion_tokens},
+            "honed": {**honed_field(experiences[0]), "experience_ids": [e.id for e in experiences]}},
+            headers={"X-Honed-Experience-Id": str(experiences[0].id)})
 
     outcome: dict = {}  # what the generating thread hands over: streamer, answer or error
     ready = threading.Event()
@@ -216,10 +261,10 @@ async def chat_completions(body: ChatRequest, request: Request, workspace: Works
         try:
             with pool.lease(target, is_default=is_default) as loaded:
                 prompt = encode_prompt(loaded, messages, limit)
-                outcome["streamer"] = DeltaStreamer(loaded.tokenizer, loaded.stop_ids)
+                outcome["streamer"] = DeltaStreamer(loaded.tokenizer, loaded.stop_ids, options.stop)
                 ready.set()
                 outcome["answer"] = generate(loaded, prompt, max_tokens, streamer=outcome["streamer"], stop=stop,
-                                             sampling=sampling)
+                                             sampling=sampling, options=options)
         except Exception as exc:  # noqa: BLE001 - reported to the client in the stream
             outcome["error"] = exc
             ready.set()

@@ -16,6 +16,7 @@ way finish first.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -80,6 +81,92 @@ class Answer:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    logprobs: list[dict] | None = None  # OpenAI's choices[].logprobs.content, when asked for
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a request asks of the decoding beyond how tokens are drawn (:class:`Sampling`),
+    as OpenAI defines it: ``stop`` strings (the answer ends before the first one, which is
+    not part of it), ``n`` answers, ``presence_penalty`` and ``frequency_penalty`` (each
+    token's logit lowered by the first once it has appeared in the answer and by the second
+    for every time it has), and the ``logprobs`` of each answer token with the
+    ``top_logprobs`` most likely alternatives (from the model's own distribution, before
+    penalties and temperature)."""
+
+    stop: tuple[str, ...] = ()
+    n: int = 1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+    @property
+    def penalized(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty)
+
+
+PLAIN = Options()
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
+    """``text`` up to the first of the ``stop`` strings, and whether one was found."""
+    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return (text[:min(hits)], True) if hits else (text, False)
+
+
+def penalties(presence: float, frequency: float, prompt_len: int):
+    """A transformers logits processor with OpenAI's presence and frequency penalties over
+    the tokens generated so far (the prompt's tokens do not count)."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class Penalties(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            generated = input_ids[:, prompt_len:]
+            if generated.shape[1] == 0:
+                return scores
+            counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+            return scores - frequency * counts - presence * (counts > 0).to(scores.dtype)
+
+    return Penalties()
+
+
+def token_bytes(tokenizer, token: int) -> bytes:
+    """The bytes a token stands for: a byte-level BPE token's own bytes (part of a
+    character, perhaps), else the UTF-8 of its text. The bytes of an answer's tokens, put
+    together, are its text's."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    piece = tokenizer.convert_ids_to_tokens(token)
+    table = _byte_of_char(bytes_to_unicode)
+    if isinstance(piece, str) and piece and token not in tokenizer.all_special_ids and all(c in table for c in piece):
+        return bytes(table[c] for c in piece)
+    return tokenizer.decode([token]).encode("utf-8")
+
+
+@functools.cache
+def _byte_of_char(bytes_to_unicode) -> dict[str, int]:
+    return {char: byte for byte, char in bytes_to_unicode().items()}
+
+
+def token_logprobs(tokenizer, tokens: list[int], logits: list, top: int) -> list[dict]:
+    """OpenAI's ``logprobs.content``: each token with its log-probability, its UTF-8 bytes
+    and the ``top`` most likely tokens at that step."""
+    import torch
+
+    def entry(token: int, logprob: float) -> dict:
+        return {"token": tokenizer.decode([token]), "logprob": logprob, "bytes": list(token_bytes(tokenizer, token))}
+
+    content = []
+    for token, step in zip(tokens, logits, strict=False):
+        logp = torch.log_softmax(step.float(), dim=-1)
+        alternatives = []
+        if top:
+            best = torch.topk(logp, top)
+            alternatives = [entry(int(i), float(v)) for v, i in zip(best.values, best.indices, strict=True)]
+        content.append({**entry(token, float(logp[token])), "top_logprobs": alternatives})
+    return content
 
 
 def resolve(store: Store, model: str, default_track: str) -> Target:
@@ -288,24 +375,45 @@ def encode_prompt(loaded: LoadedModel, messages: list[dict], max_tokens: int | N
 
 
 def generate(loaded: LoadedModel, prompt, max_tokens: int, streamer=None,
-             stop: threading.Event | None = None, sampling: Sampling = GREEDY) -> Answer:
-    """The answer to ``prompt`` (from :func:`encode_prompt`), drawn as ``sampling`` says;
-    with ``streamer`` (a transformers streamer) the text is also handed out piece by piece
-    as it is generated. Setting ``stop`` ends the generation after the decode step under
-    way (finish_reason ``cancelled``): nobody waits for the rest."""
+             stop: threading.Event | None = None, sampling: Sampling = GREEDY, options: Options = PLAIN) -> Answer:
+    """The answer to ``prompt`` (the first of :func:`generate_choices`'s)."""
+    return generate_choices(loaded, prompt, max_tokens, streamer, stop, sampling, options)[0]
+
+
+def generate_choices(loaded: LoadedModel, prompt, max_tokens: int, streamer=None,
+                     stop: threading.Event | None = None, sampling: Sampling = GREEDY,
+                     options: Options = PLAIN) -> list[Answer]:
+    """The ``options.n`` answers to ``prompt`` (from :func:`encode_prompt`), drawn as
+    ``sampling`` says, with ``options``' stop strings, penalties and log-probabilities;
+    with ``streamer`` (a transformers streamer, for one answer) the text is also handed out
+    piece by piece as it is generated. Setting ``stop`` ends the generation after the
+    decode step under way (finish_reason ``cancelled``): nobody waits for the rest. Greedy
+    answers are all the same: one is decoded and given ``n`` times."""
     import torch
+    from transformers import LogitsProcessorList
 
     from honed.evaluation.exact_match import decode_until_stop
 
     tokenizer = loaded.tokenizer
     batch = {name: tensor.to(loaded.model.device) for name, tensor in prompt.items()}
+    prompt_len = int(batch["input_ids"].shape[1])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else loaded.stop_ids[0]
     criteria = stop_when_set(stop) if stop is not None else None
+    rows = 1 if sampling.greedy else options.n
+    extra: dict[str, Any] = {}
+    if rows > 1:
+        extra["num_return_sequences"] = rows
+    if options.stop:
+        extra.update(stop_strings=list(options.stop), tokenizer=tokenizer)
+    if options.logprobs:
+        extra.update(output_logits=True, return_dict_in_generate=True)
+    processors = LogitsProcessorList(
+        [penalties(options.presence_penalty, options.frequency_penalty, prompt_len)] if options.penalized else [])
     with loaded.lock, torch.inference_mode():
         if stop is not None and stop.is_set():  # the client left while the request waited for the model
             if streamer is not None:
                 streamer.end()  # as generate() would: whoever waits for the next piece is let go
-            return Answer("", int(batch["input_ids"].shape[1]), 0, "cancelled")
+            return [Answer("", prompt_len, 0, "cancelled")] * options.n
         if not sampling.greedy:
             # One generation at a time holds the model's lock, so seeding torch's generator here
             # decides this answer's draws alone.
@@ -313,11 +421,21 @@ def generate(loaded: LoadedModel, prompt, max_tokens: int, streamer=None,
         output = loaded.model.generate(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=max_tokens,
             eos_token_id=loaded.stop_ids, pad_token_id=pad_id, use_cache=True, streamer=streamer,
-            stopping_criteria=criteria, **sampling.generate_kwargs())
-    new = output[0, batch["input_ids"].shape[1]:].tolist()
-    cut = next((k for k, token in enumerate(new) if token in loaded.stop_ids), len(new))
-    finish = "stop" if cut < len(new) else "cancelled" if stop is not None and stop.is_set() else "length"
-    return Answer(decode_until_stop(tokenizer, new, loaded.stop_ids), int(batch["input_ids"].shape[1]), cut, finish)
+            stopping_criteria=criteria, logits_processor=processors, **sampling.generate_kwargs(), **extra)
+    sequences = output.sequences if options.logprobs else output
+    answers = []
+    for row in range(rows):
+        new = sequences[row, prompt_len:].tolist()
+        # A row that ends before the others (its stop token or string) is padded after it.
+        cut = next((k for k, token in enumerate(new) if token in loaded.stop_ids or (rows > 1 and token == pad_id)),
+                   len(new))
+        text, stopped = cut_at_stop(decode_until_stop(tokenizer, new[:cut], loaded.stop_ids), options.stop)
+        finish = ("stop" if stopped or cut < len(new) else "cancelled" if stop is not None and stop.is_set()
+                  else "length")
+        logprobs = (token_logprobs(tokenizer, new[:cut], [step[row] for step in output.logits], options.top_logprobs)
+                    if options.logprobs else None)
+        answers.append(Answer(text.strip(), prompt_len, cut, finish, logprobs))
+    return answers * (options.n // rows)
 
 
 def stop_when_set(event: threading.Event):
@@ -334,18 +452,21 @@ def stop_when_set(event: threading.Event):
 
 class DeltaStreamer:
     """A transformers streamer that turns generated tokens into text deltas on a queue
-    (None at the end): the prompt and the stop token are not part of them, and a delta
-    never ends inside a multi-byte character."""
+    (None at the end): the prompt and the stop token are not part of them, a delta never
+    ends inside a multi-byte character, and text that may be the start of one of the
+    ``stop`` strings is held back until it is known not to be (a stop string is never sent,
+    nor anything after it)."""
 
-    def __init__(self, tokenizer, stop_ids: list[int]) -> None:
+    def __init__(self, tokenizer, stop_ids: list[int], stop: tuple[str, ...] = ()) -> None:
         import queue
 
-        self.tokenizer, self.stop_ids = tokenizer, set(stop_ids)
+        self.tokenizer, self.stop_ids, self.stop = tokenizer, set(stop_ids), stop
         self.deltas: queue.Queue = queue.Queue()
         self.tokens: list[int] = []
         self.sent = ""
         self.prompt_seen = False
         self.stopped = False
+        self.closed = False  # a stop string was met: nothing more is sent
 
     def put(self, value) -> None:
         if not self.prompt_seen:  # generate() hands the prompt over first
@@ -354,15 +475,31 @@ class DeltaStreamer:
         for token in value.reshape(-1).tolist():
             if self.stopped or token in self.stop_ids:
                 self.stopped = True
-                return
+                break
             self.tokens.append(token)
+        self._send(final=False)
+
+    def _send(self, final: bool) -> None:
+        if self.closed:
+            return
         text = model_text(self.tokenizer.decode(self.tokens, skip_special_tokens=True)).lstrip()
-        if text.endswith("\ufffd") or not text.startswith(self.sent):
-            return  # half a character, or a retokenised tail: wait for more
-        if len(text) > len(self.sent):
-            self.deltas.put(text[len(self.sent):])
-            self.sent = text
+        if not final and text.endswith("\ufffd"):
+            return  # half a character: wait for more
+        text, met = cut_at_stop(text, self.stop)
+        ready = text if met or final else text[:len(text) - _held_back(text, self.stop)]
+        if ready.startswith(self.sent) and len(ready) > len(self.sent):
+            self.deltas.put(ready[len(self.sent):])
+            self.sent = ready
+        if met:
+            self.closed = self.stopped = True
 
     def end(self) -> None:
+        self._send(final=True)
         self.deltas.put(None)
+
+
+def _held_back(text: str, stop: tuple[str, ...]) -> int:
+    """How many characters at the end of ``text`` could begin one of the ``stop`` strings."""
+    return max((k for s in stop for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])),
+               default=0)
 
