@@ -44,3 +44,25 @@ def client(api_ws, serve) -> Iterator[httpx.Client]:
     server = serve(api_ws)
     with httpx.Client(base_url=server.url, timeout=30) as http:
         yield http
+
+
+def talking_adapter(ws, base, name: str, seed: int):
+    """A real LoRA adapter whose (random, non-zero) weights change the base's answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                      init_lora_weights=False))
+    with torch.no_grad():
+        for param_name, param in model.named_parameters():
+            if "lora_B" in param_name:
+                param.mul_(50.0)
+    path = ws.adapters_dir / name
+    model.save_pretrained(str(path))
+    with ws.open_store() as store:
+        adapter = store.add_adapter(track="main", run_id=None, job_id=None, base_version=0, path=str(path))
+        return store.record_evaluation(adapter.id, {"candidate": {}, "baseline": {}},
+                                       {"passed": True, "failed": [], "rules": []}, "candidate")

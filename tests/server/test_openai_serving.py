@@ -12,6 +12,7 @@ import pytest
 
 from honed.registry.deployment import deploy
 from honed.workspace import open_workspace
+from tests.server.conftest import talking_adapter
 
 QUESTION = [{"role": "user", "content": "reverse: honed"}]
 
@@ -24,33 +25,11 @@ def served(make_workspace, tiny_random_base, serve):
     return ws, server, client
 
 
-def _adapter(ws, base, name: str, seed: int):
-    """A real LoRA adapter whose (random, non-zero) weights change the base's answers."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
-                                      init_lora_weights=False))
-    with torch.no_grad():
-        for param_name, param in model.named_parameters():
-            if "lora_B" in param_name:
-                param.mul_(50.0)
-    path = ws.adapters_dir / name
-    model.save_pretrained(str(path))
-    with ws.open_store() as store:
-        adapter = store.add_adapter(track="main", run_id=None, job_id=None, base_version=0, path=str(path))
-        return store.record_evaluation(adapter.id, {"candidate": {}, "baseline": {}},
-                                       {"passed": True, "failed": [], "rules": []}, "candidate")
-
-
 def test_completions_are_experiences(served, tiny_random_base):
     ws, server, client = served
     bare = client.chat.completions.create(model="main", messages=QUESTION, max_tokens=12)
     assert bare.model == "main@base-v0" and bare.model_extra["honed"]["adapter"] is None  # nothing deployed yet
-    adapter = _adapter(ws, tiny_random_base, "a1", 1)
+    adapter = talking_adapter(ws, tiny_random_base, "a1", 1)
     with ws.open_store() as store:
         deploy(ws, store, adapter.id)
     assert {m.id for m in client.models.list().data} >= {"main", "main@base", "main@main-a1"}
@@ -121,7 +100,7 @@ def test_sampling_follows_temperature_top_p_and_seed_and_unsupported_parameters_
 def test_stop_n_penalties_and_logprobs_as_openai_defines_them(served, tiny_random_base):
     ws, server, client = served
     with ws.open_store() as store:  # the bare random base often ends its turn at once; this adapter talks
-        deploy(ws, store, _adapter(ws, tiny_random_base, "a1", 1).id)
+        deploy(ws, store, talking_adapter(ws, tiny_random_base, "a1", 1).id)
 
     def create(**options):
         return client.chat.completions.create(model="main", messages=QUESTION, max_tokens=16, **options)
@@ -198,7 +177,7 @@ def test_penalties_and_held_back_stop_text_follow_their_definitions():
 
 def test_a_deploy_under_load_switches_versions_cleanly(served, tiny_random_base):
     ws, server, client = served
-    first, second = _adapter(ws, tiny_random_base, "a1", 1), _adapter(ws, tiny_random_base, "a2", 2)
+    first, second = talking_adapter(ws, tiny_random_base, "a1", 1), talking_adapter(ws, tiny_random_base, "a2", 2)
     expected = {}
     for adapter in (first, second):
         expected[adapter.id] = client.chat.completions.create(

@@ -587,6 +587,33 @@ class ServerSettings(_Section):
         30, ge=1, description="Retry-After sent with a 503 while the models are released to "
         "training, in seconds (the job's own estimate is sent instead when it has one and is shorter).",
     )
+    upstream_url: str = Field(
+        "", description="Proxy capture: an OpenAI-compatible engine (vLLM, llama.cpp, Ollama, a hosted "
+        "API) whose /chat/completions answers honed's, e.g. 'http://127.0.0.1:8080/v1'. Each exchange "
+        "is recorded as an experience as the built-in server's are; empty: honed answers itself.",
+    )
+    upstream_api_key_env: str = Field(
+        "", description="Environment variable holding the upstream's API key (sent as 'Authorization: "
+        "Bearer KEY'); empty: none is sent.",
+    )
+    upstream_models: dict[str, str] = Field(
+        default_factory=dict, description="Track -> the upstream's model name for it (default: the "
+        "track's name). '{deployed}' in a name becomes the track's live version, as the deploy targets "
+        "name their exports (e.g. 'main-a7', or 'main-base-v0' with nothing deployed), so a deploy "
+        "switches new requests to it.",
+    )
+    upstream_timeout_s: float = Field(
+        120.0, gt=0, description="Longest wait for the upstream's answer (or its next streamed piece), "
+        "in seconds; then the client gets 504.",
+    )
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _check_upstream(cls, url: str) -> str:
+        if url and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+            raise ValueError(f"{url!r}: an http:// or https:// URL of an OpenAI-compatible API, e.g. "
+                             "'http://127.0.0.1:8080/v1'")
+        return url.rstrip("/")
 
     @field_validator("allowed_hosts")
     @classmethod

@@ -3,6 +3,7 @@ documented, and changes made by honed keep the user's comments and layout."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,9 @@ def _toml_value(value: Any) -> str:
             inline = ", ".join("{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
                                for v in value)
             return f"[{inline}]"
+    if isinstance(value, dict):  # a map in a section (e.g. server.upstream_models): an inline table
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in value.items()) + " }" if value \
+            else "{}"
     return tomli_w.dumps({"v": value}).strip()[len("v = "):]
 
 

@@ -97,11 +97,15 @@ class ChatRequest(BaseModel):
     def _logprobs_asked(self) -> ChatRequest:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs = true")
-        if self.stream and self.n > 1:
-            raise ValueError("n > 1 is answered whole, not streamed: use stream = false, or n = 1")
-        if self.stream and self.logprobs:
-            raise ValueError("logprobs come with whole answers, not streamed: use stream = false")
         return self
+
+    def unstreamable(self) -> str | None:
+        """Why the built-in server cannot stream this request, if it cannot."""
+        if self.stream and self.n > 1:
+            return "n > 1 is answered whole, not streamed: use stream = false, or n = 1"
+        if self.stream and self.logprobs:
+            return "logprobs come with whole answers, not streamed: use stream = false"
+        return None
 
     def options(self) -> Options:
         stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
@@ -188,7 +192,13 @@ def list_models(store: StoreDep) -> dict:
 async def chat_completions(body: ChatRequest, request: Request, workspace: WorkspaceDep, store: StoreDep):
     """Answer with the track's live model, record the interaction as an experience."""
     started = time.perf_counter()
+    if workspace.settings.server.upstream_url:
+        from honed.server.proxy import proxy_chat
+
+        return await proxy_chat(await request.json(), body, request, workspace, store, started)
     messages = [m.model_dump() for m in body.messages]
+    if unstreamable := body.unstreamable():
+        raise HTTPException(400, unstreamable)
     if unsupported := body.unsupported():
         raise HTTPException(400, f"{'; '.join(unsupported)}: not supported by honed's built-in server (it "
                                  "implements temperature, top_p, seed, stop, n, presence_penalty, "

@@ -60,9 +60,12 @@ def create_app(workspace, *, host: str | None = None) -> FastAPI:
         app.state.device_yielder = DeviceYielder(workspace)  # gives the device to trainers that claim it
         app.state.model_pool = ModelPool(workspace, app.state.store, app.state.device_yielder)  # loads at first request
         app.state.live = LiveFeed(workspace, app.state.store, app.state.status_cache, settings.live_poll_s)
+        app.state.upstream = None  # proxy capture's HTTP client, made at the first proxied request
         try:
             yield
         finally:
+            if app.state.upstream is not None:
+                await app.state.upstream.aclose()
             await app.state.live.close()
             app.state.device_yielder.stop()
             app.state.store.close()
