@@ -89,3 +89,44 @@ def test_the_llama_cpp_deploy_target_serves_each_version_under_its_name(llama_cp
     assert "restarting the llama.cpp server" in said
     with pytest.raises((urllib.error.URLError, OSError)):  # its server went with it
         get_json(f"{url}/v1/models", timeout=2)
+
+
+def test_honed_captures_what_llama_cpp_serves_as_a_proxy(llama_cpp_module, trained, make_workspace):
+    """Proxy capture in front of the real engine: the answers are llama.cpp's, passed on
+    whole and streamed, each recorded as an experience of the track."""
+    import openai
+
+    from honed.config import update_config_file
+    from honed.models.tiny import tiny_base
+    from honed.server import create_app
+    from honed.server.background import BackgroundServer
+    from honed.workspace import open_workspace
+
+    adapter, out = trained["adapter"], trained["root"] / "out-proxy"
+    done = json.loads(run_honed("export", f"a{adapter.id}", "--format", "gguf", "--out", str(out),
+                                "-w", str(trained["ws"].root), "--json").stdout)
+    messages = trained["prompts"][0]
+    greedy = {"temperature": 0.0, "top_k": 1, "repeat_penalty": 1.0, "seed": 0}  # llama.cpp's own knobs, passed on
+    with llama_cpp_server(out / done["gguf"], adapter.name, trained["root"] / "llama-cpp-proxy.log") as url:
+        direct = greedy_chat(url, adapter.name, messages, trained["budget"])[0]
+        proxy = make_workspace(tiny_base(), "proxy")
+        update_config_file(proxy.root, {"server": {"upstream_url": f"{url}/v1",
+                                                   "upstream_models": {"main": adapter.name}}})
+        proxy = open_workspace(proxy.root)
+        server = BackgroundServer(create_app(proxy)).start()
+        try:
+            client = openai.OpenAI(base_url=server.url + "/v1", api_key="-", max_retries=0, timeout=300)
+            whole = client.chat.completions.create(model="main", messages=messages, max_tokens=trained["budget"],
+                                                   extra_body=greedy)
+            chunks = list(client.chat.completions.create(model="main", messages=messages,
+                                                         max_tokens=trained["budget"], stream=True, extra_body=greedy))
+        finally:
+            server.stop()
+    assert whole.choices[0].message.content.strip() == direct == trained["answers"][0]
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed.strip() == direct
+    ids = [whole.model_extra["honed"]["experience_id"], chunks[-1].model_extra["honed"]["experience_id"]]
+    with proxy.open_store() as store:
+        recorded = [store.get_experience(i) for i in ids]
+    assert [e.output.strip() for e in recorded] == [direct, direct]
+    assert all(e.meta["upstream_model"] == adapter.name and e.messages == messages for e in recorded)
