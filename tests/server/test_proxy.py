@@ -132,6 +132,15 @@ class Misbehaving(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+        elif self.behaviour == "huge":  # longer than a training record may be
+            body = json.dumps({"id": "c2", "object": "chat.completion", "created": 1, "model": "m",
+                               "choices": [{"index": 0, "finish_reason": "length",
+                                            "message": {"role": "assistant", "content": "y" * 40000}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
         elif self.behaviour == "silent":
             time.sleep(5)
         elif self.behaviour == "cut":
@@ -182,6 +191,12 @@ def test_upstream_errors_timeouts_and_a_cut_stream_leave_no_experience(make_work
                 else:
                     pieces.append(event["choices"][0]["delta"]["content"])
     assert pieces == ["Hel", "lo"] and "incomplete and was not recorded" in error
+    # An answer the store cannot keep still reaches the client, saying why it was not kept.
+    Misbehaving.behaviour = "huge"
+    huge = client.chat.completions.create(model="main", messages=QUESTION)
+    assert huge.choices[0].message.content == "y" * 40000
+    honed = huge.model_extra["honed"]
+    assert honed["experience_id"] is None and "at most 32768" in honed["not_recorded"]
     assert experiences(ws) == [], "nothing incomplete or failed is recorded as an experience"
 
 

@@ -17,6 +17,7 @@ applications change only their ``base_url``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -27,7 +28,9 @@ from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from honed.store import Store
+from honed.store import Store, StoreError
+
+log = logging.getLogger(__name__)
 
 
 def _client(app, settings) -> httpx.AsyncClient:
@@ -89,15 +92,26 @@ async def proxy_chat(raw: dict[str, Any], body, request: Request, workspace, sto
     base_version = (await run_in_threadpool(store.require_track, track)).base_version
 
     def record(text: str, usage: dict | None, model: str | None) -> Any:
+        """The exchange as an experience; or, when the store refuses it (an answer longer than
+        a training record may be, a store that is down), the reason: the client still gets
+        the upstream's answer, never an error for what honed could not keep."""
         usage = usage or {}
         meta = {"upstream": settings.upstream_url, "upstream_model": model or name,
                 **({"user": body.user} if body.user else {}), **(body.metadata or {})}
-        return store.add_experience(
-            track=track, messages=messages, output=text, adapter_id=adapter.id if adapter else None,
-            base_version=base_version, source="served", latency_ms=(time.perf_counter() - started) * 1000,
-            prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"), meta=meta)
+        try:
+            return store.add_experience(
+                track=track, messages=messages, output=text, adapter_id=adapter.id if adapter else None,
+                base_version=base_version, source="served", latency_ms=(time.perf_counter() - started) * 1000,
+                prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
+                meta=meta)
+        except StoreError as exc:
+            log.warning("proxy: the exchange on track %s was not recorded: %s", track, exc)
+            return str(exc)
 
     def honed_field(experience) -> dict:
+        if isinstance(experience, str):
+            return {"experience_id": None, "not_recorded": experience, "track": track,
+                    "served_by": f"upstream:{name}"}
         return {"experience_id": experience.id, "track": track, "adapter": adapter.id if adapter else None,
                 "served_by": f"upstream:{name}"}
 
@@ -119,8 +133,8 @@ async def proxy_chat(raw: dict[str, Any], body, request: Request, workspace, sto
             raise HTTPException(502, f"the upstream {settings.upstream_url} answered 200 with a body that is not a "
                                      f"chat completion: {answer.text[:200]!r}") from None
         experience = await run_in_threadpool(record, text, data.get("usage"), data.get("model"))
-        return JSONResponse({**data, "honed": honed_field(experience)},
-                            headers={"X-Honed-Experience-Id": str(experience.id)})
+        kept = {} if isinstance(experience, str) else {"X-Honed-Experience-Id": str(experience.id)}
+        return JSONResponse({**data, "honed": honed_field(experience)}, headers=kept)
 
     try:
         upstream = await client.send(client.build_request("POST", url, json=forwarded, headers=_headers(settings)),
