@@ -69,7 +69,7 @@ def test_sequences_per_example_follow_the_objective():
 
 
 MEASURE = textwrap.dedent("""
-    import json, random, resource, sys
+    import json, random, sys
     import psutil, torch
     from honed.config import LoraSettings, TrainSettings
     from honed.data.packing import pack_batch
@@ -91,9 +91,15 @@ MEASURE = textwrap.dedent("""
     batch = pack_batch(list(examples), cfg.max_seq_len, tokenizer.pad_token_id, cfg.pack)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
+    def peak_rss():  # VmHWM: the peak since the last reset
+        line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+        return int(line.split()[1]) * 1024
+
+    with open("/proc/self/clear_refs", "w") as f:  # the peak so far (loading the model) is not the step's
+        f.write("5")
     before = psutil.Process().memory_info().rss
     train_step(model, optimizer, params, [batch], cfg, 1e-4)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     estimate = batch.input_ids.numel() * bytes_per_token(ModelShape.of(model.config), checkpointing=False)
     print(json.dumps({"measured": peak - before, "estimate": estimate}))
 """)

@@ -10,12 +10,12 @@ they are measured (they are what the device has used), not estimated. What is es
 is what a step adds: the activations kept for the backward pass, per token of the padded
 micro-batch, and the LoRA weights' gradients and AdamW moments.
 
-Per token, a decoder layer with LoRA on its linear modules keeps about ``24 x hidden +
+Per token, a decoder layer with LoRA on its linear modules keeps about ``28 x hidden +
 8 x intermediate`` values (norms' inputs and outputs, q/k/v/o, the MLP's gate, up and
 product, LoRA's inputs); the head keeps the logits, their log-softmax and their gradient
 (``4 x vocab``). Measured on a 2-core EPYC (PyTorch's flash attention, fp32, one step of
-honed's own loop, the peak RSS it adds): the formula's figure is 0.95 to 1.2 times what
-the step took on the tiny base and 1.2 times on SmolLM2-135M, so it errs on the side of a
+honed's own loop, the peak RSS it adds): the formula's figure is 1.05 times what the step
+took on the tiny base and 1.2 to 1.3 times on SmolLM2-135M, so it errs on the side of a
 smaller micro-batch (``tests/training/test_memory_plan.py`` keeps it within 0.85-2x).
 With activation checkpointing only each layer's input is kept, plus one layer's
 activations while it is recomputed.
@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-PER_LAYER_HIDDEN = 24  # values kept per token and layer, per unit of hidden size
+PER_LAYER_HIDDEN = 28  # values kept per token and layer, per unit of hidden size
 PER_LAYER_INTERMEDIATE = 8  # ... per unit of the MLP's intermediate size
 PER_VOCAB = 4  # logits, their float copy or log-softmax, and their gradient
 MARGIN = 0.85  # a plan fills at most this share of what is available
