@@ -162,13 +162,13 @@ def test_stop_n_penalties_and_logprobs_as_openai_defines_them(served, tiny_rando
 def test_penalties_and_held_back_stop_text_follow_their_definitions():
     import torch
 
-    from honed.server.serving import _held_back, cut_at_stop, penalties
+    from honed.server.batching import penalized
+    from honed.server.serving import _held_back, cut_at_stop
 
-    scores = torch.zeros(1, 5)
-    ids = torch.tensor([[4, 4, 1, 1, 1, 2]])  # the prompt is the first two tokens
-    out = penalties(0.5, 0.25, prompt_len=2)(ids, scores)
-    # token 1 appeared 3 times in the answer, token 2 once, 4 only in the prompt
-    assert out.tolist() == [[0.0, -(0.5 + 3 * 0.25), -(0.5 + 0.25), 0.0, 0.0]]
+    # token 1 appeared 3 times in the answer, token 2 once, the others not (the prompt does not count)
+    out = penalized(torch.zeros(5), [1, 1, 1, 2], presence=0.5, frequency=0.25)
+    assert out.tolist() == [0.0, -(0.5 + 3 * 0.25), -(0.5 + 0.25), 0.0, 0.0]
+    assert penalized(torch.zeros(5), [], presence=0.5, frequency=0.25).tolist() == [0.0] * 5
     assert cut_at_stop("abc END def", ("END", "c")) == ("ab", True)
     assert cut_at_stop("abc", ("x",)) == ("abc", False)
     assert _held_back("hello EN", ("END",)) == 2 and _held_back("hello E", ("END", "Eh")) == 1
@@ -247,3 +247,34 @@ def test_a_template_that_would_cut_a_typed_control_token_is_a_clear_400(make_wor
                               "template rewrites message content"), message
     with ws.open_store() as store:
         assert store.list_experiences() == []
+
+
+def test_concurrent_requests_are_decoded_together_and_answer_as_alone(served, tiny_random_base):
+    """Requests that arrive together join one decode loop between steps and leave it when
+    they end; each gets the answer it gets alone (greedy), whole or streamed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ws, server, client = served
+    with ws.open_store() as store:
+        deploy(ws, store, talking_adapter(ws, tiny_random_base, "a1", 1).id)
+    questions = [[{"role": "user", "content": f"reverse: {word}"}] for word in
+                 ("honed", "batch", "decode", "loop", "cache", "rows", "join", "leave")]
+    budgets = [4, 24, 8, 16, 24, 2, 12, 20]  # rows leave at different steps
+
+    def ask(i: int, stream: bool = False) -> str:
+        if stream:
+            chunks = client.chat.completions.create(model="main", messages=questions[i], max_tokens=budgets[i],
+                                                    stream=True)
+            return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+        return client.chat.completions.create(model="main", messages=questions[i],
+                                              max_tokens=budgets[i]).choices[0].message.content
+
+    alone = [ask(i) for i in range(len(questions))]
+    assert len(set(alone)) > 4, alone
+    loop = next(iter(server.server.config.app.state.model_pool._models.values())).loop
+    assert loop.widest == 1, "one request at a time: one row per step"
+    with ThreadPoolExecutor(len(questions)) as pool:
+        together = list(pool.map(ask, range(len(questions))))
+        streamed = list(pool.map(lambda i: ask(i, stream=True), range(len(questions))))
+    assert together == alone and streamed == alone
+    assert loop.widest > 2, f"concurrent requests were decoded {loop.widest} at a time"

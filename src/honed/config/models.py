@@ -587,6 +587,11 @@ class ServerSettings(_Section):
         30, ge=1, description="Retry-After sent with a 503 while the models are released to "
         "training, in seconds (the job's own estimate is sent instead when it has one and is shorter).",
     )
+    max_batch: int = Field(
+        16, ge=1, le=256, description="Most answers the built-in server decodes together on one model: "
+        "concurrent requests join the batch between decode steps and leave it when they end (1: one at a "
+        "time).",
+    )
     upstream_url: str = Field(
         "", description="Proxy capture: an OpenAI-compatible engine (vLLM, llama.cpp, Ollama, a hosted "
         "API) whose /chat/completions answers honed's, e.g. 'http://127.0.0.1:8080/v1'. Each exchange "
