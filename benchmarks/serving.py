@@ -6,7 +6,8 @@ batched against one at a time.
 
 For each model it starts two real ``honed serve`` processes on the same base: one with
 ``server.max_batch = 16`` (requests join the decode loop between steps and leave it when
-they end) and one with ``server.max_batch = 1`` (the baseline: one answer at a time). At
+they end) and one with ``server.max_batch = 0`` (the baseline, today's default: one answer
+at a time through transformers' generate). At
 1, 4 and 16 concurrent clients, each client sends ``--requests`` chat requests back to
 back (greedy, ``--max-tokens`` at most, prompts of varied length), first to the baseline,
 then to the batched server. It prints the completion tokens per second of all clients
@@ -111,7 +112,7 @@ def bench(model: str, tmp: Path, requests: int, max_tokens: int) -> list[dict]:
     base = str(tiny_base()) if model == "tiny" else "smollm2"
     servers, procs = {}, []
     try:
-        for name, batch in (("one at a time", 1), ("batched", 16)):
+        for name, batch in (("one at a time", 0), ("batched", 16)):
             ws = init_workspace(tmp / f"{model}-{batch}", base=base)
             update_config_file(ws.root, {"server": {"max_batch": batch}})
             proc, url = start(ws.root, tmp / f"{model}-{batch}.log")

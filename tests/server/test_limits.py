@@ -90,7 +90,7 @@ def test_a_prompt_over_the_limit_is_refused_before_it_waits_for_the_model(limite
     pool = server.server.config.app.state.model_pool
     (loaded,) = pool._models.values()
     long_prompt = [{"role": "user", "content": "reverse: " + "abc " * 40}]
-    with loaded.loop._cv:  # the model's decode loop is held: a refusal must not wait for it
+    with loaded.lock:  # the model is busy: a refusal must not wait for it
         for stream in (False, True):
             refused = client.post("/v1/chat/completions", timeout=60,
                                   json={"model": "main", "messages": long_prompt, "max_tokens": 2, "stream": stream})

@@ -25,6 +25,19 @@ def served(make_workspace, tiny_random_base, serve):
     return ws, server, client
 
 
+@pytest.fixture(params=[0, 16], ids=["one-at-a-time", "batched"])
+def served_both(request, make_workspace, tiny_random_base, serve):
+    """The server one request at a time (server.max_batch = 0) and with its decode loop."""
+    from honed.config import update_config_file
+
+    ws = make_workspace(tiny_random_base)
+    update_config_file(ws.root, {"server": {"max_batch": request.param}})
+    ws = open_workspace(ws.root)
+    server = serve(ws)
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused-on-loopback", max_retries=0, timeout=120)
+    return ws, server, client
+
+
 def test_completions_are_experiences(served, tiny_random_base):
     ws, server, client = served
     bare = client.chat.completions.create(model="main", messages=QUESTION, max_tokens=12)
@@ -97,8 +110,8 @@ def test_sampling_follows_temperature_top_p_and_seed_and_unsupported_parameters_
     assert answer(presence_penalty=0, response_format={"type": "text"}) == greedy
 
 
-def test_stop_n_penalties_and_logprobs_as_openai_defines_them(served, tiny_random_base):
-    ws, server, client = served
+def test_stop_n_penalties_and_logprobs_as_openai_defines_them(served_both, tiny_random_base):
+    ws, server, client = served_both
     with ws.open_store() as store:  # the bare random base often ends its turn at once; this adapter talks
         deploy(ws, store, talking_adapter(ws, tiny_random_base, "a1", 1).id)
 
@@ -163,7 +176,12 @@ def test_penalties_and_held_back_stop_text_follow_their_definitions():
     import torch
 
     from honed.server.batching import penalized
-    from honed.server.serving import _held_back, cut_at_stop
+    from honed.server.serving import _held_back, cut_at_stop, penalties
+
+    scores = torch.zeros(1, 5)
+    ids = torch.tensor([[4, 4, 1, 1, 1, 2]])  # the prompt is the first two tokens
+    # one at a time (transformers' generate): token 1 appeared 3 times in the answer, token 2 once, 4 only in the prompt
+    assert penalties(0.5, 0.25, prompt_len=2)(ids, scores).tolist() == [[0.0, -(0.5 + 3 * 0.25), -(0.5 + 0.25), 0, 0]]
 
     # token 1 appeared 3 times in the answer, token 2 once, the others not (the prompt does not count)
     out = penalized(torch.zeros(5), [1, 1, 1, 2], presence=0.5, frequency=0.25)
@@ -249,12 +267,18 @@ def test_a_template_that_would_cut_a_typed_control_token_is_a_clear_400(make_wor
         assert store.list_experiences() == []
 
 
-def test_concurrent_requests_are_decoded_together_and_answer_as_alone(served, tiny_random_base):
+def test_concurrent_requests_are_decoded_together_and_answer_as_alone(make_workspace, tiny_random_base, serve):
     """Requests that arrive together join one decode loop between steps and leave it when
     they end; each gets the answer it gets alone (greedy), whole or streamed."""
     from concurrent.futures import ThreadPoolExecutor
 
-    ws, server, client = served
+    from honed.config import update_config_file
+
+    ws = make_workspace(tiny_random_base)
+    update_config_file(ws.root, {"server": {"max_batch": 16}})
+    ws = open_workspace(ws.root)
+    server = serve(ws)
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="-", max_retries=0, timeout=120)
     with ws.open_store() as store:
         deploy(ws, store, talking_adapter(ws, tiny_random_base, "a1", 1).id)
     questions = [[{"role": "user", "content": f"reverse: {word}"}] for word in

@@ -3,11 +3,10 @@
 A request leases the model that is live for its track *now* (one store read), so a
 deploy or a rollback switches what new requests get without a restart, while requests
 already generating finish on the version they started with; a version nobody uses and
-no track serves any more is dropped. Loading happens in worker threads; the requests on
-one model are decoded together in its decode loop (:mod:`honed.server.batching`: they join
-and leave the batch between decode steps), different versions run side by side. Decoding
-is greedy unless a request asks to sample: answers are reproducible, which is what
-evaluation and the gates measure too.
+no track serves any more is dropped. Loading and generating happen in worker threads;
+generation on one model is serialised (its lock), different versions run side by side.
+Decoding is greedy: answers are reproducible, which is what evaluation and the gates
+measure too.
 
 While a trainer claims the pool's device (see :mod:`honed.server.device_yield`), the pool
 either refuses new requests and drops its models (:meth:`ModelPool.release`) or moves
@@ -23,13 +22,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from honed.evaluation.exact_match import GREEDY, Sampling, model_text
 from honed.store import AdapterInfo, NotFoundError, Store
 
-MAX_BATCH = 16  # rows one decode step takes at most, unless server.max_batch says otherwise
 log = logging.getLogger(__name__)
 
 
@@ -73,14 +71,9 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     stop_ids: list[int]
-    loop: Any = None  # its DecodeLoop (honed.server.batching): every request on it is decoded there
+    lock: threading.Lock = field(default_factory=threading.Lock)
     users: int = 0
-
-    def __post_init__(self) -> None:
-        if self.loop is None:
-            from honed.server.batching import DecodeLoop
-
-            self.loop = DecodeLoop(self.model, self.tokenizer, self.stop_ids, MAX_BATCH)
+    loop: Any = None  # its DecodeLoop (honed.server.batching) with server.max_batch > 0; None: one at a time
 
 
 @dataclass
@@ -123,6 +116,23 @@ def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     return (text[:min(hits)], True) if hits else (text, False)
 
 
+def penalties(presence: float, frequency: float, prompt_len: int):
+    """A transformers logits processor with OpenAI's presence and frequency penalties over
+    the tokens generated so far (the prompt's tokens do not count)."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class Penalties(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            generated = input_ids[:, prompt_len:]
+            if generated.shape[1] == 0:
+                return scores
+            counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+            return scores - frequency * counts - presence * (counts > 0).to(scores.dtype)
+
+    return Penalties()
+
+
 def token_bytes(tokenizer, token: int) -> bytes:
     """The bytes a token stands for: a byte-level BPE token's own bytes (part of a
     character, perhaps), else the UTF-8 of its text. The bytes of an answer's tokens, put
@@ -139,6 +149,25 @@ def token_bytes(tokenizer, token: int) -> bytes:
 @functools.cache
 def _byte_of_char(bytes_to_unicode) -> dict[str, int]:
     return {char: byte for byte, char in bytes_to_unicode().items()}
+
+
+def token_logprobs(tokenizer, tokens: list[int], logits: list, top: int) -> list[dict]:
+    """OpenAI's ``logprobs.content``: each token with its log-probability, its UTF-8 bytes
+    and the ``top`` most likely tokens at that step."""
+    import torch
+
+    def entry(token: int, logprob: float) -> dict:
+        return {"token": tokenizer.decode([token]), "logprob": logprob, "bytes": list(token_bytes(tokenizer, token))}
+
+    content = []
+    for token, step in zip(tokens, logits, strict=False):
+        logp = torch.log_softmax(step.float(), dim=-1)
+        alternatives = []
+        if top:
+            best = torch.topk(logp, top)
+            alternatives = [entry(int(i), float(v)) for v, i in zip(best.values, best.indices, strict=True)]
+        content.append({**entry(token, float(logp[token])), "top_logprobs": alternatives})
+    return content
 
 
 def resolve(store: Store, model: str, default_track: str) -> Target:
@@ -322,11 +351,13 @@ class ModelPool:
         model.eval()
         tokenizer = load_tokenizer(base_path)
         log.info("serving: %s loaded in %.1fs", target.label, time.perf_counter() - started)
-        from honed.server.batching import DecodeLoop
-
         stop_ids = stop_token_ids(model, tokenizer)
-        loop = DecodeLoop(model, tokenizer, stop_ids, self.workspace.settings.server.max_batch)
-        return LoadedModel(target, model, tokenizer, stop_ids, loop)
+        loop = None
+        if (width := self.workspace.settings.server.max_batch) > 0:
+            from honed.server.batching import DecodeLoop
+
+            loop = DecodeLoop(model, tokenizer, stop_ids, width)
+        return LoadedModel(target, model, tokenizer, stop_ids, loop=loop)
 
 
 class PromptTooLong(ValueError):
@@ -360,13 +391,68 @@ def generate_choices(loaded: LoadedModel, prompt, max_tokens: int, streamer=None
                      stop: threading.Event | None = None, sampling: Sampling = GREEDY,
                      options: Options = PLAIN) -> list[Answer]:
     """The ``options.n`` answers to ``prompt`` (from :func:`encode_prompt`), drawn as
-    ``sampling`` says, with ``options``' stop strings, penalties and log-probabilities,
-    generated in the model's decode loop beside the other requests on it
-    (:mod:`honed.server.batching`); with ``streamer`` (a transformers streamer, for one
-    answer) the text is also handed out piece by piece as it is generated. Setting
-    ``stop`` ends the generation after the decode step under way (finish_reason
-    ``cancelled``): nobody waits for the rest. Greedy answers are all the same: one is
-    decoded and given ``n`` times; sampled ones draw with seeds ``seed``, ``seed + 1``, ..."""
+    ``sampling`` says, with ``options``' stop strings, penalties and log-probabilities;
+    with ``streamer`` (a transformers streamer, for one answer) the text is also handed out
+    piece by piece as it is generated. Setting ``stop`` ends the generation after the
+    decode step under way (finish_reason ``cancelled``): nobody waits for the rest. Greedy
+    answers are all the same: one is decoded and given ``n`` times."""
+    if loaded.loop is not None:
+        return _generate_in_loop(loaded, prompt, max_tokens, streamer, stop, sampling, options)
+    import torch
+    from transformers import LogitsProcessorList
+
+    from honed.evaluation.exact_match import decode_until_stop
+
+    tokenizer = loaded.tokenizer
+    batch = {name: tensor.to(loaded.model.device) for name, tensor in prompt.items()}
+    prompt_len = int(batch["input_ids"].shape[1])
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else loaded.stop_ids[0]
+    criteria = stop_when_set(stop) if stop is not None else None
+    rows = 1 if sampling.greedy else options.n
+    extra: dict[str, Any] = {}
+    if rows > 1:
+        extra["num_return_sequences"] = rows
+    if options.stop:
+        extra.update(stop_strings=list(options.stop), tokenizer=tokenizer)
+    if options.logprobs:
+        extra.update(output_logits=True, return_dict_in_generate=True)
+    processors = LogitsProcessorList(
+        [penalties(options.presence_penalty, options.frequency_penalty, prompt_len)] if options.penalized else [])
+    with loaded.lock, torch.inference_mode():
+        if stop is not None and stop.is_set():  # the client left while the request waited for the model
+            if streamer is not None:
+                streamer.end()  # as generate() would: whoever waits for the next piece is let go
+            return [Answer("", prompt_len, 0, "cancelled")] * options.n
+        if not sampling.greedy:
+            # One generation at a time holds the model's lock, so seeding torch's generator here
+            # decides this answer's draws alone.
+            sampling.seed_torch()
+        output = loaded.model.generate(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=max_tokens,
+            eos_token_id=loaded.stop_ids, pad_token_id=pad_id, use_cache=True, streamer=streamer,
+            stopping_criteria=criteria, logits_processor=processors, **sampling.generate_kwargs(), **extra)
+    sequences = output.sequences if options.logprobs else output
+    answers = []
+    for row in range(rows):
+        new = sequences[row, prompt_len:].tolist()
+        # A row that ends before the others (its stop token or string) is padded after it.
+        cut = next((k for k, token in enumerate(new) if token in loaded.stop_ids or (rows > 1 and token == pad_id)),
+                   len(new))
+        text, stopped = cut_at_stop(decode_until_stop(tokenizer, new[:cut], loaded.stop_ids), options.stop)
+        finish = ("stop" if stopped or cut < len(new) else "cancelled" if stop is not None and stop.is_set()
+                  else "length")
+        logprobs = (token_logprobs(tokenizer, new[:cut], [step[row] for step in output.logits], options.top_logprobs)
+                    if options.logprobs else None)
+        answers.append(Answer(text.strip(), prompt_len, cut, finish, logprobs))
+    return answers * (options.n // rows)
+
+
+def _generate_in_loop(loaded: LoadedModel, prompt, max_tokens: int, streamer, stop: threading.Event | None,
+                      sampling: Sampling, options: Options) -> list[Answer]:
+    """:func:`generate_choices` through the model's decode loop (``server.max_batch`` > 0,
+    :mod:`honed.server.batching`), beside the other requests on the model: the same
+    answers, the stop strings, penalties and log-probabilities applied per row; sampled
+    answers draw with seeds ``seed``, ``seed + 1``, ... from generators of their own."""
     from honed.evaluation.exact_match import decode_until_stop
     from honed.server.batching import Row, fresh_seed
 
@@ -400,6 +486,18 @@ def generate_choices(loaded: LoadedModel, prompt, max_tokens: int, streamer=None
 def _token_entry(tokenizer, token: int, logprob: float) -> dict:
     """One token as OpenAI's logprobs list it: its text, log-probability and UTF-8 bytes."""
     return {"token": tokenizer.decode([token]), "logprob": logprob, "bytes": list(token_bytes(tokenizer, token))}
+
+
+def stop_when_set(event: threading.Event):
+    """Transformers stopping criteria, checked after every decode step: stop once ``event`` is set."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopWhenSet(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([StopWhenSet()])
 
 
 class DeltaStreamer:
