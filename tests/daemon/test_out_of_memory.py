@@ -20,6 +20,10 @@ from tests.daemon.test_supervision import assert_same_losses, finished, train_cu
 # Measured on the random tiny base with 128 records of ~490 tokens and one thread: a
 # trainer peaks at about 3.3 GB of RSS at micro-batch 64 and 1.7 GB at 16; a data limit
 # of 2.4 GB lies well between them.
+# Four daemon jobs of 64-example steps: the slow tier (CI runs it), so the default run stays
+# within its time budget.
+pytestmark = pytest.mark.slow
+
 LIMIT_MB = 2400
 SETTINGS = {"train": {"batch_size": 64, "epochs": 2.0, "max_seq_len": 512, "checkpoint_every": 1}}
 
