@@ -38,7 +38,7 @@ except ImportError:  # run from a checkout without installing
 
 import httpx  # noqa: E402
 from headline import figure, load_average, write_headline  # noqa: E402
-from proxy_latency import free_port  # noqa: E402
+from proxy_latency import start_server  # noqa: E402
 
 from honed.config import update_config_file  # noqa: E402
 from honed.workspace import init_workspace  # noqa: E402
@@ -55,24 +55,6 @@ def prompts(model: str) -> list[list[dict]]:
         return [r["messages"][:-1] for r in generate("reversal", 64, seed=11)]
     return [[{"role": "user", "content": f"Write {k % 3 + 2} sentences about {topic}."}]
             for k, topic in enumerate(TOPICS * 4)]
-
-
-def start(root: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "honed.cli", "serve", "-w", str(root), "--port", str(port)],
-                                stdout=out, stderr=out, stdin=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"honed serve did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.3)
 
 
 def load(url: str, questions: list[list[dict]], clients: int, requests: int, max_tokens: int) -> dict:
@@ -115,7 +97,7 @@ def bench(model: str, tmp: Path, requests: int, max_tokens: int) -> list[dict]:
         for name, batch in (("one at a time", 0), ("batched", 16)):
             ws = init_workspace(tmp / f"{model}-{batch}", base=base)
             update_config_file(ws.root, {"server": {"max_batch": batch}})
-            proc, url = start(ws.root, tmp / f"{model}-{batch}.log")
+            proc, url = start_server(ws.root, tmp / f"{model}-{batch}.log")
             procs.append(proc)
             servers[name] = url
             load(url, prompts(model), 1, 1, 4)  # the model loads at the first request
