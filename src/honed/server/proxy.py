@@ -42,24 +42,19 @@ def _client(app, settings) -> httpx.AsyncClient:
     return app.state.upstream
 
 
-def upstream_model(settings, store: Store, track: str) -> str:
-    """The upstream's name for ``track``'s model now."""
-    name = settings.upstream_models.get(track, track)
-    if "{deployed}" in name:
-        adapter = store.deployed_adapter(track)
-        live = adapter.name if adapter is not None else f"{track}-base-v{store.require_track(track).base_version}"
-        name = name.replace("{deployed}", live)
-    return name
-
-
-def _track_of(model: str, store: Store, default_track: str) -> str:
-    track = model.partition("@")[0]
-    if track == "base":
-        track = default_track
-    if store.get_track(track) is None:
+def route(settings, store: Store, model: str, default_track: str) -> tuple[str, int, Any, str]:
+    """For a request's ``model``: its track, the track's base version and deployed adapter
+    (what the experience records), and the upstream's name for the track's model now
+    (``{deployed}`` in it: the live version's name). One read of each."""
+    name = model.partition("@")[0]
+    track = store.get_track(default_track if name == "base" else name)
+    if track is None:
         known = ", ".join(t.name for t in store.list_tracks())
-        raise HTTPException(404, f"model {model!r}: no track {track!r} to proxy for; use a track ({known})")
-    return track
+        raise HTTPException(404, f"model {model!r}: no track {name!r} to proxy for; use a track ({known})")
+    adapter = store.deployed_adapter(track.name)
+    upstream = settings.upstream_models.get(track.name, track.name)
+    live = adapter.name if adapter is not None else f"{track.name}-base-v{track.base_version}"
+    return track.name, track.base_version, adapter, upstream.replace("{deployed}", live)
 
 
 def _headers(settings) -> dict[str, str]:
@@ -83,13 +78,11 @@ def _unreachable(settings, exc: Exception) -> HTTPException:
 async def proxy_chat(raw: dict[str, Any], body, request: Request, workspace, store: Store, started: float) -> Response:
     """Forward one chat request upstream; answer as the upstream did, with honed's experience id."""
     settings = workspace.settings.server
-    track = await run_in_threadpool(_track_of, body.model, store, workspace.settings.track)
-    name = await run_in_threadpool(upstream_model, settings, store, track)
+    track, base_version, adapter, name = await run_in_threadpool(route, settings, store, body.model,
+                                                                 workspace.settings.track)
     forwarded = {**raw, "model": name}
     url = f"{settings.upstream_url}/chat/completions"
     messages = [m.model_dump() for m in body.messages]
-    adapter = await run_in_threadpool(store.deployed_adapter, track)
-    base_version = (await run_in_threadpool(store.require_track, track)).base_version
 
     def record(text: str, usage: dict | None, model: str | None) -> Any:
         """The exchange as an experience; or, when the store refuses it (an answer longer than
