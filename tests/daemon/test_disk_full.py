@@ -18,6 +18,8 @@ from tests.cli_runner import run_honed
 from tests.daemon.conftest import configure, last_logged_step, synth, wait_for
 from tests.daemon.test_supervision import assert_same_losses, finished, train_curve
 
+pytestmark = pytest.mark.slow  # fills a real disk, trains twice: about 2 minutes; CI runs it with the slow tier
+
 SETTINGS = {"train": {"epochs": 2.0, "checkpoint_every": 4}, "storage": {"min_free_gb": 0.0}}
 
 

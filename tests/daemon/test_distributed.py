@@ -16,6 +16,8 @@ from tests.cli_runner import run_honed
 from tests.daemon.conftest import configure, last_logged_step, pid_alive, wait_for
 from tests.daemon.test_supervision import add_dataset, assert_same_losses, finished, train_curve
 
+pytestmark = pytest.mark.slow  # several gloo ranks per test: about 3 minutes in all; CI runs it with the slow tier
+
 # The two ranks see the same examples as one process with twice their batch; their
 # gradients are averaged over gloo in another order of additions, so the curves agree to
 # float32 rounding. Measured: 1e-7 relative.

@@ -70,6 +70,7 @@ def events_by_job(store: Store) -> dict[int, list]:
     return out
 
 
+@pytest.mark.slow  # 600 trainer processes: about 75 s; CI runs it with the slow tier
 def test_three_daemons_run_200_jobs_each_exactly_once(tmp_path, tiny_random_base, pg_schema_url, start_daemon,
                                                       fake_trainer):
     workspaces = shared_workspaces(tmp_path, tiny_random_base, pg_schema_url, 3,

@@ -51,6 +51,7 @@ def add_dataset(ws, store, n: int, seed: int) -> int:
                             mode="strict").dataset.id
 
 
+@pytest.mark.slow  # five kills of one job, 45 steps: CI runs it with the slow tier (the fault campaign's are one each)
 def test_trainer_killed_at_five_random_steps_finishes_with_the_uninterrupted_loss(daemon_ws, start_daemon):
     ws = configure(daemon_ws, {"daemon": {"max_attempts": 8}})
     store = ws.open_store()

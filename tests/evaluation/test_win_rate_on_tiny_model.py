@@ -23,6 +23,8 @@ from honed.workspace import open_workspace
 from tests.cli_runner import free_port, run_honed
 from tests.learning.conftest import _completion
 
+pytestmark = pytest.mark.slow  # trains, then samples hundreds of answers: about 2.5 minutes; CI runs it slow
+
 ANSWER = "42"
 
 

@@ -241,6 +241,7 @@ def test_the_tiny_base_is_the_shipped_build_of_this_recipe_and_loads(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # pretrains the tiny model again: about 7 minutes on two cores, beyond CI's budget
 def test_a_rebuild_from_the_recipe_still_reaches_the_shipped_skills(tmp_path):
     """The recipe stays runnable: rebuilt here it knows its families as the shipped build
     does. Not bit-identical (thread counts and library versions change the numbers, which

@@ -10,7 +10,8 @@ over prompts), and deploys it. The same questions asked again at the same seeds 
 answered right measurably more often (McNemar). The same exchanges with the thumbs
 inverted, on a second track, give a candidate the gate rejects (it learns with KTO, which
 uses the thumbs down too: SFT on the approved wrong answers alone learned their short form
-and was not worse). Marked ``real_model``: CI runs these in a second pytest call.
+and was not worse). Marked ``real_model`` and ``long``: about 13 minutes on two cores, more
+than CI's budget; ``python -m pytest -m long`` runs it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pytest
 
 from tests.real.test_smollm2 import _free_port, _wait
 
-pytestmark = pytest.mark.real_model
+pytestmark = [pytest.mark.real_model, pytest.mark.long]  # about 13 minutes: beyond CI's budget, run with -m long
 pytest.importorskip("torch")
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "thumbs"

@@ -11,6 +11,8 @@ import pytest
 
 from honed.atomic_files import DIRECTORY_PHASES, current_directory, recover_directory
 
+pytestmark = pytest.mark.slow  # a SIGKILL per phase; CI runs it with the slow tier
+
 ROOT = Path(__file__).resolve().parents[2]
 VISIBLE_FROM = DIRECTORY_PHASES.index("renamed")  # killed at or after this phase: the new one is in place
 
