@@ -4,6 +4,7 @@ a deploy under load switches versions without a failed request or a mixed answer
 
 from __future__ import annotations
 
+import json
 import threading
 
 import httpx
@@ -102,7 +103,7 @@ def test_sampling_follows_temperature_top_p_and_seed_and_unsupported_parameters_
         answer(temperature=2.5)
     with pytest.raises(openai.BadRequestError, match=r"top_p: Input should be greater than 0"):
         answer(top_p=0)
-    for refused, match in [({"response_format": {"type": "json_object"}}, "response_format"),
+    for refused, match in [({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
                            ({"logit_bias": {"5": 10}}, "logit_bias")]:
         with pytest.raises(openai.BadRequestError, match=match + ".*not supported by honed's built-in server"):
             answer(**refused)
@@ -170,6 +171,51 @@ def test_stop_n_penalties_and_logprobs_as_openai_defines_them(served_both, tiny_
                            ({"logprobs": True, "stream": True}, "logprobs come with whole answers")]:
         with pytest.raises(openai.BadRequestError, match=match):
             create(**refused)
+
+
+JSON_QUESTION = [{"role": "user", "content": "reverse: honed, as JSON"}]
+VERDICT = {"type": "object", "additionalProperties": False, "required": ["reversed", "sure"],
+           "properties": {"reversed": {"type": "string", "maxLength": 8}, "sure": {"type": "boolean"}}}
+
+
+def test_response_format_keeps_answers_to_json(served_both, tiny_random_base):
+    ws, server, client = served_both
+    with ws.open_store() as store:
+        deploy(ws, store, talking_adapter(ws, tiny_random_base, "a1", 1).id)
+
+    def create(**options):
+        return client.chat.completions.create(model="main", messages=JSON_QUESTION, max_tokens=48, **options)
+
+    free = create().choices[0].message.content
+    assert not free.startswith("{"), free  # left to itself, this adapter talks; it does not write JSON
+    # json_schema: every answer, greedy, sampled or one of n, is a JSON value that follows the schema.
+    schema = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": VERDICT}}
+    for drawing in ({}, {"temperature": 1.5, "seed": 3}, {"n": 3, "temperature": 1.5, "seed": 4}):
+        for choice in create(response_format=schema, **drawing).choices:
+            value = json.loads(choice.message.content)
+            assert set(value) == {"reversed", "sure"} and isinstance(value["sure"], bool), value
+            assert len(value["reversed"]) <= 8 and choice.finish_reason == "stop"
+    chunks = list(create(response_format=schema, stream=True))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert set(json.loads(streamed)) == {"reversed", "sure"}
+    with ws.open_store() as store:
+        meta = store.get_experience(chunks[-1].model_extra["honed"]["experience_id"]).meta
+    assert meta["response_format"] == schema
+    # json_object: one JSON object, whatever its keys; cut by max_tokens, it is the start of one.
+    for drawing in ({}, {"temperature": 1.0, "seed": 5}):
+        choice = create(response_format={"type": "json_object"}, **drawing).choices[0]
+        assert choice.message.content.startswith("{")
+        if choice.finish_reason == "stop":
+            assert isinstance(json.loads(choice.message.content), dict)
+
+    for refused, match in [
+            ({"response_format": {"type": "json_object"}, "messages": QUESTION}, "the messages must ask for JSON"),
+            ({"response_format": {"type": "xml"}}, "response_format.type: Input should be 'text', 'json_object'"),
+            ({"response_format": {"type": "json_schema"}}, "json_schema is given with type 'json_schema'"),
+            ({"response_format": {"type": "json_schema", "json_schema": {"name": "v", "schema": {"type": "nope"}}}},
+             "response_format.json_schema.schema: Invalid type: nope")]:
+        with pytest.raises(openai.BadRequestError, match=match):
+            client.chat.completions.create(**{"model": "main", "messages": JSON_QUESTION, **refused})
 
 
 def test_penalties_and_held_back_stop_text_follow_their_definitions():

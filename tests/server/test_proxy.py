@@ -92,8 +92,8 @@ def test_answers_come_from_the_upstream_and_each_exchange_is_an_experience(make_
     with pytest.raises(openai.NotFoundError, match="no track 'nope' to proxy for"):
         client.chat.completions.create(model="nope", messages=QUESTION)
     # Parameters the built-in server refuses are the upstream's to judge: passed on as sent.
-    with pytest.raises(openai.BadRequestError, match="response_format.*not supported by honed's built-in server"):
-        client.chat.completions.create(model="main", messages=QUESTION, response_format={"type": "json_object"})
+    with pytest.raises(openai.BadRequestError, match="logit_bias.*not supported by honed's built-in server"):
+        client.chat.completions.create(model="main", messages=QUESTION, logit_bias={"5": 10})
     assert len(experiences(ws)) == 2
 
 

@@ -34,6 +34,7 @@ from honed.server.api_experiences import ChatMessage
 from honed.server.deps import StoreDep, WorkspaceDep
 from honed.server.serving import (
     DeltaStreamer,
+    GrammarError,
     ModelNameError,
     ModelPool,
     ModelReleased,
@@ -53,9 +54,34 @@ DISCONNECT_POLL_S = 0.25  # how often a request that is not streamed looks wheth
 
 # OpenAI's request parameters the built-in server does not implement, and the value of
 # each that asks for nothing (what a client that never heard of it sends, if anything).
-UNSUPPORTED = {"logit_bias": None, "response_format": {"type": "text"}, "tools": None,
+UNSUPPORTED = {"logit_bias": None, "tools": None,
                "tool_choice": None, "functions": None, "function_call": None, "audio": None, "prediction": None}
 MAX_STOP = 4  # as OpenAI: up to 4 stop sequences
+
+
+class JsonSchemaFormat(BaseModel):
+    """OpenAI's ``response_format.json_schema``: the schema an answer must follow."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    schema_: dict = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's ``response_format``: ``text`` (no constraint), ``json_object`` (the answer
+    is one JSON object) or ``json_schema`` (a JSON value that follows ``json_schema.schema``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is given with type 'json_schema', and only with it")
+        return self
 
 
 class ChatRequest(BaseModel):
@@ -80,6 +106,7 @@ class ChatRequest(BaseModel):
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    response_format: ResponseFormat | None = None
     user: str | None = None
     metadata: dict | None = None
 
@@ -99,6 +126,25 @@ class ChatRequest(BaseModel):
             raise ValueError("top_logprobs needs logprobs = true")
         return self
 
+    @model_validator(mode="after")
+    def _json_asked_for(self) -> ChatRequest:
+        # OpenAI's own rule: a model told to answer in JSON without being asked for it may
+        # produce whitespace until its token budget runs out.
+        if (self.response_format is not None and self.response_format.type == "json_object"
+                and not any("json" in (m.content or "").lower() for m in self.messages)):
+            raise ValueError("response_format json_object: the messages must ask for JSON (contain the word "
+                             "'JSON'), as OpenAI requires")
+        return self
+
+    def grammar(self) -> str | None:
+        """llguidance's grammar for ``response_format``; None for plain text."""
+        from honed.server.serving import json_grammar
+
+        fmt = self.response_format
+        if fmt is None or fmt.type == "text":
+            return None
+        return json_grammar(fmt.json_schema.schema_ if fmt.json_schema is not None else None)
+
     def unstreamable(self) -> str | None:
         """Why the built-in server cannot stream this request, if it cannot."""
         if self.stream and self.n > 1:
@@ -107,10 +153,10 @@ class ChatRequest(BaseModel):
             return "logprobs come with whole answers, not streamed: use stream = false"
         return None
 
-    def options(self) -> Options:
+    def options(self, grammar: str | None = None) -> Options:
         stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
         return Options(tuple(stops), self.n, self.presence_penalty or 0.0, self.frequency_penalty or 0.0,
-                       bool(self.logprobs), self.top_logprobs or 0)
+                       bool(self.logprobs), self.top_logprobs or 0, grammar)
 
     def unsupported(self) -> list[str]:
         """The parameters given that honed does not implement, each with its value."""
@@ -134,6 +180,8 @@ def _meta(body: ChatRequest, sampling: Sampling) -> dict | None:
     if options.stop or options.penalized:
         meta["decoding"] = {"stop": list(options.stop), "presence_penalty": options.presence_penalty,
                             "frequency_penalty": options.frequency_penalty}
+    if body.response_format is not None and body.response_format.type != "text":
+        meta["response_format"] = body.response_format.model_dump(mode="json", by_alias=True, exclude_none=True)
     return meta or None
 
 
@@ -202,9 +250,13 @@ async def chat_completions(body: ChatRequest, request: Request, workspace: Works
     if unsupported := body.unsupported():
         raise HTTPException(400, f"{'; '.join(unsupported)}: not supported by honed's built-in server (it "
                                  "implements temperature, top_p, seed, stop, n, presence_penalty, "
-                                 "frequency_penalty, logprobs, top_logprobs, max_tokens and stream); leave them out")
+                                 "frequency_penalty, logprobs, top_logprobs, response_format, max_tokens and "
+                                 "stream); leave them out")
     sampling = body.sampling(workspace.settings.server.default_temperature)
-    options = body.options()
+    try:
+        options = body.options(body.grammar())
+    except GrammarError as exc:
+        raise HTTPException(400, f"response_format.json_schema.schema: {exc}") from None
     if messages[-1]["role"] == "assistant":
         raise HTTPException(400, "messages: the last message is the assistant's; end with the user's turn "
                                  "to get an answer")

@@ -41,6 +41,7 @@ class Row:
     frequency_penalty: float = 0.0
     stop: tuple[str, ...] = ()
     top_logprobs: int | None = None  # None: no log-probabilities; 0..20: that many alternatives
+    grammar: Any = None  # a honed.server.serving.GrammarMask the answer must follow (response_format)
     streamer: Any = None
     cancel: threading.Event | None = None
     tokens: list[int] = field(default_factory=list)
@@ -158,6 +159,8 @@ class DecodeLoop:
             row.finish_reason = "cancelled"
             return True
         logits = penalized(row.logits, row.tokens, row.presence_penalty, row.frequency_penalty)
+        if row.grammar is not None:
+            logits = row.grammar.allowed(logits)
         if row.greedy:
             token = int(torch.argmax(logits))
         else:
@@ -177,6 +180,8 @@ class DecodeLoop:
             row.logprobs.append((token, float(logp[token]), [] if best is None else
                                  [(int(i), float(v)) for v, i in zip(best.values, best.indices, strict=True)]))
         row.tokens.append(token)
+        if row.grammar is not None:
+            row.grammar.consume(token)
         if row.streamer is not None:
             row.streamer.put(torch.tensor([token]))
         if row.stop:

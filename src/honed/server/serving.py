@@ -5,8 +5,8 @@ deploy or a rollback switches what new requests get without a restart, while req
 already generating finish on the version they started with; a version nobody uses and
 no track serves any more is dropped. Loading and generating happen in worker threads;
 generation on one model is serialised (its lock), different versions run side by side.
-Decoding is greedy: answers are reproducible, which is what evaluation and the gates
-measure too.
+Decoding is greedy unless a request asks to sample (``temperature``, ``server.default_temperature``):
+greedy answers are reproducible, which is what evaluation and the gates measure too.
 
 While a trainer claims the pool's device (see :mod:`honed.server.device_yield`), the pool
 either refuses new requests and drops its models (:meth:`ModelPool.release`) or moves
@@ -74,6 +74,7 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
     users: int = 0
     loop: Any = None  # its DecodeLoop (honed.server.batching) with server.max_batch > 0; None: one at a time
+    grammar_tokenizer: Any = None  # llguidance's view of the tokenizer, made at the first response_format
 
 
 @dataclass
@@ -91,9 +92,10 @@ class Options:
     as OpenAI defines it: ``stop`` strings (the answer ends before the first one, which is
     not part of it), ``n`` answers, ``presence_penalty`` and ``frequency_penalty`` (each
     token's logit lowered by the first once it has appeared in the answer and by the second
-    for every time it has), and the ``logprobs`` of each answer token with the
+    for every time it has), the ``logprobs`` of each answer token with the
     ``top_logprobs`` most likely alternatives (from the model's own distribution, before
-    penalties and temperature)."""
+    penalties and temperature), and the ``grammar`` of ``response_format`` (a JSON object,
+    or one that follows a JSON schema; see :class:`GrammarMask`)."""
 
     stop: tuple[str, ...] = ()
     n: int = 1
@@ -101,6 +103,7 @@ class Options:
     frequency_penalty: float = 0.0
     logprobs: bool = False
     top_logprobs: int = 0
+    grammar: str | None = None  # llguidance's grammar the answer must follow (response_format), if any
 
     @property
     def penalized(self) -> bool:
@@ -131,6 +134,81 @@ def penalties(presence: float, frequency: float, prompt_len: int):
             return scores - frequency * counts - presence * (counts > 0).to(scores.dtype)
 
     return Penalties()
+
+
+def json_grammar(schema: dict | None = None) -> str:
+    """llguidance's grammar for OpenAI's ``response_format``: any JSON object
+    (``json_object``), or one that follows ``schema`` (``json_schema``); compact, with no
+    whitespace between tokens of JSON, so a model cannot pad an answer with blanks forever.
+    :class:`GrammarError` names what is wrong with a schema llguidance cannot follow."""
+    import llguidance
+
+    grammar = llguidance.LLMatcher.grammar_from_json_schema(schema if schema is not None else {"type": "object"},
+                                                           defaults={"whitespace_flexible": False})
+    if problem := llguidance.LLMatcher.validate_grammar(grammar):  # empty when it can be followed
+        raise GrammarError(problem)
+    return grammar
+
+
+class GrammarError(ValueError):
+    """A ``response_format`` schema that cannot be followed; the message says why."""
+
+
+class GrammarMask:
+    """Keeps one answer to a grammar (:func:`json_grammar`) as it is generated: llguidance's
+    matcher, told every token drawn, leaves in the logits only the tokens that can continue
+    the answer, and only the end-of-turn token once the answer is complete. An answer cut
+    by its token budget may stop short of the end (``finish_reason`` ``length``), as
+    OpenAI's do."""
+
+    def __init__(self, grammar_tokenizer, grammar: str) -> None:
+        import llguidance
+        import llguidance.torch
+
+        self.matcher = llguidance.LLMatcher(grammar_tokenizer, grammar)
+        self.bitmask = llguidance.torch.allocate_token_bitmask(1, grammar_tokenizer.vocab_size)
+
+    def allowed(self, logits):
+        """``logits`` (one row) with every token the grammar does not allow next at -inf."""
+        import llguidance.torch
+
+        if self.matcher.is_error():  # a row that has ended, padded by transformers' generate
+            return logits
+        llguidance.torch.fill_next_token_bitmask(self.matcher, self.bitmask, 0)
+        masked = logits.unsqueeze(0).clone()
+        llguidance.torch.apply_token_bitmask_inplace(masked, self.bitmask.to(masked.device))
+        return masked[0]
+
+    def consume(self, token: int) -> None:
+        if not self.matcher.is_error():
+            self.matcher.consume_token(token)
+
+
+def grammar_tokenizer(loaded: LoadedModel):
+    """llguidance's view of ``loaded``'s tokenizer (made once per loaded model): its
+    tokens' bytes, and the stop tokens as the end of an answer."""
+    if loaded.grammar_tokenizer is None:
+        import llguidance.hf
+
+        loaded.grammar_tokenizer = llguidance.hf.from_tokenizer(
+            loaded.tokenizer, n_vocab=loaded.model.config.vocab_size, eos_token=list(loaded.stop_ids))
+    return loaded.grammar_tokenizer
+
+
+def grammar_processor(masks: list[GrammarMask], prompt_len: int):
+    """A transformers logits processor that keeps each row of a generation to its grammar
+    (``masks``, one per row)."""
+    from transformers import LogitsProcessor
+
+    class Grammar(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            for row, mask in enumerate(masks):
+                if input_ids.shape[1] > prompt_len:
+                    mask.consume(int(input_ids[row, -1]))
+                scores[row] = mask.allowed(scores[row])
+            return scores
+
+    return Grammar()
 
 
 def token_bytes(tokenizer, token: int) -> bytes:
@@ -416,8 +494,21 @@ def generate_choices(loaded: LoadedModel, prompt, max_tokens: int, streamer=None
         extra.update(stop_strings=list(options.stop), tokenizer=tokenizer)
     if options.logprobs:
         extra.update(output_logits=True, return_dict_in_generate=True)
+    # In the decode loop's order: penalties, the grammar, then temperature and top_p (given
+    # here, as transformers would put its own warpers before the processors it is handed).
     processors = LogitsProcessorList(
         [penalties(options.presence_penalty, options.frequency_penalty, prompt_len)] if options.penalized else [])
+    if options.grammar is not None:
+        tokens = grammar_tokenizer(loaded)
+        processors.append(grammar_processor([GrammarMask(tokens, options.grammar) for _ in range(rows)], prompt_len))
+    drawing = sampling.generate_kwargs()
+    if not sampling.greedy:
+        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+        processors.append(TemperatureLogitsWarper(sampling.temperature))
+        if sampling.top_p < 1.0:
+            processors.append(TopPLogitsWarper(sampling.top_p))
+        drawing.update(temperature=1.0, top_p=1.0)
     with loaded.lock, torch.inference_mode():
         if stop is not None and stop.is_set():  # the client left while the request waited for the model
             if streamer is not None:
@@ -430,7 +521,7 @@ def generate_choices(loaded: LoadedModel, prompt, max_tokens: int, streamer=None
         output = loaded.model.generate(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=max_tokens,
             eos_token_id=loaded.stop_ids, pad_token_id=pad_id, use_cache=True, streamer=streamer,
-            stopping_criteria=criteria, logits_processor=processors, **sampling.generate_kwargs(), **extra)
+            stopping_criteria=criteria, logits_processor=processors, **drawing, **extra)
     sequences = output.sequences if options.logprobs else output
     answers = []
     for row in range(rows):
@@ -467,6 +558,7 @@ def _generate_in_loop(loaded: LoadedModel, prompt, max_tokens: int, streamer, st
                 seed=(seed + k) % 2**63, presence_penalty=options.presence_penalty,
                 frequency_penalty=options.frequency_penalty, stop=options.stop,
                 top_logprobs=options.top_logprobs if options.logprobs else None,
+                grammar=GrammarMask(grammar_tokenizer(loaded), options.grammar) if options.grammar else None,
                 streamer=streamer if k == 0 else None, cancel=stop) for k in range(count)]
     loaded.loop.run(rows)
     answers = []
