@@ -74,6 +74,7 @@ def test_two_gloo_ranks_follow_the_single_process_loss_curve_with_ddp_and_fsdp(d
 PREFERENCE_FIGURES = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins")
 
 
+@pytest.mark.long  # beyond CI's budget: python -m pytest -m long
 @pytest.mark.parametrize(("objective", "kind", "figure"), [("dpo", "preference", "rewards/accuracies"),
                                                           ("kto", "unpaired", "kl")])
 def test_dpo_and_kto_on_two_gloo_ranks_follow_the_single_process_curve(daemon_ws, start_daemon, objective, kind,
@@ -111,6 +112,7 @@ def test_dpo_and_kto_on_two_gloo_ranks_follow_the_single_process_curve(daemon_ws
     store.close()
 
 
+@pytest.mark.long  # beyond CI's budget: python -m pytest -m long
 def test_a_rank_killed_and_a_pause_stop_every_rank_and_the_run_continues_from_its_checkpoint(daemon_ws, start_daemon):
     ws = configure(daemon_ws, {"train": {"threads": 1, "epochs": 2.0}, "daemon": {"max_attempts": 3}})
     store = ws.open_store()

@@ -45,6 +45,7 @@ def test_the_stop_file_halts_even_when_the_store_is_unreachable(daemon_ws) -> No
     assert control(6) == "pause" and control.interrupted == "halted by the STOP file"
 
 
+@pytest.mark.slow  # CI runs it in its second call
 def test_stop_file_halts_the_running_job_and_removing_it_lets_the_job_continue(daemon_ws, start_daemon, tmp_path):
     ws = configure(daemon_ws, {"train": {"epochs": 2.0}})
     store = ws.open_store()
@@ -80,6 +81,7 @@ def test_outside_the_training_window_jobs_wait(daemon_ws, start_daemon, tmp_path
     assert '"id": 1' in job
 
 
+@pytest.mark.slow  # CI runs it in its second call
 def test_idle_policy_writes_synthetic_data_that_becomes_a_job(daemon_ws, start_daemon):
     ws = configure(daemon_ws, {"daemon": {"idle": "synthetic", "idle_family": "copy", "idle_records": 40,
                                           "idle_every_s": 3600.0}})

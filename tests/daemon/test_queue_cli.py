@@ -45,6 +45,7 @@ def test_queue_add_list_show_move_remove(ws, tmp_path):
     assert "queued" in people and "high" in people
 
 
+@pytest.mark.slow  # CI runs it in its second call
 def test_queue_add_refuses_bad_input_by_name(ws, tmp_path):
     data = synth(tmp_path / "d.jsonl", 5)
     wrong = run_honed("queue", "add", str(data), "--set", "train.lr=-1", "-w", str(ws.root), check=False)

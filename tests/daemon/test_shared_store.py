@@ -70,7 +70,8 @@ def events_by_job(store: Store) -> dict[int, list]:
     return out
 
 
-@pytest.mark.slow  # 600 trainer processes: about 75 s; CI runs it with the slow tier
+@pytest.mark.slow
+@pytest.mark.long  # 600 trainer processes: beyond CI's budget (the frozen-daemon test below runs by default)
 def test_three_daemons_run_200_jobs_each_exactly_once(tmp_path, tiny_random_base, pg_schema_url, start_daemon,
                                                       fake_trainer):
     workspaces = shared_workspaces(tmp_path, tiny_random_base, pg_schema_url, 3,

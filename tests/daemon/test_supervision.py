@@ -51,7 +51,8 @@ def add_dataset(ws, store, n: int, seed: int) -> int:
                             mode="strict").dataset.id
 
 
-@pytest.mark.slow  # five kills of one job, 45 steps: CI runs it with the slow tier (the fault campaign's are one each)
+@pytest.mark.slow
+@pytest.mark.long  # five kills of one job, 45 steps: beyond CI's budget (the fault campaign's 20 are one each)
 def test_trainer_killed_at_five_random_steps_finishes_with_the_uninterrupted_loss(daemon_ws, start_daemon):
     ws = configure(daemon_ws, {"daemon": {"max_attempts": 8}})
     store = ws.open_store()
@@ -88,6 +89,7 @@ def test_trainer_killed_at_five_random_steps_finishes_with_the_uninterrupted_los
     store.close()
 
 
+@pytest.mark.slow  # CI runs it in its second call
 def test_daemon_killed_mid_job_resumes_it_after_restart_and_loses_nothing(daemon_ws, start_daemon):
     ws, store = daemon_ws, daemon_ws.open_store()
     jobs = [store.create_job(track="main", dataset_ids=[add_dataset(ws, store, 300, seed=s)]) for s in (1, 2, 3)]
@@ -116,6 +118,7 @@ def test_daemon_killed_mid_job_resumes_it_after_restart_and_loses_nothing(daemon
     store.close()
 
 
+@pytest.mark.slow  # CI runs it in its second call
 def test_pause_frees_the_trainer_and_resume_continues_the_curve(daemon_ws, start_daemon):
     ws = configure(daemon_ws, {"train": {"epochs": 2.0}})
     store = ws.open_store()
@@ -164,6 +167,7 @@ def test_two_daemons_on_one_workspace_exactly_one_runs(daemon_ws, start_daemon):
     assert '"up": false' in status and '"last_exit": "stopped"' in status
 
 
+@pytest.mark.slow  # CI runs it in its second call
 def test_a_trainer_that_always_crashes_fails_its_job_after_n_attempts_and_the_next_runs(daemon_ws, start_daemon):
     ws = configure(daemon_ws, {"daemon": {"max_attempts": 2}})
     store = ws.open_store()
@@ -181,6 +185,7 @@ def test_a_trainer_that_always_crashes_fails_its_job_after_n_attempts_and_the_ne
     store.close()
 
 
+@pytest.mark.slow  # CI runs it in its second call
 def test_a_hung_trainer_is_killed_after_its_heartbeat_stops_and_the_job_retries(daemon_ws, start_daemon):
     ws = configure(daemon_ws, {"daemon": {"heartbeat_timeout_s": 15.0}, "train": {"epochs": 2.0}})
     store = ws.open_store()
@@ -198,6 +203,7 @@ def test_a_hung_trainer_is_killed_after_its_heartbeat_stops_and_the_job_retries(
     store.close()
 
 
+@pytest.mark.slow  # CI runs it in its second call
 def test_daemon_detach_stop_and_restart_finish_the_job(daemon_ws):
     ws, store = daemon_ws, daemon_ws.open_store()
     job = store.create_job(track="main", dataset_ids=[add_dataset(ws, store, 400, seed=8)])

@@ -126,6 +126,7 @@ def configure(ws, **eval_settings):
     return open_workspace(ws.root)
 
 
+@pytest.mark.long  # beyond CI's budget: python -m pytest -m long
 def test_the_evaluator_measures_the_win_rate_with_the_tracks_scorer(make_workspace, tiny_random_base, tmp_path,
                                                                     forty_two):
     pytest.importorskip("torch")
@@ -180,6 +181,7 @@ def test_the_evaluator_measures_the_win_rate_with_the_tracks_scorer(make_workspa
     assert listed["evaluation"]["win_rate"]["sets"]["heldout"]["notes"] == {"identical": 30}
 
 
+@pytest.mark.long  # beyond CI's budget: python -m pytest -m long
 def test_a_sampled_win_rate_draws_the_same_rounds_again_and_names_them(make_workspace, tiny_random_base, tmp_path,
                                                                        forty_two):
     pytest.importorskip("torch")
@@ -213,6 +215,7 @@ def only_win_rate(figures: dict) -> dict:
             "win_rate": {"decider": "scorer", "sets": {"heldout": figures}}}
 
 
+@pytest.mark.long  # beyond CI's budget: python -m pytest -m long
 def test_the_evaluator_asks_the_teacher_as_judge(make_workspace, tiny_random_base, tmp_path, judge, forty_two):
     from honed.evaluation.evaluate import evaluate_candidate
 

@@ -194,6 +194,7 @@ def test_a_write_that_fails_midway_leaves_nothing(trained, monkeypatch):
     assert not out.exists() and not list(trained["root"].glob(".staging-full-*"))
 
 
+@pytest.mark.slow  # CI runs it in its second call
 def test_an_architecture_the_writer_cannot_write_is_named_with_the_ones_it_can(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 

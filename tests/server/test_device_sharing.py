@@ -226,6 +226,7 @@ def test_a_claim_made_before_the_first_request_applies_to_it(served, claimers):
     assert ask(client).model == "main@base-v0"
 
 
+@pytest.mark.slow  # CI runs it in its second call
 def test_a_daemon_training_a_job_releases_its_own_server(make_workspace, tiny_random_base, tmp_path):
     ws = configure(make_workspace(tiny_random_base), {**SHARING, "train": {"eval_every": 0, "heldout_fraction": 0.05}})
     port = free_port()

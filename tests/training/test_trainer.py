@@ -126,6 +126,7 @@ def _metrics(run_dir: Path) -> dict[int, float]:
     return {step: loss for step, (_, loss) in best.items()}
 
 
+@pytest.mark.slow  # CI runs it in its second call
 def test_sigkilled_run_resumes_with_the_same_loss_at_every_later_step(make_workspace, tiny_random_base, reversal_data):
     sets = [f"--set={s}" for s in (*FAST, "train.max_steps=16", "train.checkpoint_every=4", "lora.dropout=0.1")]
     straight = make_workspace(tiny_random_base, "straight")
