@@ -131,7 +131,7 @@ class ChatRequest(BaseModel):
         # OpenAI's own rule: a model told to answer in JSON without being asked for it may
         # produce whitespace until its token budget runs out.
         if (self.response_format is not None and self.response_format.type == "json_object"
-                and not any("json" in (m.content or "").lower() for m in self.messages)):
+                and not any("json" in m.content.lower() for m in self.messages)):
             raise ValueError("response_format json_object: the messages must ask for JSON (contain the word "
                              "'JSON'), as OpenAI requires")
         return self
