@@ -2,12 +2,12 @@
 batched against one at a time.
 
     python benchmarks/serving.py [--model tiny|smollm2|both] [--requests 6] [--max-tokens 32]
-                                 [--quick] [--json PATH]
+                                 [--clients 1,4,16] [--quick] [--json PATH]
 
 For each model it starts two real ``honed serve`` processes on the same base: one with
-``server.max_batch = 16`` (requests join the decode loop between steps and leave it when
-they end) and one with ``server.max_batch = 0`` (the baseline, today's default: one answer
-at a time through transformers' generate). At
+``server.max_batch = 16`` (the default: requests join the decode loop between steps and
+leave it when they end) and one with ``server.max_batch = 0`` (the baseline: one answer at
+a time through transformers' generate). At
 1, 4 and 16 concurrent clients, each client sends ``--requests`` chat requests back to
 back (greedy, ``--max-tokens`` at most, prompts of varied length), first to the baseline,
 then to the batched server. It prints the completion tokens per second of all clients
@@ -87,7 +87,7 @@ def load(url: str, questions: list[list[dict]], clients: int, requests: int, max
             "p50_s": statistics.median(ordered), "p99_s": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]}
 
 
-def bench(model: str, tmp: Path, requests: int, max_tokens: int) -> list[dict]:
+def bench(model: str, tmp: Path, requests: int, max_tokens: int, levels: tuple[int, ...] = CLIENTS) -> list[dict]:
     from honed.models.tiny import tiny_base
 
     base = str(tiny_base()) if model == "tiny" else "smollm2"
@@ -102,7 +102,7 @@ def bench(model: str, tmp: Path, requests: int, max_tokens: int) -> list[dict]:
             load(url, prompts(model), 1, 1, 4)  # the model loads at the first request
         questions = prompts(model)
         rows = []
-        for clients in CLIENTS:
+        for clients in levels:
             row = {"model": model, "clients": clients}
             for name, url in servers.items():
                 row[name] = load(url, questions, clients, requests, max_tokens)
@@ -123,11 +123,14 @@ def main() -> int:
     parser.add_argument("--model", choices=("tiny", "smollm2", "both"), default="both")
     parser.add_argument("--requests", type=int, default=6, help="Requests per client at each level.")
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--clients", default=",".join(map(str, CLIENTS)),
+                        help="Concurrent clients at each level, comma-separated (the goal is read at the last).")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     models = ["tiny"] if args.quick else (["tiny", "smollm2"] if args.model == "both" else [args.model])
     requests = 3 if args.quick else args.requests
+    levels = tuple(int(c) for c in args.clients.split(","))
     load_before = load_average()
     print(f"load before {load_before}; {requests} requests per client, max_tokens {args.max_tokens}")
     print(f"{'model':<8}{'clients':>8}{'1-by-1 tok/s':>12}{'p50 s':>9}{'p99 s':>9}{'batch tok/s':>12}{'p50 s':>9}"
@@ -136,7 +139,7 @@ def main() -> int:
     figures, details = [], []
     try:
         for model in models:
-            rows = bench(model, tmp, requests, args.max_tokens)
+            rows = bench(model, tmp, requests, args.max_tokens, levels)
             details.extend(rows)
             widest = rows[-1]
             figures.append(figure(f"{model}: tokens/s at {widest['clients']} clients, batched",

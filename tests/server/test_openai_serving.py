@@ -348,3 +348,15 @@ def test_concurrent_requests_are_decoded_together_and_answer_as_alone(make_works
         streamed = list(pool.map(lambda i: ask(i, stream=True), range(len(questions))))
     assert together == alone and streamed == alone
     assert loop.widest > 2, f"concurrent requests were decoded {loop.widest} at a time"
+
+
+def test_requests_arriving_together_are_prefilled_together_unless_padding_wastes_much():
+    from honed.server.batching import Row, prefill_groups
+
+    def row(length: int) -> Row:
+        return Row(prompt=[1] * length, max_tokens=4, temperature=0, top_p=1, seed=0)
+
+    groups = prefill_groups([row(40), row(38), row(400), row(39), row(41)])
+    assert [[len(r.prompt) for r in g] for g in groups] == [[38, 39, 40, 41], [400]]  # the long one alone
+    assert [len(g) for g in prefill_groups([row(10) for _ in range(16)])] == [16]
+    assert prefill_groups([]) == []

@@ -588,10 +588,9 @@ class ServerSettings(_Section):
         "training, in seconds (the job's own estimate is sent instead when it has one and is shorter).",
     )
     max_batch: int = Field(
-        0, ge=0, le=256, description="Dynamic batching: with N > 0, concurrent requests on one model are "
-        "decoded together, up to N at a time (each joins the batch between decode steps and leaves it when "
-        "it ends). 0: one request at a time through transformers' generate (for now the default, until "
-        "the batched loop has been through the real-model tests).",
+        16, ge=0, le=256, description="Dynamic batching: concurrent requests on one model are decoded "
+        "together, up to N at a time (each joins the batch between decode steps and leaves it when it "
+        "ends). 0: one request at a time through transformers' generate.",
     )
     upstream_url: str = Field(
         "", description="Proxy capture: an OpenAI-compatible engine (vLLM, llama.cpp, Ollama, a hosted "

@@ -1,7 +1,8 @@
 """Dynamic batching for the built-in server: one decode loop per loaded model, in a thread
 of its own, that answers every request on that model together. A request joins the batch
-between two decode steps (its prompt is prefilled alone, then its KV cache is padded on
-the left to the batch's length and added as a row), and leaves it as soon as it ends (its
+between two decode steps (its prompt is prefilled, together with those of the requests
+that arrived in the same step, then its KV cache is padded on the left to the batch's
+length and added as a row), and leaves it as soon as it ends (its
 end-of-turn token, a stop string, its token budget, or its client gone): the rows that
 remain go on without waiting, and nobody waits for the longest answer.
 
@@ -104,9 +105,9 @@ class DecodeLoop:
                 del self._pending[: len(joining)]
             try:
                 with torch.inference_mode():
-                    for row in joining:
-                        cache, mask = self._join(row, active, cache, mask)
-                        active.append(row)
+                    for group in prefill_groups(joining):
+                        cache, mask = self._join(group, cache, mask)
+                        active.extend(group)
                     ended = [i for i, row in enumerate(active) if self._next_token(row)]
                     for i in ended:
                         self._finish(active[i])
@@ -128,19 +129,29 @@ class DecodeLoop:
                         self._finish(row)
                 active, cache, mask = [], None, None
 
-    def _join(self, row: Row, active: list[Row], cache, mask):
-        """Prefill ``row``'s prompt alone and add its cache to the batch's as a new row."""
+    def _join(self, rows: list[Row], cache, mask):
+        """Prefill ``rows``' prompts together (padded on the left) and add their caches to
+        the batch's as new rows."""
         import torch
         from transformers import DynamicCache
 
-        row.generator = torch.Generator(device="cpu").manual_seed(row.seed)
-        if row.streamer is not None:
-            row.streamer.put(torch.tensor([row.prompt]))  # a transformers streamer hears the prompt first
+        device = self.model.device
+        width = max(len(row.prompt) for row in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        own_mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, row in enumerate(rows):
+            row.generator = torch.Generator(device="cpu").manual_seed(row.seed)
+            if row.streamer is not None:
+                row.streamer.put(torch.tensor([row.prompt]))  # a transformers streamer hears the prompt first
+            ids[i, width - len(row.prompt):] = torch.tensor(row.prompt)
+            own_mask[i, width - len(row.prompt):] = 1
+        ids, own_mask = ids.to(device), own_mask.to(device)
         own = DynamicCache()
-        ids = torch.tensor([row.prompt], device=self.model.device)
-        out = self.model(input_ids=ids, cache=own, use_cache=True, logits_to_keep=1)
-        row.logits, row.position = out.logits[0, -1].float(), len(row.prompt)
-        own_mask = torch.ones(1, len(row.prompt), dtype=torch.long, device=ids.device)
+        positions = (own_mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=own_mask, position_ids=positions, cache=own, use_cache=True,
+                         logits_to_keep=1)
+        for i, row in enumerate(rows):
+            row.logits, row.position = out.logits[i, -1].float(), len(row.prompt)
         if cache is None:
             return own, own_mask
         width = max(mask.shape[1], own_mask.shape[1])
@@ -217,6 +228,20 @@ class DecodeLoop:
         if row.streamer is not None:
             row.streamer.end()
         row.done.set()
+
+
+def prefill_groups(rows: list[Row], waste: float = 0.25) -> list[list[Row]]:
+    """``rows`` in groups to prefill together: by prompt length, each group padding at most
+    ``waste`` of its tokens (a long prompt is not padded to by many short ones)."""
+    groups: list[list[Row]] = []
+    for row in sorted(rows, key=lambda r: len(r.prompt)):
+        group = groups[-1] if groups else None
+        if group and (len(group) + 1) * len(row.prompt) <= (1 + waste) * (sum(len(r.prompt) for r in group)
+                                                                            + len(row.prompt)):
+            group.append(row)
+        else:
+            groups.append([row])
+    return groups
 
 
 def penalized(logits, tokens: list[int], presence: float, frequency: float):
