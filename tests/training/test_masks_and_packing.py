@@ -138,3 +138,42 @@ def test_position_ids_alone_would_let_packed_examples_attend_to_each_other(token
             out.logits.float().view(-1, out.logits.size(-1)), packed.targets.view(-1),
             ignore_index=IGNORE, reduction="sum").item()
     assert abs(right - wrong) > 1e-3
+
+
+def test_the_head_runs_only_where_a_token_is_scored_and_the_loss_and_gradients_are_unchanged(
+        tokenizer, tiny_random_base, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from honed.training import trainer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_random_base)  # its own: every weight gets a gradient
+
+    records = [chat(f"reverse: {w}", w[::-1], system="be brief") for w in ("alpha", "bravo", "charlie delta", "echo")]
+    examples = [tokenize_record(tokenizer, r, 512) for r in [*records, {"text": "a b c"}]]
+    batch = pack_batch(examples, 64, tokenizer.pad_token_id, True)
+    head = model.get_output_embeddings()
+    seen: list[int] = []
+    hook = head.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape[:-1].numel()))
+
+    def loss_and_grads():
+        model.zero_grad()
+        with torch.enable_grad():
+            loss = batch_loss_sum(model, batch)
+            loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    try:
+        monkeypatch.setattr(trainer, "HEAD_CHUNK", 7)  # several chunks
+        scored_loss, scored_grads = loss_and_grads()
+        assert seen and max(seen) <= 7 and sum(seen) == 2 * batch.n_targets  # forward, then recomputed in backward
+        assert batch.n_targets < batch.input_ids.numel() / 2  # prompts and padding are most of the batch
+        seen.clear()
+        monkeypatch.setattr(trainer, "_decoder_and_head", lambda _model: None)  # the whole logits tensor
+        whole_loss, whole_grads = loss_and_grads()
+        assert seen == [batch.input_ids.numel()]
+    finally:
+        hook.remove()
+    assert scored_loss == pytest.approx(whole_loss, rel=1e-5)
+    assert len(scored_grads) == len(whole_grads) > 0
+    for a, b in zip(scored_grads, whole_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

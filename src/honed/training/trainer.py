@@ -105,17 +105,74 @@ def examples_for_step(step: int, n_examples: int, cfg: TrainSettings, rank: int 
 # --- loss ----------------------------------------------------------------------------
 
 
+# Architectures whose logits are the head applied to the decoder's last hidden state, and
+# nothing more (no soft-capping or scaling of the logits): their loss can skip the head
+# where no token is scored.
+PLAIN_HEAD_MODELS = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+HEAD_CHUNK = 1024  # scored positions per chunk of the head's logits
+
+
 def batch_loss_sum(model, batch: PackedBatch) -> torch.Tensor:
-    """Sum of the token losses of one packed micro-batch (divide by the step's targets)."""
-    out = model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids, use_cache=False,
-    )
-    logits = out.logits.float()
-    return F.cross_entropy(
-        logits.view(-1, logits.size(-1)), batch.targets.view(-1),
-        ignore_index=IGNORE, reduction="sum",
-    )
+    """Sum of the token losses of one packed micro-batch (divide by the step's targets).
+
+    Where the model allows it (:func:`_decoder_and_head`), the head runs only at the
+    positions that have a target (the assistant's tokens of a chat; every token of a
+    text), in chunks of ``HEAD_CHUNK`` positions whose logits are recomputed in the
+    backward pass rather than kept: the (tokens x vocabulary) logits tensor, 49,152 wide
+    on SmolLM2, never exists, and the head's work on prompts is not done at all."""
+    parts = _decoder_and_head(model)
+    if parts is None:
+        out = model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids, use_cache=False,
+        )
+        logits = out.logits.float()
+        return F.cross_entropy(
+            logits.view(-1, logits.size(-1)), batch.targets.view(-1),
+            ignore_index=IGNORE, reduction="sum",
+        )
+    decoder, head = parts
+    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                     position_ids=batch.position_ids, use_cache=False).last_hidden_state
+    targets = batch.targets.reshape(-1)
+    scored = (targets != IGNORE).nonzero().squeeze(-1)
+    hidden, targets = hidden.reshape(-1, hidden.size(-1)).index_select(0, scored), targets.index_select(0, scored)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, len(scored), HEAD_CHUNK):
+        chunk = (head, hidden[start : start + HEAD_CHUNK], targets[start : start + HEAD_CHUNK])
+        if torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            total = total + checkpoint(_head_loss_sum, *chunk, use_reentrant=False)
+        else:
+            total = total + _head_loss_sum(*chunk)
+    return total
+
+
+def _head_loss_sum(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+def _decoder_and_head(model):
+    """The decoder and the head of ``model`` (a transformers causal LM, bare or with peft
+    adapters) when its logits are the plain head of the decoder's output; None for other
+    architectures, and for a model wrapped for data parallelism, which must be called
+    whole for its gradients to be exchanged."""
+    from torch.distributed.fsdp import FSDPModule
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(model, DistributedDataParallel | FSDPModule):
+        return None
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(getattr(inner, "config", None), "model_type", None) not in PLAIN_HEAD_MODELS:
+        return None
+    get_decoder, get_head = getattr(inner, "get_decoder", None), getattr(inner, "get_output_embeddings", None)
+    if get_decoder is None or get_head is None:
+        return None
+    decoder, head = get_decoder(), get_head()
+    if decoder is None or head is None or decoder is inner:
+        return None
+    return decoder, head
 
 
 def train_step(model, optimizer, params, batches: list[PackedBatch], cfg: TrainSettings, lr: float,
