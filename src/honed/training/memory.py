@@ -18,7 +18,10 @@ honed's own loop, the peak RSS it adds): the formula's figure is 1.05 times what
 took on the tiny base and 1.2 to 1.3 times on SmolLM2-135M, so it errs on the side of a
 smaller micro-batch (``tests/training/test_memory_plan.py`` keeps it within 0.85-2x).
 With activation checkpointing only each layer's input is kept, plus one layer's
-activations while it is recomputed.
+activations while it is recomputed. The head's ``4 x vocab`` is what the preference
+objectives keep; supervised steps on the architectures whose head honed applies only at
+the scored positions (``honed.training.trainer.batch_loss_sum``) keep far less, so for
+them the estimate errs further on the side of a smaller micro-batch.
 """
 
 from __future__ import annotations
