@@ -6,7 +6,7 @@ continuous batching against transformers' ``generate`` in fixed batches.
 
 Each job's evaluation decodes the held-out answers of the candidate and of the deployed
 model greedily (``honed.evaluation.exact_match.generate_answers``). The baseline is what it
-did before: prompts sorted by length, cut into fixed batches of ``eval.batch_size``, each
+does: prompts sorted by length, cut into fixed batches of ``eval.batch_size``, each
 batch through ``generate`` until its longest answer ends (rows that ended keep decoding
 padding). The alternative measured is the server's decode loop (continuous batching):
 up to ``batch_size`` rows at a time, each leaving the step it ends and the next prompt
@@ -36,9 +36,8 @@ from headline import figure, load_average, write_headline  # noqa: E402
 
 def loop_answers(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int, batch_size: int) -> list[str]:
     """The greedy answers through the server's decode loop: prompts by length, up to
-    ``batch_size`` rows at a time, each leaving the step it ends."""
-    import torch
-
+    ``batch_size`` rows at a time, each leaving the step it ends (the loop's thread decodes
+    in inference mode of its own)."""
     from honed.data.chat_encoding import encode_chat
     from honed.evaluation.exact_match import decode_until_stop, stop_token_ids
     from honed.server.batching import DecodeLoop, Row
@@ -47,8 +46,7 @@ def loop_answers(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens:
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     stop_ids = stop_token_ids(model, tokenizer)
     rows = [Row(prompt=encoded[i], max_tokens=max_new_tokens, temperature=0.0, top_p=1.0, seed=0) for i in order]
-    with torch.inference_mode():
-        DecodeLoop(model, tokenizer, stop_ids, batch_size).run(rows)
+    DecodeLoop(model, tokenizer, stop_ids, batch_size).run(rows)
     answers = [""] * len(prompts)
     for i, row in zip(order, rows, strict=True):
         answers[i] = decode_until_stop(tokenizer, row.tokens, stop_ids)
