@@ -15,6 +15,7 @@ from honed.config import (
     render_commented_toml,
     update_config_file,
 )
+from honed.config.models import split_endpoint
 
 
 def test_layers_apply_in_order_file_then_environment_then_flags(tmp_path, monkeypatch):
@@ -64,9 +65,22 @@ def test_engine_urls_must_be_http_base_urls_and_the_error_names_the_key(tmp_path
 
 
 def test_preference_objectives_under_several_processes_refuse_sharding_and_say_what_works():
-    with pytest.raises(SettingsError, match=r"objective = 'kto' with train.nproc > 1 .*distributed = 'ddp'"):
+    with pytest.raises(SettingsError, match=r"objective = 'kto' with several trainer processes .*distributed = 'ddp'"):
         load_settings(None, parse_assignments(["train.objective=kto", "train.nproc=2", "train.distributed=fsdp"]))
     assert load_settings(None, parse_assignments(["train.objective=kto", "train.nproc=2"])).train.distributed == "ddp"
+    with pytest.raises(SettingsError, match=r"objective = 'dpo' with several trainer processes"):
+        load_settings(None, parse_assignments(["train.objective=dpo", "train.nnodes=2", "train.distributed=fsdp",
+                                               "train.rdzv_endpoint=10.0.0.5:29400"]))
+
+
+def test_several_machines_need_the_rendezvous_endpoint_as_host_and_port():
+    for given in ("", "10.0.0.5", "10.0.0.5:port", ":29400", "10.0.0.5:70000"):
+        with pytest.raises(SettingsError, match=r"train.nnodes = 2: train.rdzv_endpoint = .*expected HOST:PORT"):
+            load_settings(None, parse_assignments(["train.nnodes=2", f"train.rdzv_endpoint={given}"]))
+    train = load_settings(None, parse_assignments(["train.nnodes=3", "train.nproc=2",
+                                                   "train.rdzv_endpoint=gpu-a.lan:29400"])).train
+    assert train.world_size == 6
+    assert split_endpoint("[fd00::5]:29400") == ("fd00::5", 29400)
 
 
 def test_set_needs_key_equals_value():

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 
 import psutil
 import pytest
 
 from honed.store import Store
-from tests.cli_runner import run_honed
+from tests.cli_runner import free_port, run_honed
 from tests.daemon.conftest import configure, last_logged_step, pid_alive, wait_for
 from tests.daemon.test_supervision import add_dataset, assert_same_losses, finished, train_curve
 
@@ -163,6 +165,46 @@ def test_a_rank_killed_and_a_pause_stop_every_rank_and_the_run_continues_from_it
     assert second_attempt[0] == checkpoint + 1, "the restart continued from the last checkpoint"
     assert_same_curve(store, run.id, reference_run.id)
     daemon.stop()
+    store.close()
+
+
+def test_two_machines_on_loopback_follow_the_single_process_curve(daemon_ws, start_daemon, tmp_path):
+    """train.nnodes = 2: the daemon's machine is node 0, 'honed node --node-rank 1' (here a
+    second process on the same machine, reaching node 0 at 127.0.0.1) joins as node 1; one
+    process each, so the curve must be the single process's with the whole batch."""
+    port = free_port()
+    ws = configure(daemon_ws, {"train": {"threads": 1}})
+    store = ws.open_store()
+    dataset = add_dataset(ws, store, 200, seed=13)
+    single = store.create_job(track="main", dataset_ids=[dataset], overrides=SINGLE)
+    two_machines = store.create_job(track="main", dataset_ids=[dataset], overrides={"train": {
+        "batch_size": 4, "nproc": 1, "nnodes": 2, "rdzv_endpoint": f"127.0.0.1:{port}", "rdzv_timeout_s": 120}})
+    node_log = tmp_path / "node.out"
+    with open(node_log, "ab") as out:
+        node = subprocess.Popen([sys.executable, "-m", "honed.cli", "node", "--node-rank", "1", "--workspace",
+                                 str(ws.root)], stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+    try:
+        start_daemon(ws)
+        runs = {}
+        for name, job in (("single", single), ("two machines", two_machines)):
+            done = finished(store, job.id)
+            assert done.state == "succeeded", [e.message for e in store.job_events(job.id)] + [node_log.read_text()]
+            runs[name] = store.get_run(done.run_id)
+        assert_same_curve(store, runs["two machines"].id, runs["single"].id)
+        assert runs["two machines"].final_metrics["val_loss"] == pytest.approx(
+            runs["single"].final_metrics["val_loss"], rel=TOLERANCE)
+        started = [e for e in store.job_events(two_machines.id) if e.kind == "trainer"]
+        assert "node 0 of 2" in started[0].message and f"127.0.0.1:{port}" in started[0].message, started[0].message
+        assert f"joining job {two_machines.id}" in node_log.read_text(), node_log.read_text()
+        # Its share of the attempt ran there: its torchrun's log names node rank 1's ranks.
+        assert (ws.logs_dir / "nodes" / f"node-1-job-{two_machines.id}.log").is_file()
+        assert node.poll() is None, "the node waits for the next job"
+        node.send_signal(signal.SIGTERM)
+        assert node.wait(timeout=30) == 0
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait()
     store.close()
 
 

@@ -118,6 +118,27 @@ def daemon_stop(
         console.print(f"daemon {pid} stopped")
 
 
+@app.command()
+def node(
+    node_rank: Annotated[int, typer.Option("--node-rank", min=1, help="This machine's node rank: 1 .. "
+                                           "train.nnodes - 1 (node 0 is the daemon's machine).")],
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Lend this machine to jobs that span machines (train.nnodes > 1): join each as it starts.
+
+    Run it on every machine but the daemon's, on the same workspace (a shared folder, the
+    store on PostgreSQL); Ctrl-C or SIGTERM stops it and this machine's processes of the
+    running job (the daemon then retries the attempt from its last checkpoint)."""
+    from honed.daemon.lifecycle import setup_daemon_logging
+    from honed.daemon.node import run_node
+
+    ws = workspace_from(workspace)
+    setup_daemon_logging(ws.logs_dir / "nodes", to_console=True, name=f"node-{node_rank}")
+    err_console.print(f"honed node {node_rank} for {ws.root}: joins the jobs that span machines (Ctrl-C stops it)",
+                      highlight=False)
+    run_node(ws.root, node_rank)
+
+
 # --- queue -----------------------------------------------------------------------------
 
 

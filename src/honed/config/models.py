@@ -194,9 +194,23 @@ class TrainSettings(_Section):
     )
     threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch's default.")
     nproc: int = Field(
-        1, ge=1, description="Trainer processes for data-parallel training. Above 1 the daemon "
-        "launches the trainer under torchrun; batch_size is per process, so an optimizer step "
-        "sees batch_size x grad_accum x nproc examples.",
+        1, ge=1, description="Trainer processes for data-parallel training on each machine. Above "
+        "1 (or with nnodes > 1) the daemon launches the trainer under torchrun; batch_size is per "
+        "process, so an optimizer step sees batch_size x grad_accum x nproc x nnodes examples.",
+    )
+    nnodes: int = Field(
+        1, ge=1, description="Machines a job trains on. Above 1 the daemon's machine is node 0 "
+        "and hosts the rendezvous at rdzv_endpoint; every other machine runs 'honed node "
+        "--node-rank K' (K = 1 .. nnodes-1) on the same workspace (a shared folder, the store "
+        "on PostgreSQL) and joins each job as it starts.",
+    )
+    rdzv_endpoint: str = Field(
+        "", description="With nnodes > 1: HOST:PORT of the daemon's machine as the other "
+        "machines reach it; torchrun's rendezvous (and the process group's store) listens there.",
+    )
+    rdzv_timeout_s: int = Field(
+        600, gt=0, description="With nnodes > 1: how long a job's processes wait for every "
+        "machine to join before the attempt fails (and is retried), in seconds.",
     )
     distributed: Literal["ddp", "fsdp"] = Field(
         "ddp", description="With nproc > 1: ddp keeps a whole copy of the model in every process; "
@@ -240,14 +254,34 @@ class TrainSettings(_Section):
             return self
         return self.model_copy(update={"batch_size": size, "grad_accum": accum})
 
+    @property
+    def world_size(self) -> int:
+        """The job's trainer processes over all its machines."""
+        return self.nproc * self.nnodes
+
     @model_validator(mode="after")
     def _check_preference_sharding(self) -> TrainSettings:
         # The reference pass of dpo and kto runs per record, as each rank's cache needs it;
         # sharded parameters would make every rank wait on the others' reference passes.
-        if self.objective != "sft" and self.nproc > 1 and self.distributed == "fsdp":
-            raise ValueError(f"train.objective = {self.objective!r} with train.nproc > 1 trains with "
-                             "distributed = 'ddp'; 'fsdp' is for sft (set train.distributed = 'ddp')")
+        if self.objective != "sft" and self.world_size > 1 and self.distributed == "fsdp":
+            raise ValueError(f"train.objective = {self.objective!r} with several trainer processes trains "
+                             "with distributed = 'ddp'; 'fsdp' is for sft (set train.distributed = 'ddp')")
         return self
+
+    @model_validator(mode="after")
+    def _check_rendezvous(self) -> TrainSettings:
+        if self.nnodes > 1:
+            split_endpoint(self.rdzv_endpoint, f"train.nnodes = {self.nnodes}: train.rdzv_endpoint")
+        return self
+
+
+def split_endpoint(text: str, what: str = "train.rdzv_endpoint") -> tuple[str, int]:
+    """``HOST:PORT`` as ``(HOST, PORT)``; ValueError naming ``what`` otherwise."""
+    host, _, port = text.strip().rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{what} = {text!r}: expected HOST:PORT of the daemon's machine as the other "
+                         "machines reach it, for example 10.0.0.5:29400")
+    return host.strip("[]"), int(port)
 
 
 class DaemonSettings(_Section):

@@ -14,6 +14,15 @@ in its place: which rank failed and how.
 ``--max-restarts 0``: a rank that dies ends the attempt (torchrun stops the others); the
 daemon counts it and starts the next attempt from the last checkpoint, with its bounded
 attempts and backoff, as for any crashed trainer.
+
+Several machines (``train.nnodes > 1``): every machine runs this with ``--nnodes N
+--node-rank K --rdzv-endpoint HOST:PORT``; the daemon's machine is node 0 and the others
+are started by ``honed node`` (:mod:`honed.daemon.node`). The rendezvous is torchrun's
+``static`` one, whose TCPStore (c10d's) node 0 hosts at the endpoint: its node ranks are
+the ones given, so global rank 0, the process that holds the daemon's claim on the job,
+answers its signals and records the outcome, is always on the daemon's machine. (torchrun's
+``c10d`` rendezvous orders the nodes by host name and process id instead: rank 0 could
+land on a machine without the daemon.)
 """
 
 from __future__ import annotations
@@ -26,9 +35,13 @@ import uuid
 TRAINER_MODULE = "honed.daemon.trainer_process"
 
 
-def launch_command(nproc: int, *trainer_args: str, module: str = TRAINER_MODULE) -> list[str]:
-    """The command the daemon runs for a job with ``train.nproc = nproc``."""
-    return [sys.executable, "-m", "honed.daemon.launch", "--nproc", str(nproc), "--module", module,
+def launch_command(nproc: int, *trainer_args: str, module: str = TRAINER_MODULE, nnodes: int = 1,
+                   node_rank: int = 0, rdzv_endpoint: str = "", rdzv_timeout_s: int = 600) -> list[str]:
+    """The command that runs this machine's share of a job with ``train.nproc = nproc`` on
+    ``train.nnodes = nnodes`` machines (this one being node ``node_rank``)."""
+    several = ["--nnodes", str(nnodes), "--node-rank", str(node_rank), "--rdzv-endpoint", rdzv_endpoint,
+               "--rdzv-timeout", str(rdzv_timeout_s)] if nnodes > 1 else []
+    return [sys.executable, "-m", "honed.daemon.launch", "--nproc", str(nproc), *several, "--module", module,
             "--", *trainer_args]
 
 
@@ -53,6 +66,10 @@ def cause_of(failures: dict) -> tuple | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m honed.daemon.launch")
     parser.add_argument("--nproc", type=int, required=True, help="processes on this machine")
+    parser.add_argument("--nnodes", type=int, default=1, help="machines of the job")
+    parser.add_argument("--node-rank", type=int, default=0, help="this machine's place among them (0: the daemon's)")
+    parser.add_argument("--rdzv-endpoint", default="", help="HOST:PORT of node 0, with --nnodes above 1")
+    parser.add_argument("--rdzv-timeout", type=int, default=600, help="seconds to wait for every machine")
     parser.add_argument("--module", default=TRAINER_MODULE, help=argparse.SUPPRESS)
     parser.add_argument("trainer_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -62,10 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     from torch.distributed.launcher.api import elastic_launch
     from torch.distributed.run import config_from_args, parse_args
 
-    run_args = parse_args(["--nnodes", "1", "--nproc-per-node", str(args.nproc), "--max-restarts", "0",
+    if args.nnodes > 1:
+        from honed.config.models import split_endpoint
+
+        host, port = split_endpoint(args.rdzv_endpoint, "--rdzv-endpoint")
+        where = ["--nnodes", str(args.nnodes), "--node-rank", str(args.node_rank), "--rdzv-backend", "static",
+                 "--master-addr", host, "--master-port", str(port), "--rdzv-conf", f"timeout={args.rdzv_timeout}"]
+    else:
+        where = ["--nnodes", "1"]
+    run_args = parse_args([*where, "--nproc-per-node", str(args.nproc), "--max-restarts", "0",
                            "--monitor-interval", "0.5", "-m", args.module, *trainer_args])
-    # What torchrun's --standalone does: a rendezvous of this machine alone, on a free port.
-    run_args.rdzv_backend, run_args.rdzv_endpoint, run_args.rdzv_id = "c10d", "localhost:0", str(uuid.uuid4())
+    if args.nnodes == 1:
+        # What torchrun's --standalone does: a rendezvous of this machine alone, on a free port.
+        run_args.rdzv_backend, run_args.rdzv_endpoint, run_args.rdzv_id = "c10d", "localhost:0", str(uuid.uuid4())
     config, entrypoint, entry_args = config_from_args(run_args)
     try:
         elastic_launch(config=config, entrypoint=entrypoint)(*entry_args)

@@ -23,11 +23,13 @@ def _dated_name(default: str) -> str:
     return str(path.with_name(f"{current.removesuffix('.log')}-{day}.log"))
 
 
-def setup_daemon_logging(logs_dir: Path, to_console: bool, verbose: bool = False) -> TimedRotatingFileHandler:
-    """Log the daemon to ``logs/daemon.log`` (and to stderr in the foreground). At local
-    midnight the day's file becomes ``logs/daemon-YYYY-MM-DD.log``; none is deleted."""
+def setup_daemon_logging(logs_dir: Path, to_console: bool, verbose: bool = False,
+                         name: str = "daemon") -> TimedRotatingFileHandler:
+    """Log the daemon to ``logs/daemon.log`` (``NAME.log``; and to stderr in the
+    foreground). At local midnight the day's file becomes ``logs/daemon-YYYY-MM-DD.log``;
+    none is deleted."""
     logs_dir.mkdir(parents=True, exist_ok=True)
-    handler = TimedRotatingFileHandler(logs_dir / "daemon.log", when="midnight", backupCount=0,
+    handler = TimedRotatingFileHandler(logs_dir / f"{name}.log", when="midnight", backupCount=0,
                                        encoding="utf-8")
     handler.namer = _dated_name
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -331,46 +331,59 @@ class Supervisor:
         return self.ws.logs_dir / "jobs" / f"job-{job_id}.log"
 
     def start_trainer(self, job: JobInfo) -> subprocess.Popen:
-        """Hand the job to the warm spare trainer, or start a fresh one; a job with
-        ``train.nproc > 1`` starts under torchrun (:mod:`honed.daemon.launch`)."""
+        """Hand the job to the warm spare trainer, or start a fresh one; a job of several
+        processes (``train.nproc``, ``train.nnodes``) starts under torchrun
+        (:mod:`honed.daemon.launch`), this machine being node 0."""
         log_path = self.job_log(job.id)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        nproc = self.processes_for(job)
+        world = self.world_of(job)
+        nproc, nnodes = world["nproc"], world["nnodes"]
         trainer = None
-        if nproc == 1:
+        if nproc * nnodes == 1:
             trainer = self.spare.hand_over(f"job {job.id} fence={job.fence} {log_path}")
         if trainer is None:
             command = self.trainer_command("--job", str(job.id), "--fence", str(job.fence))
-            if nproc > 1:
-                command = launch_command(nproc, *command[3:], module=self.trainer_module)
+            if nproc * nnodes > 1:
+                command = launch_command(nproc, *command[3:], module=self.trainer_module, nnodes=nnodes,
+                                         rdzv_endpoint=world["rdzv_endpoint"],
+                                         rdzv_timeout_s=world["rdzv_timeout_s"])
             with open(log_path, "ab") as out:
                 trainer = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                            start_new_session=True)
-        what = (f"trainer process {trainer.pid}" if nproc == 1
+        what = (f"trainer process {trainer.pid}" if nproc * nnodes == 1
                 else f"trainer in {nproc} processes under torchrun (pid {trainer.pid})")
+        if nnodes > 1:
+            what += (f" as node 0 of {nnodes}, waiting up to {world['rdzv_timeout_s']} s at "
+                     f"{world['rdzv_endpoint']} for 'honed node' on the other machines to join,")
         try:
             self.store.report_progress(job.id, None, trainer_pid=trainer.pid, fence=job.fence)
             self.store.add_job_event(job.id, "trainer", f"{what} started on run {job.run_id} "
                                      f"(log: {log_path})", {"pid": trainer.pid, "run_id": job.run_id,
-                                                            "nproc": nproc}, fence=job.fence)
+                                                            "fence": job.fence, **world}, fence=job.fence)
         except StaleClaimError:
             _kill_trainer(trainer)
             raise
         return trainer
 
-    def processes_for(self, job: JobInfo) -> int:
-        """``train.nproc`` of the job: its run's once planned (an attempt trains as the
-        run began), else its settings'. 1 when they are broken: the trainer says why."""
+    def world_of(self, job: JobInfo) -> dict:
+        """Where the job's trainer processes run: ``nproc``, ``nnodes``, ``rdzv_endpoint``
+        and ``rdzv_timeout_s`` of the job's run once planned (an attempt trains as the run
+        began), else of its settings; one process when they are broken (the trainer says
+        why)."""
         from honed.config import SettingsError
+        from honed.config.models import TrainSettings
         from honed.workspace import WorkspaceError, open_workspace
 
+        keys = ("nproc", "nnodes", "rdzv_endpoint", "rdzv_timeout_s")
         run = self.store.get_run(job.run_id) if job.run_id else None
         if run is not None:
-            return int(run.config.get("train", {}).get("nproc", 1))
+            planned = run.config.get("train", {})
+            return {key: planned.get(key, TrainSettings.model_fields[key].default) for key in keys}
         try:
-            return open_workspace(self.ws.root, job.overrides).settings.train.nproc
+            train = open_workspace(self.ws.root, job.overrides).settings.train
         except (SettingsError, WorkspaceError):
-            return 1
+            train = TrainSettings()
+        return {key: getattr(train, key) for key in keys}
 
     def trainer_command(self, *args: str) -> list[str]:
         """The command line of a trainer process. ``HONED_TRAINER_MODULE`` names another

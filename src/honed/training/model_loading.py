@@ -204,7 +204,7 @@ def check_training_support(train: TrainSettings, device: torch.device) -> None:
             'train.quantization = "4bit" (QLoRA) needs ' + " and ".join(missing) + ". Train the base "
             'unquantized instead: train.quantization = "none" (--set train.quantization=none), with '
             "train.gradient_checkpointing = true if memory is short")
-    if train.nproc > 1 and train.distributed == "fsdp":
+    if train.world_size > 1 and train.distributed == "fsdp":
         raise UnsupportedSetting(
             'train.quantization = "4bit" with train.distributed = "fsdp" is not supported: honed places the '
             'whole 4-bit base on each process\'s GPU. Use train.distributed = "ddp" (every GPU holds its own '

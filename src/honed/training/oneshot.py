@@ -44,8 +44,9 @@ def check_trainable_here(train) -> None:
     several processes (the daemon runs those under torchrun) or 4-bit without CUDA."""
     from honed.training.model_loading import check_training_support, pick_device
 
-    if train.nproc > 1:
-        raise RunError(f"train.nproc = {train.nproc}: 'honed train' trains in this one process; queue the "
+    if train.world_size > 1:
+        raise RunError(f"train.nproc = {train.nproc}, train.nnodes = {train.nnodes}: 'honed train' trains in "
+                       "this one process; queue the "
                        "data for the daemon instead ('honed queue add DATASET --set train.nproc=N'), which "
                        "runs the job under torchrun, or set train.nproc = 1")
     check_training_support(train, pick_device())

@@ -128,12 +128,13 @@ class TrainingRecipe:
         """Start the attempt, load plan, tokenizer and model, and continue from the last
         complete checkpoint (or start from the run's seed)."""
         spec, cfg, dist = self.spec, self.cfg, self.dist
-        if dist.world != cfg.nproc:
+        if dist.world != cfg.world_size:
             raise ValueError(
-                f"train.nproc = {cfg.nproc}, but this trainer runs in {dist.world} process(es): "
-                + ("the daemon starts runs with nproc > 1 under torchrun; queue the data "
+                f"train.nproc = {cfg.nproc} on train.nnodes = {cfg.nnodes} machine(s), but this trainer runs "
+                f"in {dist.world} process(es): "
+                + ("the daemon starts runs of several processes under torchrun; queue the data "
                    "('honed queue') for the daemon, or set train.nproc = 1" if dist.world == 1
-                   else "torchrun's --nproc-per-node must match train.nproc")
+                   else "torchrun's --nproc-per-node must match train.nproc, and --nnodes train.nnodes")
             )
         if cfg.threads:
             torch.set_num_threads(cfg.threads)

@@ -74,7 +74,7 @@ def learning_rate(step: int, total: int, cfg: TrainSettings, lr_scale: float) ->
 
 def examples_per_step(cfg: TrainSettings) -> int:
     """The global batch: examples per optimizer step over all processes."""
-    return cfg.batch_size * cfg.grad_accum * cfg.nproc
+    return cfg.batch_size * cfg.grad_accum * cfg.world_size
 
 
 def steps_per_epoch(n_examples: int, cfg: TrainSettings) -> int:
@@ -88,7 +88,7 @@ def total_steps(n_examples: int, cfg: TrainSettings) -> int:
 
 def examples_for_step(step: int, n_examples: int, cfg: TrainSettings, rank: int = 0) -> list[list[int]]:
     """Indices of the examples of each micro-batch that process ``rank`` (of
-    ``cfg.nproc``) trains on at optimizer step ``step``.
+    ``cfg.world_size``, over all machines) trains on at optimizer step ``step``.
 
     The step's examples depend on the global batch alone: one process with batch_size 8
     and two with batch_size 4 see the same eight examples at every step, split 4 + 4. At
