@@ -124,11 +124,9 @@ def node(
                                            "train.nnodes - 1 (node 0 is the daemon's machine).")],
     workspace: WorkspaceOpt = None,
 ) -> None:
-    """Lend this machine to jobs that span machines (train.nnodes > 1): join each as it starts.
+    """On every machine but the daemon's, same workspace: join the jobs of train.nnodes > 1 as they start.
 
-    Run it on every machine but the daemon's, on the same workspace (a shared folder, the
-    store on PostgreSQL); Ctrl-C or SIGTERM stops it and this machine's processes of the
-    running job (the daemon then retries the attempt from its last checkpoint)."""
+    Ctrl-C or SIGTERM stops it, with this machine's processes of the running attempt (the daemon retries it)."""
     from honed.daemon.lifecycle import setup_daemon_logging
     from honed.daemon.node import run_node
 

@@ -36,13 +36,21 @@ TRAINER_MODULE = "honed.daemon.trainer_process"
 
 
 def launch_command(nproc: int, *trainer_args: str, module: str = TRAINER_MODULE, nnodes: int = 1,
-                   node_rank: int = 0, rdzv_endpoint: str = "", rdzv_timeout_s: int = 600) -> list[str]:
+                   node_rank: int = 0, rdzv_endpoint: str = "", rdzv_id: str = "none",
+                   rdzv_timeout_s: int = 600) -> list[str]:
     """The command that runs this machine's share of a job with ``train.nproc = nproc`` on
-    ``train.nnodes = nnodes`` machines (this one being node ``node_rank``)."""
+    ``train.nnodes = nnodes`` machines (this one being node ``node_rank``) in the
+    rendezvous ``rdzv_id``: one per attempt, so that a machine late for an attempt that
+    has ended waits out its timeout instead of joining the next one."""
     several = ["--nnodes", str(nnodes), "--node-rank", str(node_rank), "--rdzv-endpoint", rdzv_endpoint,
-               "--rdzv-timeout", str(rdzv_timeout_s)] if nnodes > 1 else []
+               "--rdzv-id", rdzv_id, "--rdzv-timeout", str(rdzv_timeout_s)] if nnodes > 1 else []
     return [sys.executable, "-m", "honed.daemon.launch", "--nproc", str(nproc), *several, "--module", module,
             "--", *trainer_args]
+
+
+def rendezvous_id(job_id: int, fence: int | None) -> str:
+    """The rendezvous of one attempt at a job that spans machines (its claim's fence)."""
+    return f"honed-job-{job_id}-fence-{fence}"
 
 
 def describe_failure(rank: int, exitcode: int, pid: int) -> str:
@@ -69,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nnodes", type=int, default=1, help="machines of the job")
     parser.add_argument("--node-rank", type=int, default=0, help="this machine's place among them (0: the daemon's)")
     parser.add_argument("--rdzv-endpoint", default="", help="HOST:PORT of node 0, with --nnodes above 1")
+    parser.add_argument("--rdzv-id", default="none", help="the attempt's rendezvous, the same on every machine")
     parser.add_argument("--rdzv-timeout", type=int, default=600, help="seconds to wait for every machine")
     parser.add_argument("--module", default=TRAINER_MODULE, help=argparse.SUPPRESS)
     parser.add_argument("trainer_args", nargs=argparse.REMAINDER)
@@ -84,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 
         host, port = split_endpoint(args.rdzv_endpoint, "--rdzv-endpoint")
         where = ["--nnodes", str(args.nnodes), "--node-rank", str(args.node_rank), "--rdzv-backend", "static",
-                 "--master-addr", host, "--master-port", str(port), "--rdzv-conf", f"timeout={args.rdzv_timeout}"]
+                 "--master-addr", host, "--master-port", str(port), "--rdzv-id", args.rdzv_id,
+                 "--rdzv-conf", f"timeout={args.rdzv_timeout}"]
     else:
         where = ["--nnodes", "1"]
     run_args = parse_args([*where, "--nproc-per-node", str(args.nproc), "--max-restarts", "0",

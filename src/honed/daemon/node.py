@@ -21,7 +21,7 @@ import subprocess
 import threading
 from pathlib import Path
 
-from honed.daemon.launch import launch_command
+from honed.daemon.launch import launch_command, rendezvous_id
 from honed.states import JobState
 
 log = logging.getLogger("honed.node")
@@ -50,6 +50,7 @@ def node_command(root: Path, node_rank: int, job_id: int, world: dict) -> list[s
         trainer_args += ["--fence", str(world["fence"])]
     return launch_command(int(world.get("nproc", 1)), *trainer_args, nnodes=int(world["nnodes"]),
                           node_rank=node_rank, rdzv_endpoint=str(world["rdzv_endpoint"]),
+                          rdzv_id=rendezvous_id(job_id, world.get("fence")),
                           rdzv_timeout_s=int(world.get("rdzv_timeout_s", 600)))
 
 

@@ -52,7 +52,7 @@ import psutil
 from honed.daemon.attempt import EXIT_CLAIM_LOST
 from honed.daemon.idle import IdlePolicy
 from honed.daemon.inbox import Inbox
-from honed.daemon.launch import TRAINER_MODULE, launch_command
+from honed.daemon.launch import TRAINER_MODULE, launch_command, rendezvous_id
 from honed.daemon.lease import LeaseKeeper
 from honed.daemon.lock import DaemonLock
 from honed.daemon.outcome import AttemptOutcome, read_outcome
@@ -345,7 +345,7 @@ class Supervisor:
             command = self.trainer_command("--job", str(job.id), "--fence", str(job.fence))
             if nproc * nnodes > 1:
                 command = launch_command(nproc, *command[3:], module=self.trainer_module, nnodes=nnodes,
-                                         rdzv_endpoint=world["rdzv_endpoint"],
+                                         rdzv_endpoint=world["rdzv_endpoint"], rdzv_id=rendezvous_id(job.id, job.fence),
                                          rdzv_timeout_s=world["rdzv_timeout_s"])
             with open(log_path, "ab") as out:
                 trainer = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
