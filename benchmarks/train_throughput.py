@@ -1,7 +1,7 @@
 """Benchmark: LoRA training throughput of honed's trainer against HF Trainer (and TRL).
 
     python benchmarks/train_throughput.py [--model tiny|smollm2] [--steps N] [--quick] [--rounds R]
-                                          [--only a,b] [--json PATH]
+                                          [--only a,b] [--levers a,b|all] [--json PATH]
 
 Builds the tiny model with random weights (``build_tiny_model(pretrain=False)``), or with
 ``--model smollm2`` takes SmolLM2-135M-Instruct (converted once from its GGUF), and a
@@ -33,6 +33,10 @@ model's shapes, the best of them), counting 4 N FLOPs per real token (N: the wei
 matrix multiplies; forward plus the backward pass's input gradients, as the frozen base
 weights get none). With ``--model smollm2`` the goals are honed >= x1.3 the tokens/s of the
 best of HF and TRL and <= x0.8 its peak RSS.
+
+``--levers`` measures, each in its own process against honed's loop in the same run, one
+change to that loop (threads, activation checkpointing, bf16 autocast, ``torch.compile``,
+packing, the head on every position; :data:`LEVERS`): which of them pays on this CPU.
 """
 
 from __future__ import annotations
@@ -68,6 +72,18 @@ LABELS = {
     "hf": "HF Trainer (padded)",
     "hf-group": "HF Trainer group_by_length",
     "trl": "TRL SFTTrainer packing",
+}
+# Levers, each honed's bare loop with one thing changed, against the loop as it is in the
+# same run (--levers): which of them honed should adopt.
+LEVERS = {
+    "threads-1": "1 torch thread instead of --threads",
+    "checkpointing": "activation checkpointing per decoder layer (train.gradient_checkpointing)",
+    "bf16": "torch.autocast(cpu, bfloat16) around forward and backward",
+    "compile": "torch.compile(dynamic=True) on every decoder layer (train.compile; inductor, C++ on the CPU)",
+    "unpacked": "one example per row, padded (train.pack = false), instead of packed rows with a "
+                "block-diagonal SDPA mask",
+    "whole-logits": "the head at every position, the (tokens x vocabulary) logits whole, instead of "
+                    "only where a token is scored",
 }
 LR = {"tiny": 3e-3, "smollm2": 3e-4}  # a pretrained model takes a smaller step
 WARMUP_STEPS = {"tiny": 5, "smollm2": 2}
@@ -219,20 +235,33 @@ def child_honed_run(spec: dict) -> dict:
     return _result(spec, ends, tokens, losses, "oneshot.train_once -> recipe.run_attempt_of")
 
 
-def child_honed_loop(spec: dict) -> dict:
-    """honed's components in a bare loop: what the recipe does, minus the run machinery."""
+def child_honed_loop(spec: dict, lever: str | None = None) -> dict:
+    """honed's components in a bare loop: what the recipe does, minus the run machinery;
+    with ``lever``, one thing changed (:data:`LEVERS`)."""
+    from contextlib import nullcontext
+
     import torch
 
     from honed.config import LoraSettings
     from honed.data.packing import pack_batch
-    from honed.training.model_loading import attach_lora, load_base_model
+    from honed.training import trainer
+    from honed.training.model_loading import attach_lora, compile_layers, enable_checkpointing, load_base_model
     from honed.training.trainer import examples_for_step, learning_rate, train_step
 
-    torch.set_num_threads(spec["threads"])
+    torch.set_num_threads(1 if lever == "threads-1" else spec["threads"])
     tokenizer, examples = load_examples(spec)
     cfg = train_settings(spec)
+    if lever == "unpacked":
+        cfg = cfg.model_copy(update={"pack": False})
+    if lever == "whole-logits":
+        trainer._decoder_and_head = lambda _model: None
     torch.manual_seed(SEED)
-    model = attach_lora(load_base_model(spec["base"], torch.device("cpu")), LoraSettings(), SEED)
+    base = load_base_model(spec["base"], torch.device("cpu"))
+    if lever == "checkpointing":
+        enable_checkpointing(base)
+    if lever == "compile":
+        compile_layers(base)  # train.compile
+    model = attach_lora(base, LoraSettings(), SEED)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -241,11 +270,13 @@ def child_honed_loop(spec: dict) -> dict:
         micro = examples_for_step(step, len(examples), cfg)
         batches = [pack_batch([examples[i] for i in mb], cfg.max_seq_len, tokenizer.pad_token_id, cfg.pack)
                    for mb in micro]
-        out = train_step(model, optimizer, params, batches, cfg, learning_rate(step, spec["steps"], cfg, 1.0))
+        with torch.autocast("cpu", dtype=torch.bfloat16) if lever == "bf16" else nullcontext():
+            out = train_step(model, optimizer, params, batches, cfg, learning_rate(step, spec["steps"], cfg, 1.0))
         ends.append(time.perf_counter())
         tokens.append(out["tokens"])
         losses.append(out["loss"])
-    return _result(spec, ends, tokens, losses, "examples_for_step + pack_batch + train_step")
+    return _result(spec, ends, tokens, losses, LEVERS[lever] if lever else
+                   "examples_for_step + pack_batch + train_step")
 
 
 def _hf_common(spec: dict):
@@ -382,7 +413,7 @@ def child_main(which: str, spec_path: str) -> None:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    fn = {
+    fn = (lambda s: child_honed_loop(s, which.removeprefix("lever:"))) if which.startswith("lever:") else {
         "honed-run": child_honed_run,
         "honed-loop": child_honed_loop,
         "hf": child_hf,
@@ -493,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every trainer this many times, interleaved, and keep each one's best")
     parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(TRAINERS)}")
+    parser.add_argument("--levers", default="", help="comma-separated levers, or 'all', each measured against honed's "
+                        f"loop in the same run (alone, unless --only adds trainers): {', '.join(LEVERS)}")
     parser.add_argument("--json", metavar="PATH", help="also write the headline figures as JSON to PATH")
     parser.add_argument("--child", nargs=2, metavar=("TRAINER", "SPEC"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -506,11 +539,18 @@ def main(argv: list[str] | None = None) -> int:
     args.warmup = args.warmup if args.warmup is not None else (2 if real else 3)
     if not 1 <= args.warmup < steps:
         parser.error(f"need 1 <= --warmup < --steps (got {args.warmup}, {steps})")
+    levers = list(LEVERS) if args.levers == "all" else [t.strip() for t in args.levers.split(",") if t.strip()]
+    if set(levers) - set(LEVERS):
+        parser.error(f"--levers: unknown {sorted(set(levers) - set(LEVERS))}; choose from {', '.join(LEVERS)}")
     trainers = [t.strip() for t in args.only.split(",") if t.strip()] or (
-        ["honed-run", "hf", "trl"] if args.quick else list(TRAINERS))
+        ["honed-loop"] if levers else ["honed-run", "hf", "trl"] if args.quick else list(TRAINERS))
     unknown = set(trainers) - set(TRAINERS)
     if unknown:
         parser.error(f"--only: unknown {sorted(unknown)}; choose from {', '.join(TRAINERS)}")
+    if levers and "honed-loop" not in trainers:
+        trainers.insert(0, "honed-loop")  # what every lever is measured against
+    trainers += [f"lever:{name}" for name in levers]
+    LABELS.update({f"lever:{name}": f"lever {name}" for name in levers})
 
     from honed.data.ingest import ingest_file
     from honed.models.tiny import build_tiny_model
@@ -585,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(header)
     print("-" * len(header))
-    for which in TRAINERS:
+    for which in [*TRAINERS, *(f"lever:{name}" for name in levers)]:
         if which not in results:
             continue
         r = results[which]
@@ -623,6 +663,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"goal: {LABELS[honed_key]} x{ratio:.2f} of HF Trainer ({verdict} the x1.5 goal)")
         figures.append(figure(f"{LABELS[honed_key]} real tokens/s", results[honed_key]["tokens_per_s"], "tok/s",
                               baseline=LABELS["hf"], baseline_value=ref, goal=">= x1.5", met=ratio >= 1.5))
+    if levers and "honed-loop" in results:
+        loop = results["honed-loop"]
+        print(f"\nlevers, each against {LABELS['honed-loop']} in this run ({loop['tokens_per_s']:,.0f} tokens/s, "
+              f"{loop['peak_rss_mb']:,.0f} MB, final loss {loop['final_loss']:.4f}):")
+        for name in levers:
+            r = results.get(f"lever:{name}")
+            if r is None:
+                print(f"  {name:<14} failed (above)")
+                continue
+            r["speed_vs_loop"] = r["tokens_per_s"] / loop["tokens_per_s"]
+            r["memory_vs_loop"] = r["peak_rss_mb"] / loop["peak_rss_mb"]
+            print(f"  {name:<14} x{r['speed_vs_loop']:.2f} tokens/s, x{r['memory_vs_loop']:.2f} peak RSS, final loss "
+                  f"{r['final_loss']:.4f} ({LEVERS[name]})")
+            figures.append(figure(f"lever {name}: real tokens/s", r["tokens_per_s"], "tok/s",
+                                  baseline=LABELS["honed-loop"], baseline_value=loop["tokens_per_s"]))
     # Sanity: everyone really trains (a random model on random letters learns slowly, so
     # the bar is low), and trainers that see the same examples in the same order end in
     # the same place.

@@ -125,6 +125,37 @@ def test_packed_loss_equals_unpacked_loss(tokenizer, model):
     assert abs(loss_packed.item() - loss_unpacked.item()) <= 1e-5
 
 
+@pytest.mark.real_model
+def test_packed_loss_and_gradients_equal_unpacked_on_smollm2(smollm2_base):
+    """The same invariant on a real pretrained model, through the path it trains with (the
+    head only where scored, SDPA with the block-diagonal mask), gradients included."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from honed.config import LoraSettings
+    from honed.training.model_loading import attach_lora
+
+    tok = AutoTokenizer.from_pretrained(smollm2_base)
+    torch.manual_seed(0)
+    model = attach_lora(AutoModelForCausalLM.from_pretrained(smollm2_base), LoraSettings(), seed=0)
+    long = "the quick brown fox jumps over the lazy dog " * 12  # rows are as long as the longest example
+    examples = [*_examples(tok), tokenize_record(tok, chat(f"copy: {long}", long), 512)]
+    packed = pack_batch(examples, 512, tok.pad_token_id, pack=True)
+    unpacked = pack_batch(examples, 512, tok.pad_token_id, pack=False)
+    assert packed.input_ids.shape[0] < 4 and unpacked.input_ids.shape[0] == 5
+
+    def loss_and_grads(batch):
+        model.zero_grad()
+        loss = batch_loss_sum(model, batch) / batch.n_targets
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    loss_packed, grads_packed = loss_and_grads(packed)
+    loss_unpacked, grads_unpacked = loss_and_grads(unpacked)
+    assert loss_packed == pytest.approx(loss_unpacked, rel=1e-5)
+    for a, b in zip(grads_packed, grads_unpacked, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
+
+
 def test_position_ids_alone_would_let_packed_examples_attend_to_each_other(tokenizer, model):
     # Why honed passes an explicit block-diagonal mask: with restarted position ids and
     # no mask, a default call (KV cache on) disables transformers' packed-sequence

@@ -23,6 +23,7 @@ from honed.training.model_loading import (
     BaseNotFound,
     UnsupportedSetting,
     check_training_support,
+    load_base_model,
     load_tokenizer,
     load_training_model,
 )
@@ -186,6 +187,31 @@ def test_training_with_gradient_checkpointing_follows_training_without(tiny_rand
     assert base_kept, "the base's weights must not change"
 
 
+@pytest.mark.slow  # inductor compiles the layers in C++: about a minute
+def test_training_with_compiled_layers_follows_training_without(tiny_random_base, reversal_examples):
+    from honed.data.packing import pack_batch
+    from honed.training.trainer import examples_for_step, train_step
+
+    examples, pad_id = reversal_examples
+
+    def train(compiled: bool) -> list[float]:
+        cfg = TrainSettings(batch_size=8, max_seq_len=128, compile=compiled)
+        model = load_training_model(str(tiny_random_base), CPU, LoraSettings(), cfg)
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-2)
+        losses = []
+        for step in range(3):  # micro-batches of different lengths: dynamic shapes, no recompiling per step
+            micro = examples_for_step(step, len(examples), cfg)
+            batches = [pack_batch([examples[i] for i in mb], 128, pad_id) for mb in micro]
+            losses.append(train_step(model, optimizer, params, batches, cfg, 1e-2)["loss"])
+        layer = model.get_base_model().model.layers[0]
+        assert (getattr(layer, "_compiled_call_impl", None) is not None) == compiled
+        return losses
+
+    assert train(True) == pytest.approx(train(False), rel=1e-4)
+
+
 def test_the_warm_trainers_preloaded_base_is_what_training_gets(tiny_random_base):
     base = str(tiny_random_base)
     model_loading.preload(base, CPU)
@@ -300,3 +326,34 @@ def test_init_on_a_path_that_does_not_exist_says_so_instead_of_taking_it_for_a_h
     with pytest.raises(WorkspaceError, match=r"--base \./nowhere: no such directory"):
         init_workspace(tmp_path / "ws", base="./nowhere")
     assert not (tmp_path / "ws" / "honed.toml").exists()
+
+
+def test_a_cpu_base_reads_its_weights_from_its_file_mapped_copy_on_write(tiny_random_base, tmp_path):
+    """The server, the trainer and the warm spare each load the base: its weights map the
+    same file pages (transformers maps safetensors files) instead of being three private
+    copies; a process that writes a weight (a merge) changes only its own copy, never the
+    file."""
+    from transformers import AutoModelForCausalLM
+
+    base = tmp_path / "base"
+    base.mkdir()
+    for item in Path(tiny_random_base).iterdir():  # its own copy: this test writes weights
+        (base / item.name).write_bytes(item.read_bytes())
+    weights = next(base.glob("*.safetensors"))
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    model = load_base_model(str(base), torch.device("cpu"))
+    plain = AutoModelForCausalLM.from_pretrained(base)
+    maps = Path("/proc/self/maps")
+    if maps.exists():  # Linux: the weights' bytes are the file's, mapped
+        spans = [line.split()[0].split("-") for line in maps.read_text().splitlines() if line.endswith(str(weights))]
+        inside = [any(int(a, 16) <= p.data_ptr() < int(b, 16) for a, b in spans) for p in model.parameters()]
+        assert spans and all(inside), f"{sum(inside)} of {len(inside)} weights are read from {weights}"
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, plain(ids).logits)
+        for param in model.parameters():
+            param.add_(1.0)  # what merging an adapter into the base does
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == digest, "the file is never written"
+    again = load_base_model(str(base), torch.device("cpu"))
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, plain(ids).logits)

@@ -168,6 +168,9 @@ def load_base_model(base: str, device: torch.device):
     # The trainer passes an explicit 4D mask; a KV cache would only cost memory and (per
     # MEASURED.md) disables the library's own packed-sequence handling.
     model.config.use_cache = False
+    # transformers maps the safetensors files copy-on-write and keeps the float32 weights
+    # there: the server, the trainer and the warm spare loading one base share its pages
+    # (benchmarks/memory_footprint.py; tests/training/test_model_loading.py).
     return model.to(device)
 
 
@@ -229,7 +232,16 @@ def load_training_model(base: str, device: torch.device, lora: LoraSettings, tra
         model = load_base_model(base, device)
     if train.gradient_checkpointing:
         enable_checkpointing(model)
+    if train.compile:
+        compile_layers(model)
     return attach_lora(model, lora, train.seed)
+
+
+def compile_layers(model) -> None:
+    """``torch.compile`` each decoder layer, with dynamic shapes (every micro-batch has
+    a length of its own); compiled on the first step, the adapter's layers included."""
+    for layer in model.get_decoder().layers:
+        layer.compile(dynamic=True)
 
 
 def enable_checkpointing(model) -> None:
