@@ -127,8 +127,11 @@ class Sampler(threading.Thread):
                         m, role = memory_of(process.pid), role_of(process, self.daemon_pid, trainers)
                     except psutil.Error:
                         continue
-                    roles[role] = m
-                    self.peak_rss[role] = max(self.peak_rss.get(role, 0.0), m["rss"])
+                    held = roles.setdefault(role, {"rss": 0.0, "uss": 0.0, "pss": 0.0})
+                    for key in held:  # several processes of one role (torchrun's ranks) add up
+                        held[key] += m[key]
+                for role, held in roles.items():
+                    self.peak_rss[role] = max(self.peak_rss.get(role, 0.0), held["rss"])
                 total = sum(m["pss"] for m in roles.values())
                 if total > self.highest["pss"]:
                     self.highest = {"pss": total, "rss": sum(m["rss"] for m in roles.values()), "roles": roles}
