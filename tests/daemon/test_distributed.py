@@ -105,8 +105,9 @@ def test_dpo_and_kto_on_two_gloo_ranks_follow_the_single_process_curve(daemon_ws
     for got, want in zip(rows["ddp"], rows["single"], strict=True):
         for key in (*PREFERENCE_FIGURES, figure, "tokens"):
             assert got[key] == pytest.approx(want[key], rel=TOLERANCE, abs=1e-7), f"step {got['step']}: {key}"
-    # The first step's policy is the reference (LoRA starts as a no-op); later ones moved away.
-    assert rows["single"][0]["rewards/chosen"] == 0 and rows["single"][-1]["rewards/chosen"] != 0
+    # The first step's policy is the reference (LoRA starts as a no-op), to float32 rounding
+    # (measured 3.6e-7: the policy and reference passes add up in another order); later ones moved away.
+    assert abs(rows["single"][0]["rewards/chosen"]) < 1e-5 and abs(rows["single"][-1]["rewards/chosen"]) > 1e-3
     run = store.get_run(store.get_job(ddp.id).run_id)
     assert run.config["train"]["nproc"] == 2 and run.config["train"]["objective"] == objective
     assert run.final_metrics["val_loss"] == pytest.approx(
