@@ -266,3 +266,78 @@ def test_a_daemon_training_a_job_releases_its_own_server(make_workspace, tiny_ra
                 proc.kill()
             for trainer in trainer_processes(ws.root):
                 trainer.kill()
+
+
+@pytest.fixture
+def two_torch_threads():
+    """The server's usual count is the process's: 2 for the test, whatever an earlier test of
+    this process left (threads the server starts begin from the count last set anywhere)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield 2
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("max_batch", [16, 0], ids=["decode-loop", "generate"])
+def test_a_cpu_shared_with_a_trainer_is_decoded_on_fewer_threads_while_it_trains(
+        make_workspace, tiny_random_base, serve, claimers, monkeypatch, two_torch_threads, max_batch):
+    # The default settings: the CPU is shared, not given up. A trainer's claim on it (made by
+    # the trainer's own claim_accelerator, in a process of its own) must make the server
+    # decode with server.threads_while_training threads, and its end bring the usual back.
+    import torch
+
+    from honed.server import decode_threads
+
+    usual = two_torch_threads
+    seen: list[int] = []  # the decoding thread's torch thread count at each forward it starts
+
+    def recording() -> None:
+        real_apply()
+        seen.append(torch.get_num_threads())
+
+    real_apply = decode_threads.apply
+    monkeypatch.setattr(decode_threads, "apply", recording)
+    ws = make_workspace(tiny_random_base)
+    update_config_file(ws.root, {"server": {"device_poll_s": 0.05, "max_batch": max_batch}})
+    ws = open_workspace(ws.root)
+    server = serve(ws)
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused-on-loopback", max_retries=0, timeout=120)
+    job = _queue_job(ws, 16)
+    before = ask(client).choices[0].message.content
+    assert seen and set(seen) == {usual}
+    assert health(server)["decode_threads"] == usual
+
+    claimer = claimers(ws, job)
+    claimer.said("released")  # nothing to wait for on a shared CPU
+    assert [c.name for c in (ws.root / "run" / "devices").glob("claim-*.json")]
+    wait_for(lambda: health(server)["state"] == "sharing", 30, "the server to see the trainer's claim")
+    now = health(server)
+    assert now["serving"].startswith(f"serving, sharing cpu with training job {job}") and now["decode_threads"] == 1
+    seen.clear()
+    assert ask(client).choices[0].message.content == before  # the same answer, on one thread
+    assert seen and set(seen) == {1}
+
+    claimer.end()
+    wait_for(lambda: health(server)["state"] == "serving", 30, "the server to see the claim end")
+    assert health(server)["decode_threads"] == usual
+    seen.clear()
+    assert ask(client).choices[0].message.content == before
+    assert seen and set(seen) == {usual}
+
+
+def test_threads_while_training_zero_keeps_the_usual_count(make_workspace, tiny_random_base, serve, claimers):
+    ws = make_workspace(tiny_random_base)
+    update_config_file(ws.root, {"server": {"device_poll_s": 0.05, "threads_while_training": 0}})
+    ws = open_workspace(ws.root)
+    server = serve(ws)
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused-on-loopback", max_retries=0, timeout=120)
+    job = _queue_job(ws, 16)
+    ask(client)
+    claimer = claimers(ws, job)
+    claimer.said("released")
+    ask(client)
+    now = health(server)
+    assert now["state"] == "serving" and "decode_threads" not in now
+    claimer.end()

@@ -615,6 +615,13 @@ class ServerSettings(_Section):
         default_factory=lambda: ["cuda", "mps"], description="Device types a trainer gets to itself "
         "(the server yields them, per on_training); the CPU is shared unless listed here.",
     )
+    threads_while_training: int = Field(
+        1, ge=0, description="Torch threads the server decodes with while a trainer on this machine "
+        "trains on the CPU the server also runs on (0: keep its usual count). Two processes that each "
+        "run a thread per core slow each other down far more than they would by sharing the cores: on "
+        "2 cores, SmolLM2 training beside a busy server, one server thread made serving x2.6 and "
+        "training x1.36 as fast as two (benchmarks/cpu_sharing.py).",
+    )
     yield_timeout_s: float = Field(
         30.0, ge=0, description="Longest a trainer waits for the servers on its device to release "
         "their models before it loads its own anyway, in seconds.",

@@ -5,7 +5,9 @@ A trainer about to load a model on a device that cannot be shared
 until every server whose models live on that device has *released* it. A server
 announces itself in ``run/devices/server-ID.json`` and lists there the claims it has
 released its models for (unloaded them, or moved them to the CPU). The trainer removes
-its claim when its attempt ends; the server then takes the device back.
+its claim when its attempt ends; the server then takes the device back. A trainer on a
+CPU that is shared claims it too, without waiting: a server on that CPU decodes with
+fewer threads while the claim lives (``server.threads_while_training``).
 
 A file whose process is gone counts for nothing, so a SIGKILLed trainer cannot keep the
 server released forever: liveness is the pid *and* the process's start time (a reused
@@ -199,14 +201,18 @@ class ServerPresence:
 def claim_accelerator(workspace, store, job_id: int, fence: int | None = None):
     """Claim the device this attempt trains on when servers must give it up first
     (``server.yield_devices``), and wait until they have, at most
-    ``server.yield_timeout_s``. Returns the claim to withdraw at the end (None: the
-    device is shared, nothing to claim)."""
+    ``server.yield_timeout_s``. A CPU that is shared is claimed too, without waiting:
+    servers on it decode with ``server.threads_while_training`` threads while the claim
+    lives. Returns the claim to withdraw at the end (None: a shared accelerator,
+    nothing to claim)."""
     from honed.store import StaleClaimError, StoreError
     from honed.training.model_loading import pick_device
 
     settings = workspace.settings.server
     device = pick_device()
     if device.type not in settings.yield_devices:
+        if device.type == "cpu":  # shared, nothing to wait for: servers on it decode with fewer threads
+            return claim_device(workspace.root, "cpu", None, job_id)
         return None
     name, uuid = describe_device(device)
     claim = claim_device(workspace.root, name, uuid, job_id)

@@ -24,6 +24,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from honed.server import decode_threads
+
 log = logging.getLogger(__name__)
 
 IDLE_S = 2.0  # a loop with no row for this long ends its thread
@@ -104,6 +106,7 @@ class DecodeLoop:
                 joining = self._pending[: self.max_batch - len(active)]
                 del self._pending[: len(joining)]
             try:
+                decode_threads.apply()  # fewer threads while a trainer shares the CPU
                 with torch.inference_mode():
                     for group in prefill_groups(joining):
                         cache, mask = self._join(group, cache, mask)

@@ -11,7 +11,9 @@ does what ``server.on_training`` says, after the requests under way have finishe
 - ``keep``: nothing (the trainer and the server share the device).
 
 Then it lists the claim as released in its entry, which is what the trainer waits for.
-A device outside ``server.yield_devices`` (by default: the CPU) is never given up.
+A device outside ``server.yield_devices`` (by default: the CPU) is never given up. A CPU
+is shared: while a trainer's claim on it lives, the server decodes with
+``server.threads_while_training`` threads (see :mod:`honed.server.decode_threads`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import threading
 import time
 from datetime import UTC, datetime
 
-from honed.daemon.device_claims import DeviceEntry, ServerPresence, describe_device
+from honed.daemon.device_claims import DeviceEntry, ServerPresence, describe_device, live_entries
+from honed.server import decode_threads
 from honed.server.serving import ModelReleased, resolve
 
 log = logging.getLogger(__name__)
@@ -41,11 +44,14 @@ class DeviceYielder:
         self._poll_lock = threading.Lock()  # one look at the claims at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._sharing_cpu = False  # the pool is on a CPU shared with trainers (see poll_cpu)
 
     def attach(self, pool, device) -> None:
         """The pool is about to load its first model on ``device``: announce the server
         on it and apply any claim already made, then keep watching."""
         if device.type not in self.settings.yield_devices:
+            if device.type == "cpu" and self.settings.threads_while_training > 0:
+                self._share_cpu(pool)
             return  # shared with trainers; nothing to give up
         name, uuid = describe_device(device)
         self.pool = pool
@@ -68,11 +74,42 @@ class DeviceYielder:
             self._thread.join(timeout=10)
         if self.presence is not None:
             self.presence.withdraw()
+        if self._sharing_cpu:
+            decode_threads.reset()
 
-    def _watch(self) -> None:
+    # --- a CPU shared with trainers: fewer decoding threads while one trains ---------------
+
+    def _share_cpu(self, pool) -> None:
+        self.pool, self._sharing_cpu = pool, True
+        decode_threads.set_up()
+        self.poll_cpu()
+        self._thread = threading.Thread(target=self._watch, args=(self.poll_cpu,), name="honed-cpu-share",
+                                        daemon=True)
+        self._thread.start()
+
+    def poll_cpu(self) -> None:
+        """Look at the trainers' claims on the CPU once: decode with
+        ``server.threads_while_training`` threads while one lives, the usual count after."""
+        with self._poll_lock:
+            claims = [c for c in live_entries(self.workspace.root, "claim") if c.device == "cpu"]
+            if claims and self.claim is None:
+                threads = self.settings.threads_while_training
+                self.claim, self.since, self.state = claims[0], time.time(), "sharing"
+                decode_threads.share(threads)
+                log.info("device sharing: training job %s trains on the CPU; the server decodes with %d thread%s",
+                         self.claim.job, threads, "" if threads == 1 else "s")
+            elif not claims and self.claim is not None:
+                log.info("device sharing: job %s no longer trains on the CPU; the server decodes with %s threads",
+                         self.claim.job, decode_threads.usual())
+                self.claim, self.since, self.state = None, None, "serving"
+                decode_threads.share(None)
+            elif claims and self.claim.id not in {c.id for c in claims}:
+                self.claim = claims[0]
+
+    def _watch(self, poll=None) -> None:
         while not self._stop.wait(self.settings.device_poll_s):
             try:
-                self.poll()
+                (poll or self.poll)()
             except Exception:  # noqa: BLE001 - the watcher must outlive one bad look
                 log.exception("device sharing: looking at the claims failed; trying again")
 
@@ -134,8 +171,11 @@ class DeviceYielder:
                 log.warning("device sharing: %s not reloaded (%s); its next request loads it", track, exc)
 
     def device_name(self) -> str | None:
-        """The device given up to trainers, as claims name it (``cuda:0``); None until
-        the first request chose one, or when it is never given up."""
+        """The device given up to (or shared with) trainers, as claims name it
+        (``cuda:0``, ``cpu``); None until the first request chose one, or when it is
+        neither given up nor shared."""
+        if self._sharing_cpu:
+            return "cpu"
         return self.presence.entry.device if self.presence else None
 
     def describe(self) -> dict:
@@ -151,4 +191,7 @@ class DeviceYielder:
             "on_cpu": f"on cpu while training job {job} uses {device} (since {since})",
             "sharing": f"serving, sharing {device} with training job {job} (since {since})",
         }[self.state]
-        return {"state": self.state, "serving": text, "job": job, "since": since}
+        found = {"state": self.state, "serving": text, "job": job, "since": since}
+        if self._sharing_cpu:
+            found["decode_threads"] = decode_threads.wanted()
+        return found

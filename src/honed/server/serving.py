@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from honed.evaluation.exact_match import GREEDY, Sampling, model_text
+from honed.server import decode_threads
 from honed.store import AdapterInfo, NotFoundError, Store
 
 log = logging.getLogger(__name__)
@@ -518,6 +519,7 @@ def generate_choices(loaded: LoadedModel, prompt, max_tokens: int, streamer=None
             # One generation at a time holds the model's lock, so seeding torch's generator here
             # decides this answer's draws alone.
             sampling.seed_torch()
+        decode_threads.apply()  # fewer threads while a trainer shares the CPU
         output = loaded.model.generate(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=max_tokens,
             eos_token_id=loaded.stop_ids, pad_token_id=pad_id, use_cache=True, streamer=streamer,
